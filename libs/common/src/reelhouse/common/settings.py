@@ -1,0 +1,107 @@
+"""Settings: small pydantic-settings classes with the ``REELHOUSE_`` prefix.
+
+Each service builds its settings class in ``main()`` through :func:`load_settings` and passes it
+down; nothing reads the environment at import time. A bad value stops the process with a message
+that names the environment variable, e.g.::
+
+    reelhouse-recorder: invalid setting REELHOUSE_MAX_JOBS='many': Input should be a valid integer
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "REELHOUSE_"
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "json", "console"]
+
+
+class CommonSettings(BaseSettings):
+    """Settings every service shares: where NATS and MongoDB are, storage, logging, node identity."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated."
+    )
+    mongodb_url: str = Field(
+        "mongodb://127.0.0.1:27017/",
+        description="MongoDB URL. `make up` starts a local FerretDB here unless this is set.",
+    )
+    mongodb_database: str = Field("reelhouse", description="Database name.")
+    subject_prefix: str = Field(
+        "reelhouse", description="First token of every NATS subject; lets deployments share NATS."
+    )
+    storage_root: Path = Field(Path("data/recordings"), description="Where recordings are written.")
+    log_level: LogLevel = Field("info", description="Lowest log level written.")
+    log_format: LogFormat = Field(
+        "auto", description="`json`, `console`, or `auto` (console on a TTY, JSON otherwise)."
+    )
+    node_id: str = Field("", description="Node identity; default `<service>-<host>-<random>`.")
+    node_heartbeat_s: float = Field(
+        5.0, gt=0, description="Seconds between heartbeats into the `nodes` collection."
+    )
+    nats_reconnect_wait_s: float = Field(
+        1.0, gt=0, description="Seconds between NATS reconnect attempts (forever)."
+    )
+    mongodb_timeout_ms: int = Field(
+        3000, gt=0, description="Server selection timeout for MongoDB operations, milliseconds."
+    )
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _prefix_is_one_token(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_" for c in v):
+            raise ValueError("must be one NATS token: letters, digits, '-' or '_'")
+        return v
+
+    @field_validator("mongodb_database")
+    @classmethod
+    def _database_name(cls, v: str) -> str:
+        if not v or any(c in v for c in '/\\. "$') or len(v) > 63:
+            raise ValueError("must be a MongoDB database name without / \\ . space \" or $")
+        return v
+
+    def resolved_node_id(self, service: str) -> str:
+        """The node id: the configured one, or a fresh ``<service>-<host>-<6 hex>``."""
+        if self.node_id:
+            return self.node_id
+        return f"{service}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def env_name(settings_cls: type[BaseSettings], field: str) -> str:
+    """The environment variable that sets ``field`` of ``settings_cls``."""
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    return f"{prefix}{field}".upper()
+
+
+def env_names(settings_cls: type[BaseSettings]) -> set[str]:
+    """Every environment variable ``settings_cls`` reads."""
+    return {env_name(settings_cls, f) for f in settings_cls.model_fields}
+
+
+def load_settings(settings_cls: type[S], *, program: str) -> S:
+    """Build ``settings_cls`` from the environment, or exit 2 naming each bad variable."""
+    try:
+        return settings_cls()
+    except ValidationError as exc:
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            value = err.get("input")
+            print(
+                f"{program}: invalid setting {env_name(settings_cls, field)}={value!r}: "
+                f"{err['msg']}",
+                file=sys.stderr,
+            )
+        raise SystemExit(2) from None

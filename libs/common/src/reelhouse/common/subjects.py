@@ -1,0 +1,97 @@
+"""Every NATS subject Reelhouse uses, built here and nowhere else (ARCHITECTURE §3).
+
+Scheme (``<p>`` is the deployment's subject prefix, default ``reelhouse``)::
+
+    <p>.cmd.<service>.<verb>               command hint, queue group = service name
+                                           verb: start | stop | reload; job id in the payload
+    <p>.req.prober.probe                   request/reply (NATS micro service)
+    <p>.stats.<module>.<job_id>            progress, about once a second per running job
+    <p>.evt.<module>.<job_id>.<event>      events; kept in a JetStream stream by age
+
+``<module>`` is ``recording``, ``restream`` or ``stream``. Job ids are 24-hex ObjectId strings; user
+text (names, URLs) never goes into a subject.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+Service = Literal["api", "recorder", "restreamer", "prober", "janitor"]
+Verb = Literal["start", "stop", "reload"]
+Module = Literal["recording", "restream", "stream"]
+Event = Literal[
+    "job_started", "job_stopped", "job_failed", "job_retrying",
+    "file_opened", "file_closed", "file_ready", "file_failed", "file_deleted", "file_archived",
+    "processing_started", "processing_progress", "processing_complete", "processing_failed",
+    "quota_exceeded", "disk_warning", "stream_status", "config_reloaded",
+]  # fmt: skip
+
+SERVICES: tuple[str, ...] = Service.__args__  # type: ignore[attr-defined]
+VERBS: tuple[str, ...] = Verb.__args__  # type: ignore[attr-defined]
+MODULES: tuple[str, ...] = Module.__args__  # type: ignore[attr-defined]
+EVENTS: tuple[str, ...] = Event.__args__  # type: ignore[attr-defined]
+
+_OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _check(kind: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {kind} {value!r}; expected one of {', '.join(allowed)}")
+    return value
+
+
+def _job(job_id: str) -> str:
+    if not _OBJECT_ID.match(job_id):
+        raise ValueError(f"job id must be a 24-hex ObjectId string, got {job_id!r}")
+    return job_id
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Subject builder bound to one deployment's prefix."""
+
+    prefix: str = "reelhouse"
+
+    def __post_init__(self) -> None:
+        if not _TOKEN.match(self.prefix):
+            raise ValueError(f"subject prefix must be one NATS token, got {self.prefix!r}")
+
+    def command(self, service: Service, verb: Verb) -> str:
+        """Command hint to a service, e.g. ``reelhouse.cmd.recorder.start``."""
+        return f"{self.prefix}.cmd.{_check('service', service, SERVICES)}.{_check('verb', verb, VERBS)}"
+
+    def commands(self, service: Service) -> str:
+        """Wildcard for every command hint to ``service``."""
+        return f"{self.prefix}.cmd.{_check('service', service, SERVICES)}.*"
+
+    def probe(self) -> str:
+        """The prober's request subject."""
+        return f"{self.prefix}.req.prober.probe"
+
+    def stats(self, module: Module, job_id: str) -> str:
+        """Progress of one job."""
+        return f"{self.prefix}.stats.{_check('module', module, MODULES)}.{_job(job_id)}"
+
+    def all_stats(self, module: Module | None = None) -> str:
+        """Wildcard for progress of every job (of one module)."""
+        if module is None:
+            return f"{self.prefix}.stats.>"
+        return f"{self.prefix}.stats.{_check('module', module, MODULES)}.*"
+
+    def event(self, module: Module, job_id: str, event: Event) -> str:
+        """One event of one job."""
+        return (
+            f"{self.prefix}.evt.{_check('module', module, MODULES)}.{_job(job_id)}."
+            f"{_check('event', event, EVENTS)}"
+        )
+
+    def all_events(self) -> str:
+        """Wildcard for every event (what the JetStream events stream captures)."""
+        return f"{self.prefix}.evt.>"
+
+    def events_stream_name(self) -> str:
+        """Name of the JetStream stream that keeps events by age."""
+        return f"{self.prefix.upper().replace('-', '_')}_EVENTS"
