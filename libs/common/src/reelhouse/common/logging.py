@@ -14,8 +14,12 @@ import structlog
 
 from reelhouse.common.settings import LogFormat, LogLevel
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def configure_logging(*, level: LogLevel = "info", fmt: LogFormat = "auto", **context: str) -> None:
@@ -40,14 +44,19 @@ def configure_logging(*, level: LogLevel = "info", fmt: LogFormat = "auto", **co
         cache_logger_on_first_use=True,
     )
     # Libraries (uvicorn, nats, pymongo) log through stdlib: keep them at warning and above.
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=max(_LEVELS[level], logging.WARNING),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
     structlog.contextvars.clear_contextvars()
     if context:
         structlog.contextvars.bind_contextvars(**context)
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
-    """A structlog logger; ``name`` becomes the ``logger`` field."""
-    log = structlog.get_logger()
-    return log.bind(logger=name) if name else log
+    """A structlog logger; ``name`` becomes the ``component`` field."""
+    # Initial values go through get_logger() so the proxy stays lazy: a module-level logger made
+    # before configure_logging() still renders with the configuration in force when it logs.
+    return structlog.get_logger(component=name) if name else structlog.get_logger()

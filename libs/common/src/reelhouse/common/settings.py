@@ -25,7 +25,7 @@ LogFormat = Literal["auto", "json", "console"]
 
 
 class CommonSettings(BaseSettings):
-    """Settings every service shares: where NATS and MongoDB are, storage, logging, node identity."""
+    """Settings every service shares: NATS, MongoDB, storage, logging, node identity."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
@@ -67,7 +67,7 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _database_name(cls, v: str) -> str:
         if not v or any(c in v for c in '/\\. "$') or len(v) > 63:
-            raise ValueError("must be a MongoDB database name without / \\ . space \" or $")
+            raise ValueError('must be a MongoDB database name without / \\ . space " or $')
         return v
 
     def resolved_node_id(self, service: str) -> str:

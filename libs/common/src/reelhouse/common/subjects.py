@@ -61,7 +61,8 @@ class Subjects:
 
     def command(self, service: Service, verb: Verb) -> str:
         """Command hint to a service, e.g. ``reelhouse.cmd.recorder.start``."""
-        return f"{self.prefix}.cmd.{_check('service', service, SERVICES)}.{_check('verb', verb, VERBS)}"
+        service = _check("service", service, SERVICES)
+        return f"{self.prefix}.cmd.{service}.{_check('verb', verb, VERBS)}"
 
     def commands(self, service: Service) -> str:
         """Wildcard for every command hint to ``service``."""

@@ -1,0 +1,1 @@
+"""Contracts: pydantic models for API bodies, bus messages and stored documents."""

@@ -1,0 +1,140 @@
+"""One skeleton for every worker service (STYLE.md habit 6).
+
+``run_service()`` is a service's whole ``main()``: settings → logging → connect → serve → drain.
+Signals (SIGTERM, SIGINT) set a stop event; an ``AsyncExitStack`` holds the NATS and MongoDB
+connections; the node registers and heartbeats into ``nodes``; the service's own ``serve``
+coroutine runs until the stop event is set and must then stop its FFmpeg children gracefully
+and return. Exit code 0 on a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import structlog
+from pymongo.asynchronous.database import AsyncDatabase
+
+from reelhouse.common.bus import Bus
+from reelhouse.common.logging import configure_logging, get_logger
+from reelhouse.common.mongo import connect_mongo, ensure_indexes, get_database
+from reelhouse.common.nodes import NodeRegistry
+from reelhouse.common.settings import CommonSettings, load_settings
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+@dataclass
+class ServiceContext(Generic[S]):
+    """What a running service is handed: its settings, identity, connections and stop event."""
+
+    service: str
+    settings: S
+    node_id: str
+    bus: Bus
+    db: AsyncDatabase
+    node: NodeRegistry
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    log: structlog.stdlib.BoundLogger = field(default_factory=lambda: get_logger())
+
+    async def wait_stopped(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; True as soon as the service is asked to stop."""
+        try:
+            await asyncio.wait_for(self.stop.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+Serve = Callable[[ServiceContext[S]], Awaitable[None]]
+
+
+async def _ensure_indexes_when_reachable(ctx: ServiceContext[S]) -> None:
+    while not ctx.stop.is_set():
+        try:
+            await ensure_indexes(ctx.db)
+            return
+        except Exception as exc:
+            ctx.log.warning("mongo_unreachable", error=str(exc).splitlines()[0][:200])
+            await ctx.wait_stopped(2.0)
+
+
+async def serve_service(
+    *,
+    service: str,
+    settings: S,
+    serve: Serve[S],
+    capacity: int = 0,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Connect, register, run ``serve`` until stopped, then drain. Usable in-process by tests."""
+    node_id = settings.resolved_node_id(service)
+    structlog.contextvars.bind_contextvars(service=service, node=node_id)
+    log = get_logger(f"reelhouse.{service}")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    async with AsyncExitStack() as stack:
+        bus = Bus(settings, name=node_id)
+        await bus.start()
+        stack.push_async_callback(bus.close)
+        client = connect_mongo(settings, app_name=node_id)
+        stack.push_async_callback(client.close)
+        db = get_database(client, settings)
+        node = NodeRegistry(
+            db=db,
+            service=service,
+            node_id=node_id,
+            capacity=capacity,
+            interval_s=settings.node_heartbeat_s,
+        )
+        ctx: ServiceContext[S] = ServiceContext(
+            service=service,
+            settings=settings,
+            node_id=node_id,
+            bus=bus,
+            db=db,
+            node=node,
+            stop=stop,
+            log=log,
+        )
+        log.info("service_starting", nats=settings.nats_url, database=settings.mongodb_database)
+        await _ensure_indexes_when_reachable(ctx)
+        heartbeat = asyncio.create_task(node.run(stop), name="heartbeat")
+        try:
+            await serve(ctx)
+            await stop.wait()
+        finally:
+            stop.set()
+            await heartbeat
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(node.mark_stopped(), timeout=5)
+            log.info("service_stopped")
+
+
+def run_service(
+    service: str,
+    settings_cls: type[S],
+    serve: Serve[S],
+    *,
+    capacity: Callable[[S], int] | None = None,
+) -> None:
+    """A worker's ``main()``: load settings (exit 2 naming a bad variable), log, serve, exit 0."""
+    settings = load_settings(settings_cls, program=f"reelhouse-{service}")
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    asyncio.run(
+        serve_service(
+            service=service,
+            settings=settings,
+            serve=serve,
+            capacity=capacity(settings) if capacity else 0,
+        )
+    )

@@ -1,0 +1,5 @@
+"""`python -m reelhouse.api`."""
+
+from reelhouse.api.main import main
+
+main()

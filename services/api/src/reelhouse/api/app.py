@@ -1,0 +1,82 @@
+"""The API application factory. The lifespan owns the NATS and MongoDB connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from reelhouse.api.auth import resolve_bootstrap_token
+from reelhouse.api.errors import install_error_handlers
+from reelhouse.api.routes import health, nodes
+from reelhouse.api.settings import ApiSettings
+from reelhouse.api.state import AppState
+from reelhouse.api.tools import tool_version
+from reelhouse.common import __version__
+from reelhouse.common.bus import Bus
+from reelhouse.common.logging import get_logger
+from reelhouse.common.mongo import connect_mongo, ensure_indexes, get_database
+from reelhouse.common.nodes import NodeRegistry
+
+log = get_logger("reelhouse.api")
+
+
+async def _ensure_indexes(state: AppState, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await ensure_indexes(state.db)
+            return
+        except Exception as exc:
+            log.warning("mongo_unreachable", error=str(exc).splitlines()[0][:200])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    """Build the app for ``settings`` (tests build their own)."""
+    node_id = settings.resolved_node_id("api")
+    bootstrap_token = resolve_bootstrap_token(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        bus = Bus(settings, name=node_id)
+        await bus.start()
+        client = connect_mongo(settings, app_name=node_id)
+        db = get_database(client, settings)
+        node = NodeRegistry(
+            db=db, service="api", node_id=node_id, interval_s=settings.node_heartbeat_s
+        )
+        state = AppState(settings=settings, bus=bus, db=db, node=node)
+        state.tool_versions = {b: await tool_version(b) for b in ("ffmpeg", "ffprobe")}
+        app.state.reelhouse = state
+        app.state.bootstrap_token = bootstrap_token
+        tasks = [
+            asyncio.create_task(_ensure_indexes(state, stop), name="indexes"),
+            asyncio.create_task(node.run(stop), name="heartbeat"),
+        ]
+        log.info("api_started", node=node_id, host=settings.api_host, port=settings.api_port)
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(node.mark_stopped(), 5)
+            await bus.close()
+            await client.close()
+            log.info("api_stopped", node=node_id)
+
+    app = FastAPI(
+        title="Reelhouse API",
+        version=__version__,
+        description="Record and restream live inputs; inspect streams. Every endpoint except "
+        "/api/health needs the `x-access-token` header.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(nodes.router)
+    return app

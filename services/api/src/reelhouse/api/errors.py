@@ -1,0 +1,96 @@
+"""One place that turns every error into the API's error shape (ARCHITECTURE §6).
+
+Besides the stable codes of the error tree, two HTTP-level codes appear: ``METHOD_NOT_ALLOWED``
+(405) and ``PAYLOAD_TOO_LARGE`` (413).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pymongo.errors import ConnectionFailure
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from reelhouse.common.errors import ReelhouseError, error_body
+from reelhouse.common.logging import get_logger
+
+log = get_logger("reelhouse.api")
+
+_HTTP_CODES = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    429: "RATE_LIMITED",
+    503: "UNAVAILABLE",
+}
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "header", "path"):
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic/FastAPI errors as ``[{field, message}]`` with dotted field paths."""
+    details = []
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            details.append({"field": "body", "message": "request body is not valid JSON"})
+            continue
+        msg = err.get("msg", "invalid value")
+        details.append({"field": _field_path(tuple(err.get("loc", ()))) or "body", "message": msg})
+    return details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers; routes just raise."""
+
+    @app.exception_handler(ReelhouseError)
+    async def _reelhouse(_: Request, exc: ReelhouseError) -> JSONResponse:
+        return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = validation_details(list(exc.errors()))
+        first = details[0] if details else {"field": "body", "message": "invalid request"}
+        body = error_body(
+            "VALIDATION_ERROR",
+            f"{first['field']}: {first['message']}",
+            field=first["field"],
+            details=details,
+        )
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "INTERNAL_ERROR")
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return JSONResponse(
+            error_body(code, message), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(ConnectionFailure)
+    async def _db_down(_: Request, exc: ConnectionFailure) -> JSONResponse:
+        log.warning("mongo_unavailable", error=str(exc).splitlines()[0][:200])
+        body = error_body("UNAVAILABLE", "the database is not reachable; try again shortly")
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path)
+        body = error_body("INTERNAL_ERROR", "internal error; the incident was logged")
+        return JSONResponse(body, status_code=500)

@@ -1,0 +1,26 @@
+"""Settings of the API service (`REELHOUSE_` prefix)."""
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from reelhouse.common.settings import CommonSettings
+
+
+class ApiSettings(CommonSettings):
+    """HTTP API: where it listens and how the first operator gets in."""
+
+    api_host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    api_port: int = Field(8080, ge=1, le=65535, description="Port the HTTP API listens on.")
+    bootstrap_token: SecretStr | None = Field(
+        None,
+        description="Admin token accepted in `x-access-token`. Unset: one is generated and "
+        "written to REELHOUSE_BOOTSTRAP_TOKEN_FILE.",
+    )
+    bootstrap_token_file: Path = Field(
+        Path("data/bootstrap-token"),
+        description="Where a generated bootstrap token is kept (mode 0600).",
+    )
+    health_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="Deadline of each dependency check in /api/health, seconds."
+    )

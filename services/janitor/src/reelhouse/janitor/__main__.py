@@ -1,0 +1,5 @@
+"""`python -m reelhouse.janitor`."""
+
+from reelhouse.janitor.main import main
+
+main()

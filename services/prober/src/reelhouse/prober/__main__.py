@@ -1,0 +1,5 @@
+"""`python -m reelhouse.prober`."""
+
+from reelhouse.prober.main import main
+
+main()

@@ -1,0 +1,5 @@
+"""`python -m reelhouse.recorder`."""
+
+from reelhouse.recorder.main import main
+
+main()

@@ -1,0 +1,5 @@
+"""`python -m reelhouse.restreamer`."""
+
+from reelhouse.restreamer.main import main
+
+main()
