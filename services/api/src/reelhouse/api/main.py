@@ -1,4 +1,9 @@
-"""Entry point of the API service: settings → app → uvicorn (which handles SIGTERM)."""
+"""Entry point of the API service: settings → app → uvicorn; SIGTERM drains and exits 0."""
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -8,6 +13,22 @@ from reelhouse.common.logging import configure_logging
 from reelhouse.common.settings import load_settings
 
 
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the signal after its graceful shutdown, so the process would end
+        # "killed by SIGTERM"; Reelhouse services report a clean stop with exit status 0.
+        loop = asyncio.get_running_loop()
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        for sig in sigs:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in sigs:
+                loop.remove_signal_handler(sig)
+
+
 def main() -> None:
     settings = load_settings(ApiSettings, program="reelhouse-api")
     configure_logging(level=settings.log_level, fmt=settings.log_format, service="api")
@@ -15,7 +36,7 @@ def main() -> None:
         app = create_app(settings)
     except ValueError as exc:
         raise SystemExit(f"reelhouse-api: {exc}") from None
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.api_host,
         port=settings.api_port,
@@ -23,3 +44,4 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    asyncio.run(_Server(config).serve())

@@ -3,27 +3,44 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, ConfigDict, Field
 
 from reelhouse.api.auth import Principal
 from reelhouse.api.state import State
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.mongo import Collections
+from reelhouse.common.subjects import Service
 
 router = APIRouter(prefix="/api/nodes", tags=["nodes"])
 
 
+class NodesQuery(BaseModel):
+    """Optional filters of ``getAll``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: Service | None = Field(None, description="Only nodes of this service.")
+    alive: bool | None = Field(None, description="Only nodes that are (or are not) alive.")
+
+
 @router.post("/getAll", summary="Every service node with its heartbeat and load")
-async def get_all(state: State, _: Principal) -> list[dict[str, Any]]:
+async def get_all(
+    state: State, _: Principal, query: Annotated[NodesQuery | None, Body()] = None
+) -> list[dict[str, Any]]:
     """Nodes newest first; ``alive`` is false once a node missed three heartbeats or stopped."""
+    query = query or NodesQuery()
     cutoff = utcnow() - timedelta(seconds=3 * state.settings.node_heartbeat_s)
+    mongo_filter = {"service": query.service} if query.service else {}
     rows = []
-    cursor = state.db[Collections.NODES].find({}).sort("last_seen", -1).limit(1000)
+    cursor = state.db[Collections.NODES].find(mongo_filter).sort("last_seen", -1).limit(1000)
     async for doc in cursor:
         node = {"node_id": doc.pop("_id"), **doc}
         node["alive"] = node.get("state") == "running" and node["last_seen"] >= cutoff
+        if query.alive is not None and node["alive"] != query.alive:
+            continue
         for key in ("started", "last_seen", "stopped"):
             if key in node:
                 node[key] = format_timestamp(node[key])

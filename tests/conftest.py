@@ -1,0 +1,102 @@
+"""Test infrastructure: real nats-server, a real MongoDB-compatible server, real FFmpeg.
+
+``REELHOUSE_TEST_INFRA=local`` (default) starts nats-server and FerretDB (the ferretdb-lite helper)
+once per session on free loopback ports. ``REELHOUSE_TEST_INFRA=containers`` uses testcontainers
+(``mongo:7``, ``nats:2.10 -js``) instead, where Docker exists. With ``REELHOUSE_MONGODB_URL`` set,
+that MongoDB is used instead of FerretDB. Every test gets its own database name and NATS subject
+prefix, so tests never see each other's data or messages.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from support import infra as local
+
+pytest_plugins: list[str] = []
+
+
+@dataclass(frozen=True)
+class Infra:
+    mode: str
+    nats_url: str
+    mongodb_url: str
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    mode = os.environ.get("REELHOUSE_TEST_INFRA", "local")
+    if mode == "containers":
+        from testcontainers.community.mongodb import MongoDbContainer
+        from testcontainers.community.nats import NatsContainer
+
+        with MongoDbContainer("mongo:7") as mongo, NatsContainer("nats:2.10", jetstream=True) as n:
+            yield Infra(mode, n.nats_uri(), mongo.get_connection_url())
+        return
+    if mode != "local":
+        raise pytest.UsageError(f"REELHOUSE_TEST_INFRA must be local or containers, not {mode!r}")
+    base = tmp_path_factory.mktemp("infra")
+    nats = local.nats_server(base / "nats")
+    nats.start()
+    ferret = None
+    mongodb_url = os.environ.get("REELHOUSE_MONGODB_URL")
+    if not mongodb_url:
+        ferret = local.ferretdb(base / "ferretdb")
+        ferret.start()
+        mongodb_url = f"mongodb://127.0.0.1:{ferret.port}/"
+    try:
+        yield Infra(mode, f"nats://127.0.0.1:{nats.port}", mongodb_url)
+    finally:
+        nats.stop()
+        if ferret is not None:
+            ferret.stop()
+
+
+@pytest.fixture
+def test_id() -> str:
+    """Short unique id of this test: its database is ``t_<id>``, its subject prefix ``t<id>``."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def settings_env(infra: Infra, test_id: str, tmp_path: Path) -> dict[str, str]:
+    """``REELHOUSE_*`` variables that point a service at this test's infrastructure."""
+    return {
+        "REELHOUSE_NATS_URL": infra.nats_url,
+        "REELHOUSE_MONGODB_URL": infra.mongodb_url,
+        "REELHOUSE_MONGODB_DATABASE": f"t_{test_id}",
+        "REELHOUSE_SUBJECT_PREFIX": f"t{test_id}",
+        "REELHOUSE_STORAGE_ROOT": str(tmp_path / "recordings"),
+        "REELHOUSE_BOOTSTRAP_TOKEN_FILE": str(tmp_path / "bootstrap-token"),
+        "REELHOUSE_LOG_FORMAT": "json",
+        "REELHOUSE_NODE_HEARTBEAT_S": "0.5",
+        "REELHOUSE_NATS_RECONNECT_WAIT_S": "0.2",
+    }
+
+
+@pytest.fixture
+def service_env(settings_env: dict[str, str]) -> dict[str, str]:
+    """The whole environment for a service subprocess (this one's plus ``settings_env``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REELHOUSE_")}
+    return {**env, **settings_env, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+async def db(infra: Infra, settings_env: dict[str, str]) -> AsyncIterator[AsyncDatabase]:
+    """This test's own database on the real server; dropped afterwards."""
+    client: AsyncMongoClient = AsyncMongoClient(
+        infra.mongodb_url, serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    name = settings_env["REELHOUSE_MONGODB_DATABASE"]
+    try:
+        yield client[name]
+    finally:
+        await client.drop_database(name)
+        await client.close()

@@ -1,0 +1,127 @@
+"""Real infrastructure for tests: nats-server and the MongoDB-compatible server as processes.
+
+Each server runs on a free loopback port with its data in a temporary directory, and can be
+stopped and started again on the same port (tests of outages do exactly that).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval=0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def nats_server_binary() -> str:
+    found = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
+    if not found:
+        raise RuntimeError("nats-server not found: run `make test` (it installs it)")
+    return found
+
+
+def ferretdb_binary() -> str:
+    configured = os.environ.get("REELHOUSE_FERRETDB_BIN")
+    path = Path(configured) if configured else ROOT / ".cache/bin/ferretdb-lite"
+    if not path.exists():
+        raise RuntimeError(f"{path} not found: run `make test` (it builds the FerretDB helper)")
+    return str(path)
+
+
+class ServerProcess:
+    """A server process on a fixed port that can be stopped and restarted."""
+
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        try:
+            wait_until(
+                lambda: port_open(self.port) or self.proc.poll() is not None,
+                timeout=timeout,
+                what=f"{self.name} on port {self.port}",
+            )
+        except TimeoutError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited at start: {self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        wait_until(lambda: not port_open(self.port), timeout=10, what=f"{self.name} to close")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def nats_server(tmp: Path, port: int | None = None) -> ServerProcess:
+    """nats-server with JetStream, data under ``tmp``."""
+    port = port or free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    argv = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp)]
+    return ServerProcess("nats-server", argv, port, tmp / "nats.log")
+
+
+def ferretdb(tmp: Path, port: int | None = None) -> ServerProcess:
+    """FerretDB (SQLite backend) through the ferretdb-lite helper, data under ``tmp``."""
+    port = port or free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    argv = [ferretdb_binary(), "-listen", f"127.0.0.1:{port}", "-data", str(tmp),
+            "-log-level", "error"]  # fmt: skip
+    return ServerProcess("ferretdb", argv, port, tmp / "ferretdb.log")

@@ -1,0 +1,30 @@
+"""The README is the front door: its commands and configuration table must stay true."""
+
+from __future__ import annotations
+
+import re
+
+from support.infra import ROOT
+
+from reelhouse.api.settings import ApiSettings
+from reelhouse.common.settings import env_names
+from reelhouse.janitor.settings import JanitorSettings
+from reelhouse.prober.settings import ProberSettings
+from reelhouse.recorder.settings import RecorderSettings
+from reelhouse.restreamer.settings import RestreamerSettings
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_gives_the_two_commands_and_ci_runs_one_of_them():
+    assert "make up" in README
+    assert "make test" in README
+    assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+def test_configuration_table_lists_every_setting_and_nothing_else():
+    documented = set(re.findall(r"^\| `(REELHOUSE_[A-Z_]+)` \|", README, flags=re.M))
+    real = set()
+    for cls in (ApiSettings, RecorderSettings, RestreamerSettings, ProberSettings, JanitorSettings):
+        real |= env_names(cls)
+    assert documented == real

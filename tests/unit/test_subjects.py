@@ -1,0 +1,92 @@
+"""The subject scheme of ARCHITECTURE §3, built in one module."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from reelhouse.common.subjects import EVENTS, Subjects
+
+JOB = "66004d2997300f9385d32b00"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_subjects_follow_the_scheme():
+    s = Subjects("reelhouse")
+    assert s.command("recorder", "start") == "reelhouse.cmd.recorder.start"
+    assert s.commands("restreamer") == "reelhouse.cmd.restreamer.*"
+    assert s.probe() == "reelhouse.req.prober.probe"
+    assert s.stats("recording", JOB) == f"reelhouse.stats.recording.{JOB}"
+    assert s.all_stats() == "reelhouse.stats.>"
+    assert s.all_stats("restream") == "reelhouse.stats.restream.*"
+    assert s.event("stream", JOB, "stream_status") == f"reelhouse.evt.stream.{JOB}.stream_status"
+    assert s.all_events() == "reelhouse.evt.>"
+
+
+def test_prefix_separates_deployments():
+    assert Subjects("site-b").stats("restream", JOB).startswith("site-b.stats.")
+    assert Subjects("site-b").events_stream_name() == "SITE_B_EVENTS"
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    ["Main program archive", "srt://127.0.0.1:1935", JOB + ".>", JOB.upper(), "*", ""],
+)
+def test_user_text_never_becomes_a_subject_token(job_id):
+    with pytest.raises(ValueError, match="24-hex"):
+        Subjects().stats("recording", job_id)
+
+
+@pytest.mark.parametrize("prefix", ["", "a.b", "a b", ">", "x*"])
+def test_prefix_must_be_one_token(prefix):
+    with pytest.raises(ValueError, match="one NATS token"):
+        Subjects(prefix)
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="unknown event"):
+        Subjects().event("recording", JOB, "job_exploded")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown service"):
+        Subjects().command("toaster", "start")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown module"):
+        Subjects().stats("recordings", JOB)  # type: ignore[arg-type]
+
+
+def test_every_architecture_event_is_known():
+    expected = [
+        "job_started",
+        "job_stopped",
+        "job_failed",
+        "job_retrying",
+        "file_opened",
+        "file_closed",
+        "file_ready",
+        "file_failed",
+        "file_deleted",
+        "file_archived",
+        "processing_started",
+        "processing_progress",
+        "processing_complete",
+        "processing_failed",
+        "quota_exceeded",
+        "disk_warning",
+        "stream_status",
+        "config_reloaded",
+    ]
+    assert set(EVENTS) == set(expected)
+
+
+def test_no_subject_literals_outside_the_subjects_module():
+    pattern = re.compile(r"""["'](reelhouse|\{[a-z_.]*prefix\})\.(cmd|req|stats|evt)\b""")
+    offenders = []
+    for path in [*ROOT.glob("libs/*/src/**/*.py"), *ROOT.glob("services/*/src/**/*.py")]:
+        if path.name == "subjects.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert offenders == []
+    # The scan itself can fail: a literal in the usual form is caught.
+    assert pattern.search('nc.publish("reelhouse.stats.recording.x")')
