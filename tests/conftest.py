@@ -20,7 +20,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from support import infra as local
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["support.media_fixtures"]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Besides the stable codes of the error tree, two HTTP-level codes appear: ``METHO
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,6 +33,9 @@ _HTTP_CODES = {
 }
 
 
+_SUBFIELD = re.compile(r"^@([A-Za-z_][A-Za-z0-9_.]*): (.*)$", re.S)
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "header", "path"):
@@ -46,8 +50,15 @@ def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if err.get("type") == "json_invalid":
             details.append({"field": "body", "message": "request body is not valid JSON"})
             continue
-        msg = err.get("msg", "invalid value")
-        details.append({"field": _field_path(tuple(err.get("loc", ()))) or "body", "message": msg})
+        msg = str(err.get("msg", "invalid value"))
+        loc = tuple(err.get("loc", ()))
+        if msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        # Model-level checks name their sub-field as "@field: message" (contracts.media).
+        match = _SUBFIELD.match(msg)
+        if match:
+            loc, msg = (*loc, match.group(1)), match.group(2)
+        details.append({"field": _field_path(loc) or "body", "message": msg})
     return details
 
 

@@ -1,0 +1,184 @@
+"""Media blocks shared by recordings and restreams: input, transcoding, audio/video, overlay.
+
+Values follow the seeds: the dashboard sends every block, using ``"Disabled"``/``"DISABLED"`` and
+empty strings for "not set". Every accepted value maps to FFmpeg arguments in
+:mod:`reelhouse.common.ffmpeg.command`; an unsupported value is a validation error (400) naming the
+field, so a bad option never reaches FFmpeg.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+from reelhouse.common.contracts.types import INPUT_SCHEMES, InputType, Kbps, StreamUrl, url_scheme
+
+Disabled = Literal["Disabled"]
+Unset = Literal[""]
+
+
+class InputIn(BaseModel):
+    """The ``input`` block of a create/update body (one live source)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_type: InputType
+    application: Literal["IO_APPLICATION_FFMPEG"] = "IO_APPLICATION_FFMPEG"
+    input_stream_url: StreamUrl
+    input_stream_listen_port: dict[str, Any] | StrictInt | Unset = Field(default_factory=dict)
+    input_settings: dict[str, Any] = Field(default_factory=dict)
+    input_module_id: str = Field("", max_length=64)
+    input_stream_id: str = Field("", max_length=256)
+    entity_name: str = Field("", max_length=128)
+    module_name: str = Field("", max_length=64)
+
+    @model_validator(mode="after")
+    def _scheme_fits_type(self) -> InputIn:
+        allowed = INPUT_SCHEMES[self.input_type]
+        scheme = url_scheme(self.input_stream_url)
+        if scheme not in allowed:
+            # Raised as a field error so the API names input.input_stream_url.
+            raise _field_error(
+                "input_stream_url",
+                f"{self.input_type} takes {' or '.join(s + '://' for s in allowed)} URLs, "
+                f"not {scheme}:",
+            )
+        return self
+
+
+def _field_error(field: str, message: str) -> ValueError:
+    """A ValueError whose message names ``field`` (see errors.validation_details)."""
+    return ValueError(f"@{field}: {message}")
+
+
+VideoCodec = Literal["Disabled", "libx264", "libx265"]
+AudioCodec = Literal["Disabled", "aac", "libmp3lame", "mp3", "libopus", "opus", "ac3"]
+Preset = Literal[
+    "Disabled", "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+    "slower", "veryslow",
+]  # fmt: skip
+Tune = Literal["Disabled", "film", "animation", "grain", "stillimage", "fastdecode", "zerolatency"]
+PixFmt = Literal["Disabled", "yuv420p", "yuv422p", "yuv444p", "nv12", "yuv420p10le"]
+
+PositiveIntOrUnset = Annotated[int, Field(gt=0, le=100_000)] | Unset
+"""A positive integer, or ``""`` for "not set" (the dashboard sends empty strings)."""
+
+
+def _int_or_blank(value: Any) -> Any:
+    # The dashboard sends numbers as strings in some fields ("xlnx_hwdev": "0").
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return value
+
+
+class Transcoding(BaseModel):
+    """Optional re-encoding. ``"Disabled"`` codecs mean stream copy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video_transcoding: VideoCodec = "Disabled"
+    output_video_bitrate: Kbps = 6000
+    preset: Preset = "ultrafast"
+    tune: Tune = "Disabled"
+    crf: Annotated[int, Field(ge=0, le=51)] | Disabled = "Disabled"
+    pix_fmt: PixFmt = "Disabled"
+    encoding_rate: Annotated[int, Field(gt=0, le=200_000)] | Unset = ""
+    """Peak video rate (``-maxrate``), kbit/s."""
+    filter_fps: Annotated[float, Field(gt=0, le=240)] | Unset = ""
+    gop: Annotated[int, Field(gt=0, le=1000)] | Disabled = "Disabled"
+    """Keyframe interval, frames."""
+    force_key_frames: Annotated[int, Field(ge=0, le=60)] | Disabled | Unset = 2
+    """Force a keyframe every N seconds when encoding (0, "" or "Disabled": off)."""
+    frame_width: Annotated[int, Field(ge=16, le=7680)] | Unset = ""
+    frame_height: Annotated[int, Field(ge=16, le=4320)] | Unset = ""
+    slices: Annotated[int, Field(gt=0, le=64)] | Unset = ""
+    cores: Annotated[int, Field(gt=0, le=256)] | Unset = ""
+    """Encoder threads."""
+    xlnx_hwdev: Annotated[int, Field(ge=0, le=16)] = 0
+    """Xilinx device index; accepted for compatibility, unused (no such hardware here)."""
+    audio_transcoding: AudioCodec = "Disabled"
+    output_audio_bitrate: Kbps = 128
+    sample_rate: Literal[8000, 16000, 22050, 24000, 32000, 44100, 48000, 96000] = 48000
+
+    @field_validator(
+        "crf", "encoding_rate", "gop", "force_key_frames", "frame_width", "frame_height",
+        "slices", "cores", "xlnx_hwdev", "filter_fps", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _numbers_as_strings(cls, value: Any) -> Any:
+        return _int_or_blank(value)
+
+
+class ModifyAudio(BaseModel):
+    """Audio channel/track selection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["DISABLED", "SELECT_TRACK", "SELECT_CHANNELS", "MUTE"] = "DISABLED"
+    channel: str = Field("1,2", max_length=64)
+    """Comma-separated 1-based input channels to keep, in output order (SELECT_CHANNELS)."""
+    track: str = Field("0", max_length=4)
+    """0-based audio track (stream) of the input to use (SELECT_TRACK)."""
+
+    @field_validator("channel")
+    @classmethod
+    def _channels(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not parts or not all(p.isdigit() and 1 <= int(p) <= 64 for p in parts):
+            raise ValueError("must be comma-separated channel numbers from 1, e.g. '1,2'")
+        return ",".join(parts)
+
+    @field_validator("track")
+    @classmethod
+    def _track(cls, value: str) -> str:
+        if not value.strip().isdigit():
+            raise ValueError("must be a track number from 0, e.g. '0'")
+        return value.strip()
+
+    @property
+    def channels(self) -> list[int]:
+        return [int(p) for p in self.channel.split(",")]
+
+
+class ModifyVideo(BaseModel):
+    """Simple video changes (each needs video encoding)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal[
+        "DISABLED", "DEINTERLACE", "FLIP_HORIZONTAL", "FLIP_VERTICAL", "ROTATE_90",
+        "ROTATE_180", "ROTATE_270", "GRAYSCALE",
+    ] = "DISABLED"  # fmt: skip
+
+
+class Position(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    x: Annotated[int, Field(ge=0, le=7680)] = 0
+    y: Annotated[int, Field(ge=0, le=4320)] = 0
+
+
+class Overlay(BaseModel):
+    """Text or image drawn at x/y (needs video encoding)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["DISABLED", "TEXT", "IMAGE"] = "DISABLED"
+    position: Position = Field(default_factory=Position)
+    text: str = Field("", max_length=256)
+    font_size: Annotated[int, Field(ge=6, le=400)] = 32
+    font_color: str = Field("white", pattern=r"^(#[0-9A-Fa-f]{6}|[a-z]{3,20})$")
+    image_url: StreamUrl | Unset = ""
+    """http(s) URL of a PNG/JPEG to draw; never a local path."""
+
+    @model_validator(mode="after")
+    def _content_present(self) -> Overlay:
+        if self.type == "TEXT" and not self.text.strip():
+            raise _field_error("text", "a TEXT overlay needs text")
+        if self.type == "IMAGE":
+            if not self.image_url:
+                raise _field_error("image_url", "an IMAGE overlay needs image_url")
+            if url_scheme(self.image_url) not in ("http", "https"):
+                raise _field_error("image_url", "must be an http:// or https:// URL")
+        return self

@@ -1,0 +1,153 @@
+"""Recording jobs: the Recordings API bodies (as the seed shows them) and the stored document.
+
+The field names, enums and shapes follow ``shared/seeds/recordings-api.txt``; its example
+payloads validate unchanged. Blocks the dashboard always sends in a "Disabled" state
+(``transcoding``, ``modify_audio``, ``modify_video``, ``overlay``) are accepted as sent.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+)
+
+from reelhouse.common.contracts.base import ObjectIdStr
+from reelhouse.common.contracts.media import (
+    InputIn,
+    ModifyAudio,
+    ModifyVideo,
+    Overlay,
+    Transcoding,
+)
+from reelhouse.common.contracts.types import Name
+
+OutputFormat = Literal["mp4", "avi", "flv", "mp3", "m3u8", "mpegts", "mkv"]
+RecordingMode = Literal["RECORDING_MODE_INFINITY", "RECORDING_MODE_SPLIT_BY_TIME"]
+
+FILE_EXTENSIONS: dict[str, str] = {
+    "mp4": "mp4", "avi": "avi", "flv": "flv", "mp3": "mp3", "m3u8": "m3u8", "mpegts": "ts",
+    "mkv": "mkv",
+}  # fmt: skip
+"""File extension written for each output format."""
+
+
+class RecordingModeSettings(BaseModel):
+    """Split length for ``RECORDING_MODE_SPLIT_BY_TIME`` (hours, minutes, seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hours: Annotated[StrictInt, Field(ge=0, le=168)] = 0
+    minutes: Annotated[StrictInt, Field(ge=0, le=59 * 60)] = 0
+    seconds: Annotated[StrictInt, Field(ge=0, le=59 * 3600)] = 0
+
+    @property
+    def total_seconds(self) -> int:
+        return self.hours * 3600 + self.minutes * 60 + self.seconds
+
+
+class RecordingIn(BaseModel):
+    """Body of ``/api/recording/create`` (and of ``update``, with ``id``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recording_name: Name
+    recording_type: Literal["RECORDING_STREAM_TO_FILE"] = "RECORDING_STREAM_TO_FILE"
+    input: InputIn
+    output_format: OutputFormat
+    recording_mode: RecordingMode = "RECORDING_MODE_INFINITY"
+    recording_mode_settings: RecordingModeSettings = Field(default_factory=RecordingModeSettings)
+    transcoding: Transcoding = Field(default_factory=Transcoding)
+    modify_audio: ModifyAudio = Field(default_factory=ModifyAudio)
+    modify_video: ModifyVideo = Field(default_factory=ModifyVideo)
+    overlay: Overlay = Field(default_factory=Overlay)
+    delete_after: Annotated[StrictInt, Field(ge=0, le=36500)] = 0
+    active: StrictBool = False
+
+    @field_validator("recording_mode_settings")
+    @classmethod
+    def _split_needs_a_duration(
+        cls, value: RecordingModeSettings, info: ValidationInfo
+    ) -> RecordingModeSettings:
+        if info.data.get("recording_mode") == "RECORDING_MODE_SPLIT_BY_TIME" and (
+            value.total_seconds <= 0
+        ):
+            raise ValueError(
+                "RECORDING_MODE_SPLIT_BY_TIME needs a positive duration (hours, minutes, seconds)"
+            )
+        return value
+
+    def config(self) -> dict[str, Any]:
+        """The job's stored configuration (everything but the input, which is its own document)."""
+        return self.model_dump(mode="json", exclude={"input"})
+
+
+class RecordingUpdate(RecordingIn):
+    """Body of ``/api/recording/update``: create's payload plus ``id``."""
+
+    id: ObjectIdStr
+
+
+class IdBody(BaseModel):
+    """``{"id": "..."}``: getById, start, stop, remove."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: ObjectIdStr
+
+
+class RemoveFileBody(BaseModel):
+    """Body of ``/api/recording/removeFile``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    record_id: ObjectIdStr
+    file_id: ObjectIdStr
+
+
+FILTER_FIELDS = {
+    "recording_name", "recording_type", "output_format", "recording_mode", "active",
+    "delete_after", "_id", "id",
+}  # fmt: skip
+"""Fields a ``getAll``/``getCount`` filter may name (equality only; no ``$`` operators)."""
+
+SORT_FIELDS = {"created", "modified", "recording_name", "output_format", "active"}
+
+
+class ListBody(BaseModel):
+    """Body of ``getAll`` / ``getCount``: limit, skip, sort, filter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
+    skip: Annotated[StrictInt, Field(ge=0)] = 0
+    sort: dict[str, Literal[1, -1]] = Field(default_factory=lambda: {"created": 1})
+    filter: dict[str, str | int | bool] = Field(default_factory=dict)
+
+    @field_validator("filter")
+    @classmethod
+    def _known_filter_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key.startswith("$") or key not in FILTER_FIELDS:
+                raise ValueError(
+                    f"unknown field {key!r} (operators are not accepted); allowed: "
+                    f"{', '.join(sorted(FILTER_FIELDS))}"
+                )
+        return value
+
+    @field_validator("sort")
+    @classmethod
+    def _known_sort_fields(cls, value: dict[str, int]) -> dict[str, int]:
+        for key in value:
+            if key not in SORT_FIELDS:
+                raise ValueError(
+                    f"unknown field {key!r}; allowed: {', '.join(sorted(SORT_FIELDS))}"
+                )
+        return value

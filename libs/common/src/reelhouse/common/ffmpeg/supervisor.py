@@ -1,0 +1,599 @@
+"""One supervisor for every long-running FFmpeg (recorder, restreamer, prober monitors).
+
+An explicit state machine (ARCHITECTURE §4)::
+
+    starting ──first progress block──▶ running
+        │                                  │
+        └────── exit, or no progress ──────┴──▶ retrying ──backoff──▶ starting
+                                                (failed once max_restarts is exceeded)
+    any state ──stop()──▶ stopping ──▶ finished | killed | failed
+
+- ``starting``: a process is being (re)started; no progress block has arrived yet.
+- ``running``: FFmpeg has reported progress at least once.
+- ``retrying``: the process ended without being asked to (or hung and was stopped); the next
+  start waits for a capped exponential backoff with jitter (:func:`backoff_delay`).
+- ``stopping``: :meth:`FFmpegSupervisor.stop` was called; FFmpeg is asked to quit.
+- ``finished``: stopped on request, FFmpeg exited with 0 (``q``) or 255 (SIGINT), or nothing was
+  running; also an unrequested exit 0 when ``finish_on_success`` is set.
+- ``killed``: stopped on request, but FFmpeg ignored ``q`` and SIGINT and needed SIGKILL.
+- ``failed``: more than ``max_restarts`` consecutive failures, or an error exit while stopping.
+
+Process handling:
+
+- The argument list comes from a factory called before every (re)start, so a recorder can open a
+  new output part each time. It is a list, never a shell string. :func:`build_argv` puts the
+  binary first and adds ``-progress pipe:1 -nostats`` right after it as global options (global
+  options must precede the outputs; directly after the binary is always valid).
+- FFmpeg runs with stdin, stdout and stderr as pipes. stdout carries progress, parsed line by line
+  (:class:`~reelhouse.common.ffmpeg.progress.ProgressParser`); the last ``stderr_tail_lines``
+  stderr lines are kept for :attr:`FFmpegSupervisor.last_error`.
+- Graceful stop: ``q`` on stdin (FFmpeg exits 0 after writing its trailer), SIGINT after
+  ``sigint_after_s`` (FFmpeg exits 255, also after writing its trailer), SIGKILL at
+  ``graceful_stop_timeout_s`` after the ``q``. Every process is reaped (``await proc.wait()``),
+  also when the supervising task is cancelled.
+- ``start_new_session=False``: FFmpeg stays in the worker's process group and session, so a signal
+  to the group (Ctrl-C in a terminal, a container or systemd unit being stopped) reaches FFmpeg
+  too and nothing outlives the worker's unit. A worker killed *alone* with SIGKILL leaves FFmpeg
+  running (it ignores the broken progress pipe); the job lease protocol bounds that case.
+- The argument list is never logged: it may carry stream keys and passphrases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import random
+import signal
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from reelhouse.common.ffmpeg.progress import ProgressParser, ProgressSnapshot
+from reelhouse.common.logging import get_logger
+
+__all__ = [
+    "ArgvFactory",
+    "ExitHook",
+    "FFmpegSupervisor",
+    "ProgressHook",
+    "StateHook",
+    "SupervisorConfig",
+    "SupervisorState",
+    "backoff_delay",
+    "build_argv",
+]
+
+# StreamReader buffer limit (bytes): FFmpeg's stderr lines can be long (codec parameter dumps).
+_LINE_LIMIT = 1024 * 1024
+# Seconds to let the pipe readers drain after the process has exited.
+_READER_DRAIN_S = 2.0
+# Exit codes FFmpeg returns after our own stop: 0 after 'q', 255 after SIGINT.
+_CLEAN_STOP_CODES = frozenset({0, 255})
+
+
+class SupervisorState(StrEnum):
+    """Where a supervised FFmpeg is in its life; the value is what ``runtime.state`` stores."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    STOPPING = "stopping"
+    FINISHED = "finished"
+    FAILED = "failed"
+    KILLED = "killed"
+
+    @property
+    def terminal(self) -> bool:
+        """True for the states a supervisor never leaves."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({SupervisorState.FINISHED, SupervisorState.FAILED, SupervisorState.KILLED})
+_FAILING = frozenset({SupervisorState.RETRYING, SupervisorState.FAILED, SupervisorState.KILLED})
+
+
+class SupervisorConfig(BaseModel):
+    """How an FFmpeg process is watched, restarted and stopped."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Path to the ffmpeg binary, or a name looked up on PATH (tests point it at a fake).
+    ffmpeg_path: str = "ffmpeg"
+    # Seconds without progress (no progress block that moves frame, size or output time) before
+    # the process counts as hung and is stopped and restarted. Also bounds the time from start to
+    # the first block. None disables the watchdog (e.g. an SRT listener waiting for its caller).
+    stale_timeout_s: float | None = Field(default=10.0, gt=0)
+    # Seconds before the first restart after a failure.
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    # Seconds: the delay between restarts never exceeds this.
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    # Factor (dimensionless, >= 1) the delay grows by with each consecutive failure.
+    backoff_multiplier: float = Field(default=2.0, ge=1)
+    # Fraction (0..1) of each delay that is randomized away: delay = base * (1 - jitter * U[0, 1)).
+    # 0 = no jitter, 0.5 = "equal jitter", 1 = "full jitter". It keeps many jobs that failed
+    # together (a shared source went down) from restarting in lockstep.
+    jitter: float = Field(default=0.5, ge=0, le=1)
+    # Count of consecutive restarts (no stable run in between) before giving up as failed;
+    # None = restart forever.
+    max_restarts: int | None = Field(default=None, ge=0)
+    # Seconds a run must last after its first progress block to count as stable: the next
+    # failure then starts again from backoff_initial_s and a fresh max_restarts budget.
+    stable_after_s: float = Field(default=30.0, ge=0)
+    # Seconds after writing 'q' on stdin before SIGINT is sent as well.
+    sigint_after_s: float = Field(default=2.0, ge=0)
+    # Seconds from the 'q' until SIGKILL if FFmpeg is still alive.
+    graceful_stop_timeout_s: float = Field(default=10.0, gt=0)
+    # Lines: how much of FFmpeg's stderr is kept for last_error.
+    stderr_tail_lines: int = Field(default=20, ge=1)
+    # Whether an exit with code 0 that we did not ask for ends supervision as finished (a
+    # recording with a duration limit) instead of being restarted (a live source that ended).
+    finish_on_success: bool = False
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> Self:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        return self
+
+
+ArgvFactory = Callable[[], Sequence[str] | Awaitable[Sequence[str]]]
+"""Returns FFmpeg's arguments (without the binary); called before every (re)start."""
+StateHook = Callable[[SupervisorState, str], Awaitable[None]]
+"""Awaited on every state change with the new state and a reason a person can read."""
+ProgressHook = Callable[[ProgressSnapshot], Awaitable[None]]
+"""Awaited with every completed progress block."""
+ExitHook = Callable[[int, list[str]], Awaitable[None]]
+"""Awaited after every process exit with its return code and stderr tail."""
+
+
+def build_argv(ffmpeg_path: str, args: Sequence[str]) -> list[str]:
+    """The full argv: binary, ``-progress pipe:1 -nostats`` (unless present), then ``args``.
+
+    Raises ``TypeError`` for a string (arguments are a list, never a shell string) and
+    ``ValueError`` for ``-progress`` aimed anywhere but ``pipe:1``, where the supervisor reads it.
+    """
+    if isinstance(args, str | bytes):
+        raise TypeError("FFmpeg arguments must be a list of strings, never a shell string")
+    args = list(args)
+    extra: list[str] = []
+    if "-progress" in args:
+        at = args.index("-progress")
+        if args[at + 1 : at + 2] != ["pipe:1"]:
+            raise ValueError("-progress must be pipe:1: the supervisor reads progress on stdout")
+    else:
+        extra += ["-progress", "pipe:1"]
+    if "-nostats" not in args:
+        extra.append("-nostats")
+    return [ffmpeg_path, *extra, *args]
+
+
+def backoff_delay(failures: int, config: SupervisorConfig, rand: float) -> float:
+    """Seconds to wait before the restart that follows ``failures`` consecutive failures (>= 1).
+
+    ``base = min(backoff_max_s, backoff_initial_s * backoff_multiplier ** (failures - 1))`` and the
+    delay is ``base * (1 - jitter * rand)`` with ``rand`` uniform in [0, 1): always within
+    ``[base * (1 - jitter), base]``, so never above the cap.
+    """
+    try:
+        base = config.backoff_initial_s * config.backoff_multiplier ** max(failures - 1, 0)
+    except OverflowError:
+        base = config.backoff_max_s
+    base = min(base, config.backoff_max_s)
+    return base * (1.0 - config.jitter * rand)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How one process run ended."""
+
+    reason: str
+    returncode: int | None = None  # None: no process was started
+    requested: bool = False  # ended because stop() was called
+    killed: bool = False  # SIGKILL was needed
+    stable: bool = False  # ran with progress for at least stable_after_s
+
+
+def _exit_reason(returncode: int, stderr_tail: Sequence[str]) -> str:
+    if returncode < 0:
+        try:
+            what = f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            what = f"killed by signal {-returncode}"
+    else:
+        what = f"exited with code {returncode}"
+    return f"{what}: {stderr_tail[-1]}" if stderr_tail else what
+
+
+async def _readline(stream: asyncio.StreamReader) -> str | None:
+    """The next line without its ending, or None at end of stream."""
+    while True:
+        try:
+            raw = await stream.readline()
+        except ValueError:
+            continue  # longer than _LINE_LIMIT: the reader has dropped it
+        if not raw:
+            return None
+        return raw.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+async def _exited_within(proc: asyncio.subprocess.Process, timeout: float) -> bool:
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+class FFmpegSupervisor:
+    """Runs one FFmpeg command, restarts it when it fails or hangs, and stops it gracefully.
+
+    Use ``start()`` then ``await stop()`` (or ``async with``); ``await wait()`` returns once the
+    supervisor reaches a terminal state on its own. A supervisor runs once: it cannot be
+    restarted after it has finished. Hooks are awaited in line, so keep them short; an exception
+    in a hook is logged and does not disturb supervision.
+    """
+
+    def __init__(
+        self,
+        argv_factory: ArgvFactory,
+        *,
+        config: SupervisorConfig | None = None,
+        on_state: StateHook | None = None,
+        on_progress: ProgressHook | None = None,
+        on_exit: ExitHook | None = None,
+        log: structlog.stdlib.BoundLogger | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Prepare (not start) supervision; ``rng`` seeds the backoff jitter (tests)."""
+        self._argv_factory = argv_factory
+        self._config = config or SupervisorConfig()
+        self._on_state = on_state
+        self._on_progress = on_progress
+        self._on_exit = on_exit
+        self._log = log or get_logger(__name__)
+        # Jitter spreads restarts; it is not a security measure.
+        self._rng = rng or random.Random()  # noqa: S311
+        self._state = SupervisorState.STARTING
+        self._reason = "not started"
+        self._task: asyncio.Task[None] | None = None
+        self._stop_event = asyncio.Event()
+        self._stop_reason = "stop requested"
+        self._pid: int | None = None
+        self._restarts = 0
+        self._started_at: datetime | None = None
+        self._last_error: str | None = None
+        self._last_progress: ProgressSnapshot | None = None
+        self._stderr_tail: deque[str] = deque(maxlen=self._config.stderr_tail_lines)
+        self._last_advance = 0.0  # loop time of the last progress block that moved
+        self._running_since: float | None = None  # loop time of the current run's first block
+
+    # -- what callers read ------------------------------------------------------------------
+
+    @property
+    def config(self) -> SupervisorConfig:
+        """The configuration this supervisor runs with."""
+        return self._config
+
+    @property
+    def state(self) -> SupervisorState:
+        """The current state."""
+        return self._state
+
+    @property
+    def reason(self) -> str:
+        """Why the current state was entered, e.g. ``"exited with code 1: <stderr line>"``."""
+        return self._reason
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running FFmpeg; None between processes."""
+        return self._pid
+
+    @property
+    def restarts(self) -> int:
+        """How many times FFmpeg has been restarted in total (never reset)."""
+        return self._restarts
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When the latest FFmpeg process was started (UTC)."""
+        return self._started_at
+
+    @property
+    def last_error(self) -> str | None:
+        """The stderr tail (newline-joined) of the last run that failed, else its failure reason.
+
+        None until a run fails; kept after later successful runs.
+        """
+        return self._last_error
+
+    @property
+    def last_progress(self) -> ProgressSnapshot | None:
+        """The latest progress snapshot of any run; None before the first."""
+        return self._last_progress
+
+    @property
+    def stderr_tail(self) -> list[str]:
+        """The last stderr lines of the current (or latest) process."""
+        return list(self._stderr_tail)
+
+    # -- control ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start supervising in a background task (needs a running event loop)."""
+        if self._task is not None or self._state.terminal:
+            raise RuntimeError("an FFmpegSupervisor runs once")
+        self._task = asyncio.create_task(self._run(), name="ffmpeg-supervisor")
+
+    async def stop(self, reason: str = "stop requested") -> SupervisorState:
+        """Stop FFmpeg gracefully and return the terminal state.
+
+        Idempotent and safe from any state: during a backoff sleep it returns at once without
+        starting another process; after the end it just returns the state. Cancelling the caller
+        does not interrupt the stop.
+        """
+        if self._task is None:
+            if not self._state.terminal:
+                await self._set_state(SupervisorState.FINISHED, f"{reason} before start")
+            return self._state
+        if not self._stop_event.is_set():
+            self._stop_reason = reason
+            self._stop_event.set()
+        await asyncio.wait({self._task})
+        return self._state
+
+    async def wait(self) -> SupervisorState:
+        """Wait until supervision ends (stopped or given up) and return the terminal state."""
+        if self._task is None:
+            raise RuntimeError("not started")
+        await asyncio.wait({self._task})
+        return self._state
+
+    async def __aenter__(self) -> Self:
+        """Start on entering the block."""
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop gracefully on leaving the block."""
+        await self.stop()
+
+    # -- the state machine ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0  # consecutive failed runs; a stable run resets it
+        reason = "start requested"
+        try:
+            while True:
+                await self._set_state(SupervisorState.STARTING, reason)
+                outcome = await self._run_once()
+                if self._stop_event.is_set():
+                    await self._finish_stop(outcome)
+                    return
+                if outcome.returncode == 0 and self._config.finish_on_success:
+                    await self._set_state(SupervisorState.FINISHED, outcome.reason)
+                    return
+                self._last_error = "\n".join(self._stderr_tail) or outcome.reason
+                failures = 1 if outcome.stable else failures + 1
+                max_restarts = self._config.max_restarts
+                if max_restarts is not None and failures > max_restarts:
+                    await self._set_state(
+                        SupervisorState.FAILED,
+                        f"gave up after {failures - 1} restarts: {outcome.reason}",
+                    )
+                    return
+                delay = backoff_delay(failures, self._config, self._rng.random())
+                await self._set_state(
+                    SupervisorState.RETRYING, f"{outcome.reason}; restarting in {delay:.2f} s"
+                )
+                if await self._stop_requested_within(delay):
+                    await self._finish_stop(_Outcome(reason=self._stop_reason, requested=True))
+                    return
+                self._restarts += 1
+                reason = f"restart {self._restarts} after: {outcome.reason}"
+        except asyncio.CancelledError:
+            # _run_once has killed and reaped the process; hooks are not awaited while cancelled.
+            self._state, self._reason = SupervisorState.KILLED, "supervisor task cancelled"
+            self._log.warning("ffmpeg_supervisor_cancelled")
+            raise
+
+    async def _finish_stop(self, outcome: _Outcome) -> None:
+        if self._state is not SupervisorState.STOPPING:
+            await self._set_state(SupervisorState.STOPPING, self._stop_reason)
+        code = outcome.returncode
+        if outcome.killed:
+            grace = self._config.graceful_stop_timeout_s
+            await self._set_state(
+                SupervisorState.KILLED, f"killed after {grace:g} s: ignored 'q' and SIGINT"
+            )
+        elif code is None or code in _CLEAN_STOP_CODES:
+            await self._set_state(SupervisorState.FINISHED, self._stop_reason)
+        else:
+            self._last_error = "\n".join(self._stderr_tail) or outcome.reason
+            await self._set_state(SupervisorState.FAILED, f"while stopping: {outcome.reason}")
+
+    async def _stop_requested_within(self, delay: float) -> bool:
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), delay)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _run_once(self) -> _Outcome:
+        """Start one process and supervise it until it exits, hangs or is stopped."""
+        self._stderr_tail.clear()
+        self._running_since = None
+        try:
+            args = self._argv_factory()
+            if inspect.isawaitable(args):
+                args = await args
+            argv = build_argv(self._config.ffmpeg_path, args)
+        except Exception as exc:
+            self._log.exception("ffmpeg_argv_failed")
+            return _Outcome(reason=f"could not build the command: {exc}")
+        if self._stop_event.is_set():
+            return _Outcome(reason=self._stop_reason, requested=True)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=_LINE_LIMIT,
+                start_new_session=False,
+            )
+        except OSError as exc:
+            return _Outcome(reason=f"could not start {argv[0]}: {exc}")
+        loop = asyncio.get_running_loop()
+        self._pid, self._started_at = proc.pid, datetime.now(UTC)
+        self._last_advance = loop.time()
+        self._log.info("ffmpeg_started", pid=proc.pid, restarts=self._restarts)
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        progressed = asyncio.Event()
+        readers = {
+            asyncio.create_task(self._read_progress(proc.stdout, progressed)),
+            asyncio.create_task(self._read_stderr(proc.stderr)),
+        }
+        try:
+            stale, killed = await self._watch(proc, progressed)
+        finally:
+            await self._reap(proc, readers)
+        returncode = proc.returncode
+        assert returncode is not None
+        tail = list(self._stderr_tail)
+        stable = (
+            self._running_since is not None
+            and loop.time() - self._running_since >= self._config.stable_after_s
+        )
+        reason = stale or _exit_reason(returncode, tail)
+        self._log.info("ffmpeg_exited", pid=proc.pid, code=returncode, reason=reason)
+        await self._call(self._on_exit, returncode, tail)
+        return _Outcome(
+            reason=reason,
+            returncode=returncode,
+            requested=self._stop_event.is_set(),
+            killed=killed,
+            stable=stable,
+        )
+
+    async def _watch(
+        self, proc: asyncio.subprocess.Process, progressed: asyncio.Event
+    ) -> tuple[str | None, bool]:
+        """Wait for exit, stop() or staleness; returns (stale reason or None, SIGKILL needed)."""
+        loop = asyncio.get_running_loop()
+        stale_s = self._config.stale_timeout_s
+        exited = asyncio.ensure_future(proc.wait())
+        stop_asked = asyncio.ensure_future(self._stop_event.wait())
+        first_progress = asyncio.ensure_future(progressed.wait())
+        pending = {exited, stop_asked, first_progress}
+        try:
+            while True:
+                timeout = None
+                if stale_s is not None:
+                    timeout = max(0.0, self._last_advance + stale_s - loop.time())
+                done, _ = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if exited in done:
+                    return None, False
+                if stop_asked in done:
+                    await self._set_state(SupervisorState.STOPPING, self._stop_reason)
+                    return None, await self._terminate(proc)
+                if first_progress in done:
+                    pending.discard(first_progress)
+                    self._running_since = loop.time()
+                    await self._set_state(SupervisorState.RUNNING, "progress received")
+                    continue
+                if stale_s is not None and loop.time() - self._last_advance >= stale_s:
+                    reason = f"no progress for {stale_s:g} s"
+                    self._log.warning("ffmpeg_stale", pid=proc.pid, stale_timeout_s=stale_s)
+                    return reason, await self._terminate(proc)
+        finally:
+            for waiter in (exited, stop_asked, first_progress):
+                waiter.cancel()
+            await asyncio.gather(exited, stop_asked, first_progress, return_exceptions=True)
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> bool:
+        """'q', then SIGINT, then SIGKILL; True if SIGKILL was needed. Always reaps."""
+        cfg = self._config
+        loop = asyncio.get_running_loop()
+        kill_at = loop.time() + cfg.graceful_stop_timeout_s
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                proc.stdin.write(b"q\n")
+        if await _exited_within(proc, min(cfg.sigint_after_s, cfg.graceful_stop_timeout_s)):
+            return False
+        self._log.info("ffmpeg_stop_escalated", pid=proc.pid, signal="SIGINT")
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+        if await _exited_within(proc, max(0.0, kill_at - loop.time())):
+            return False
+        self._log.warning("ffmpeg_stop_escalated", pid=proc.pid, signal="SIGKILL")
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return True
+
+    async def _reap(
+        self, proc: asyncio.subprocess.Process, readers: set[asyncio.Task[None]]
+    ) -> None:
+        """Make sure the process is gone and waited for, and the pipe readers have finished."""
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await proc.wait()
+        _, late = await asyncio.wait(readers, timeout=_READER_DRAIN_S)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        self._pid = None
+
+    async def _read_progress(self, stream: asyncio.StreamReader, progressed: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        parser = ProgressParser()
+        last_position: tuple[str | None, str, str] | None = None
+        while (line := await _readline(stream)) is not None:
+            snapshot = parser.feed(line)
+            if snapshot is None:
+                continue
+            # A block that moves nothing (FFmpeg spinning on a stalled input) is not progress.
+            position = (snapshot.frame, snapshot.total_size, snapshot.out_time_ms)
+            if position != last_position:
+                last_position = position
+                self._last_advance = loop.time()
+                progressed.set()
+            self._last_progress = snapshot
+            await self._call(self._on_progress, snapshot)
+
+    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
+        while (line := await _readline(stream)) is not None:
+            if line.strip():
+                self._stderr_tail.append(line)
+
+    async def _set_state(self, state: SupervisorState, reason: str) -> None:
+        self._state, self._reason = state, reason
+        log = self._log.warning if state in _FAILING else self._log.info
+        log("ffmpeg_state", state=state.value, reason=reason)
+        await self._call(self._on_state, state, reason)
+
+    async def _call(self, hook: Callable[..., Awaitable[None]] | None, *args: Any) -> None:
+        if hook is None:
+            return
+        try:
+            await hook(*args)
+        except Exception:
+            self._log.exception("ffmpeg_supervisor_hook_failed", hook=getattr(hook, "__name__", ""))
