@@ -10,9 +10,10 @@ from fastapi import FastAPI
 
 from reelhouse.api.auth import resolve_bootstrap_token
 from reelhouse.api.errors import install_error_handlers
-from reelhouse.api.routes import health, nodes
+from reelhouse.api.routes import health, nodes, recordings
 from reelhouse.api.settings import ApiSettings
 from reelhouse.api.state import AppState
+from reelhouse.api.stats import LiveStats
 from reelhouse.api.tools import tool_version
 from reelhouse.common import __version__
 from reelhouse.common.bus import Bus
@@ -49,13 +50,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
         node = NodeRegistry(
             db=db, service="api", node_id=node_id, interval_s=settings.node_heartbeat_s
         )
-        state = AppState(settings=settings, bus=bus, db=db, node=node)
+        live_stats = LiveStats(bus, ttl_s=settings.stats_ttl_s)
+        state = AppState(settings=settings, bus=bus, db=db, node=node, live_stats=live_stats)
         state.tool_versions = {b: await tool_version(b) for b in ("ffmpeg", "ffprobe")}
         app.state.reelhouse = state
         app.state.bootstrap_token = bootstrap_token
         tasks = [
             asyncio.create_task(_ensure_indexes(state, stop), name="indexes"),
             asyncio.create_task(node.run(stop), name="heartbeat"),
+            asyncio.create_task(live_stats.run(stop), name="live-stats"),
         ]
         log.info("api_started", node=node_id, host=settings.api_host, port=settings.api_port)
         try:
@@ -79,4 +82,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(nodes.router)
+    app.include_router(recordings.router)
     return app

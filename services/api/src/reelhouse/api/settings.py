@@ -24,3 +24,12 @@ class ApiSettings(CommonSettings):
     health_timeout_s: float = Field(
         2.0, gt=0, le=30, description="Deadline of each dependency check in /api/health, seconds."
     )
+    stop_wait_s: float = Field(
+        20.0,
+        gt=0,
+        le=300,
+        description="How long `remove` waits for the worker to let go of a job, seconds.",
+    )
+    stats_ttl_s: float = Field(
+        5.0, gt=0, le=60, description="Seconds a job's last stats stay in getStat."
+    )

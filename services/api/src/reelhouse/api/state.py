@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.api.settings import ApiSettings
+from reelhouse.api.stats import LiveStats
 from reelhouse.common.bus import Bus
 from reelhouse.common.nodes import NodeRegistry
 
@@ -21,6 +22,7 @@ class AppState:
     bus: Bus
     db: AsyncDatabase
     node: NodeRegistry
+    live_stats: LiveStats
     tool_versions: dict[str, str | None] = field(default_factory=dict)
 
 

@@ -1,12 +1,14 @@
 """Entry point of the recorder service: settings → connect → serve → drain."""
 
 from reelhouse.common.service import ServiceContext, run_service
+from reelhouse.recorder.node import RecorderNode
 from reelhouse.recorder.settings import RecorderSettings
 
 
 async def serve(ctx: ServiceContext[RecorderSettings]) -> None:
-    """Run until `ctx.stop` is set; the skeleton only announces readiness."""
-    ctx.log.info("recorder_ready")
+    """Claim and run recording jobs until `ctx.stop` is set, then stop FFmpeg gracefully."""
+    ctx.log.info("recorder_ready", max_jobs=ctx.settings.max_jobs, lease_s=ctx.settings.lease_s)
+    await RecorderNode(ctx).run()
 
 
 def main() -> None:

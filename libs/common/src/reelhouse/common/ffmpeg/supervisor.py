@@ -14,7 +14,8 @@ An explicit state machine (ARCHITECTURE §4)::
   start waits for a capped exponential backoff with jitter (:func:`backoff_delay`).
 - ``stopping``: :meth:`FFmpegSupervisor.stop` was called; FFmpeg is asked to quit.
 - ``finished``: stopped on request, FFmpeg exited with 0 (``q``) or 255 (SIGINT), or nothing was
-  running; also an unrequested exit 0 when ``finish_on_success`` is set.
+  running; also an unrequested exit 0 when ``finish_on_success`` is set (but not the exit 0 of a
+  process the watchdog stopped for lack of progress: that one is retried).
 - ``killed``: stopped on request, but FFmpeg ignored ``q`` and SIGINT and needed SIGKILL.
 - ``failed``: more than ``max_restarts`` consecutive failures, or an error exit while stopping.
 
@@ -31,10 +32,28 @@ Process handling:
   ``sigint_after_s`` (FFmpeg exits 255, also after writing its trailer), SIGKILL at
   ``graceful_stop_timeout_s`` after the ``q``. Every process is reaped (``await proc.wait()``),
   also when the supervising task is cancelled.
+- FFmpeg's environment is the worker's (``os.environ``) with the constructor's ``env`` merged
+  over it (the recorder passes ``TZ=UTC`` so that strftime file names are in UTC).
 - ``start_new_session=False``: FFmpeg stays in the worker's process group and session, so a signal
   to the group (Ctrl-C in a terminal, a container or systemd unit being stopped) reaches FFmpeg
-  too and nothing outlives the worker's unit. A worker killed *alone* with SIGKILL leaves FFmpeg
-  running (it ignores the broken progress pipe); the job lease protocol bounds that case.
+  too and nothing outlives the worker's unit.
+- FFmpeg dies with its worker: on Linux the child sets ``prctl(PR_SET_PDEATHSIG, SIGTERM)``
+  (in ``preexec_fn``) before it execs FFmpeg, so a worker killed *alone* with SIGKILL (OOM
+  killer, ``kill -9``) does not leave an orphan that writes files forever (FFmpeg ignores the
+  broken progress pipe and would never notice). SIGTERM makes FFmpeg end through its own
+  handler: it writes the trailer or last fragment and exits 255. A worker that dies between the
+  fork and the ``prctl`` is caught by comparing the parent pid afterwards. On other systems
+  nothing is set, and the job lease protocol bounds an orphan's life.
+
+  Caveats. The signal fires when the *thread* that forked FFmpeg ends, not the process:
+  ``asyncio.create_subprocess_exec`` forks from the event loop's thread, which lives as long as
+  the supervisor can run, so that is the right thread (an event loop run in a helper thread that
+  ends takes its FFmpeg processes with it, which is what we want too). The kernel also sends the
+  signal *again* each time FFmpeg passes from a dying thread to another live thread of the
+  worker, as the threads of a SIGKILLed worker die one by one. FFmpeg counts signals: after the
+  second it aborts its output I/O, after the fourth it exits at once (code 123). Then the file
+  ends as after a hard kill, which the crash-safe formats survive (ARCHITECTURE §4) minus what
+  FFmpeg had not yet flushed. FFmpeg exits in every case.
 - The argument list is never logged: it may carry stream keys and passphrases.
 """
 
@@ -42,11 +61,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import inspect
+import os
 import random
 import signal
+import subprocess
+import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -77,6 +101,8 @@ _LINE_LIMIT = 1024 * 1024
 _READER_DRAIN_S = 2.0
 # Exit codes FFmpeg returns after our own stop: 0 after 'q', 255 after SIGINT.
 _CLEAN_STOP_CODES = frozenset({0, 255})
+# linux/prctl.h: the signal a process gets when the thread that forked it ends.
+_PR_SET_PDEATHSIG = 1
 
 
 class SupervisorState(StrEnum):
@@ -157,18 +183,27 @@ ExitHook = Callable[[int, list[str]], Awaitable[None]]
 def build_argv(ffmpeg_path: str, args: Sequence[str]) -> list[str]:
     """The full argv: binary, ``-progress pipe:1 -nostats`` (unless present), then ``args``.
 
-    Raises ``TypeError`` for a string (arguments are a list, never a shell string) and
-    ``ValueError`` for ``-progress`` aimed anywhere but ``pipe:1``, where the supervisor reads it.
+    Raises ``TypeError`` for a string (arguments are a list, never a shell string) or an argument
+    that is not a string (path-like ones are converted), and ``ValueError`` for an argument with a
+    NUL character or ``-progress`` aimed anywhere but ``pipe:1``, where the supervisor reads it.
     """
     if isinstance(args, str | bytes):
         raise TypeError("FFmpeg arguments must be a list of strings, never a shell string")
-    args = list(args)
+    checked: list[str] = []
+    for arg in args:
+        if isinstance(arg, os.PathLike):
+            arg = os.fspath(arg)
+        if not isinstance(arg, str):
+            raise TypeError(f"FFmpeg arguments must be strings, not {type(arg).__name__}")
+        if "\0" in arg:
+            raise ValueError("an FFmpeg argument contains a NUL character")
+        checked.append(arg)
+    args = checked
     extra: list[str] = []
-    if "-progress" in args:
-        at = args.index("-progress")
-        if args[at + 1 : at + 2] != ["pipe:1"]:
-            raise ValueError("-progress must be pipe:1: the supervisor reads progress on stdout")
-    else:
+    targets = [args[at + 1 : at + 2] for at, arg in enumerate(args) if arg == "-progress"]
+    if any(target != ["pipe:1"] for target in targets):
+        raise ValueError("-progress must be pipe:1: the supervisor reads progress on stdout")
+    if not targets:
         extra += ["-progress", "pipe:1"]
     if "-nostats" not in args:
         extra.append("-nostats")
@@ -190,6 +225,39 @@ def backoff_delay(failures: int, config: SupervisorConfig, rand: float) -> float
     return base * (1.0 - config.jitter * rand)
 
 
+@functools.cache
+def _libc_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, looked up once in the parent (never in a freshly forked child)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def _die_with_parent_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies; None off Linux.
+
+    It runs in the forked child before ``exec``, so it does as little as possible: one
+    ``prctl`` and one ``getppid``. If the parent died before the ``prctl`` (the child was already
+    adopted by init or a subreaper), the signal would never come, so the child sends it to itself.
+    """
+    prctl = _libc_prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return die_with_parent
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     """How one process run ended."""
@@ -198,6 +266,7 @@ class _Outcome:
     returncode: int | None = None  # None: no process was started
     requested: bool = False  # ended because stop() was called
     killed: bool = False  # SIGKILL was needed
+    hung: bool = False  # stopped by the watchdog: no progress for stale_timeout_s
     stable: bool = False  # ran with progress for at least stable_after_s
 
 
@@ -249,12 +318,18 @@ class FFmpegSupervisor:
         on_state: StateHook | None = None,
         on_progress: ProgressHook | None = None,
         on_exit: ExitHook | None = None,
+        env: Mapping[str, str] | None = None,
         log: structlog.stdlib.BoundLogger | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        """Prepare (not start) supervision; ``rng`` seeds the backoff jitter (tests)."""
+        """Prepare (not start) supervision.
+
+        ``env`` holds extra environment variables for FFmpeg, merged over ``os.environ`` at each
+        start (e.g. ``{"TZ": "UTC"}``); ``rng`` seeds the backoff jitter (tests).
+        """
         self._argv_factory = argv_factory
         self._config = config or SupervisorConfig()
+        self._env = dict(env) if env else None
         self._on_state = on_state
         self._on_progress = on_progress
         self._on_exit = on_exit
@@ -383,7 +458,7 @@ class FFmpegSupervisor:
                 if self._stop_event.is_set():
                     await self._finish_stop(outcome)
                     return
-                if outcome.returncode == 0 and self._config.finish_on_success:
+                if outcome.returncode == 0 and not outcome.hung and self._config.finish_on_success:
                     await self._set_state(SupervisorState.FINISHED, outcome.reason)
                     return
                 self._last_error = "\n".join(self._stderr_tail) or outcome.reason
@@ -454,8 +529,10 @@ class FFmpegSupervisor:
                 stderr=asyncio.subprocess.PIPE,
                 limit=_LINE_LIMIT,
                 start_new_session=False,
+                env={**os.environ, **self._env} if self._env else None,
+                preexec_fn=_die_with_parent_preexec(),
             )
-        except OSError as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return _Outcome(reason=f"could not start {argv[0]}: {exc}")
         loop = asyncio.get_running_loop()
         self._pid, self._started_at = proc.pid, datetime.now(UTC)
@@ -487,6 +564,7 @@ class FFmpegSupervisor:
             returncode=returncode,
             requested=self._stop_event.is_set(),
             killed=killed,
+            hung=stale is not None,
             stable=stable,
         )
 
@@ -508,16 +586,17 @@ class FFmpegSupervisor:
                 done, _ = await asyncio.wait(
                     pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
+                if first_progress in done:
+                    # Before the exit: a run that reported progress was running, however short.
+                    pending.discard(first_progress)
+                    self._running_since = loop.time()
+                    await self._set_state(SupervisorState.RUNNING, "progress received")
+                    continue
                 if exited in done:
                     return None, False
                 if stop_asked in done:
                     await self._set_state(SupervisorState.STOPPING, self._stop_reason)
                     return None, await self._terminate(proc)
-                if first_progress in done:
-                    pending.discard(first_progress)
-                    self._running_since = loop.time()
-                    await self._set_state(SupervisorState.RUNNING, "progress received")
-                    continue
                 if stale_s is not None and loop.time() - self._last_advance >= stale_s:
                     reason = f"no progress for {stale_s:g} s"
                     self._log.warning("ffmpeg_stale", pid=proc.pid, stale_timeout_s=stale_s)

@@ -1,0 +1,72 @@
+"""NATS payloads: command hints, live stats and job events (ARCHITECTURE §3).
+
+Each carries ``type`` and ``version`` and ignores unknown fields (``BusMessage``). Decode at the
+edge with ``Model.model_validate_json``; publish with ``Bus.publish``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reelhouse.common.contracts.base import BusMessage, Timestamp, utcnow
+from reelhouse.common.subjects import Event, Module, Verb
+
+DEFAULT_TENANT = "default"
+"""The tenant of everything the bootstrap admin creates (until accounts exist)."""
+
+
+class JobCommand(BusMessage):
+    """A hint to workers: a job's desired state changed; reconcile it now (MongoDB is the truth)."""
+
+    type: Literal["job_command"] = "job_command"
+    module: Module
+    verb: Verb
+    job_id: str
+
+
+class ProcessData(BaseModel):
+    """The getStat ``processData`` fields, FFmpeg's values as printed (``out_time_ms`` verbatim)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    frame: str | None = None
+    fps: str | None = None
+    bitrate: str = "N/A"
+    bitrate_kbits: int = 0
+    total_size: str = "N/A"
+    out_time_ms: str = "N/A"
+    speed: str = "N/A"
+    progress: str = "continue"
+
+
+class JobStats(BusMessage):
+    """Progress of one running job, about once a second on ``<p>.stats.<module>.<job_id>``."""
+
+    type: Literal["job_stats"] = "job_stats"
+    module: Module
+    job_id: str
+    tenant: str
+    node: str
+    state: str
+    timestamp: Timestamp = Field(default_factory=utcnow)
+    processData: ProcessData
+
+
+class JobEvent(BusMessage):
+    """One event of one job on ``<p>.evt.<module>.<job_id>.<event>``; ``type`` is the event name."""
+
+    type: Event  # type: ignore[assignment]
+    module: Module
+    job_id: str
+    tenant: str
+    node: str | None = None
+    timestamp: Timestamp = Field(default_factory=utcnow)
+    state: str | None = None
+    reason: str | None = None
+    restarts: int | None = None
+    delay_s: float | None = None
+    file: dict[str, Any] | None = None
+    """For file events: the file record as the API shows it."""

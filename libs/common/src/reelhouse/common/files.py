@@ -1,0 +1,104 @@
+"""Recorded files on disk: names, paths under the storage root, safe deletion (ARCHITECTURE §5).
+
+Layout: ``<storage_root>/<job_id>/<name-slug>-YYYY-MM-DD_HH-MM-SS.<ext>`` (UTC). Paths derive from
+ids and timestamps; the user's name only contributes a slug. Every path is resolved and checked to
+be under the storage root before anything reads or deletes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import unicodedata
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from reelhouse.common.contracts.base import format_timestamp
+from reelhouse.common.errors import ValidationFailed
+
+FILE_TIME_FORMAT = "%Y-%m-%d_%H-%M-%S"
+"""The timestamp in file names (strftime), e.g. ``2026-03-24_12-00-00``."""
+
+MODULE_RECORDINGS = "MODULE_RECORDINGS"
+FILE_VISIBILITY_PUBLIC = "FILE_VISIBILITY_PUBLIC"
+
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def slugify(name: str, *, max_length: int = 60) -> str:
+    """``"Main program archive"`` → ``"main-program-archive"``; ``"recording"`` if empty."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = _NOT_SLUG.sub("-", ascii_name.lower()).strip("-")[:max_length].strip("-")
+    return slug or "recording"
+
+
+def job_dir(root: Path, job_id: str) -> Path:
+    """The folder of one job's files (not created)."""
+    if not re.fullmatch(r"[0-9a-f]{24}", job_id):
+        raise ValueError(f"not a job id: {job_id!r}")
+    return root.resolve() / job_id
+
+
+def file_name(slug: str, when: datetime, ext: str) -> str:
+    """``<slug>-YYYY-MM-DD_HH-MM-SS.<ext>``."""
+    return f"{slug}-{when.strftime(FILE_TIME_FORMAT)}.{ext}"
+
+
+def is_under(root: Path, path: Path | str) -> bool:
+    """True when ``path`` resolves to somewhere strictly inside ``root``."""
+    resolved_root = root.resolve()
+    resolved = Path(path).resolve()
+    return resolved != resolved_root and resolved.is_relative_to(resolved_root)
+
+
+def checked_path(root: Path, path: Path | str) -> Path:
+    """``path`` resolved, or ValidationFailed if it is outside the storage root."""
+    if not is_under(root, path):
+        raise ValidationFailed("file path is outside the storage root", field="file_path")
+    return Path(path).resolve()
+
+
+def hls_segments(playlist: Path) -> list[Path]:
+    """Segment files a local HLS playlist lists (plain names next to it only)."""
+    segments = []
+    with contextlib.suppress(OSError):
+        for line in playlist.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "/" not in line and ".." not in line:
+                segments.append(playlist.parent / line)
+    return segments
+
+
+def delete_file_record_from_disk(root: Path, record: dict[str, Any]) -> int:
+    """Delete a file record's file (and an HLS playlist's segments); returns files removed."""
+    path = checked_path(root, record["file_path"])
+    targets = [path]
+    if path.suffix == ".m3u8":
+        targets += [s for s in hls_segments(path) if is_under(root, s)]
+    removed = 0
+    for target in targets:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+            removed += 1
+    return removed
+
+
+def delete_job_dir(root: Path, job_id: str) -> None:
+    """Remove a job's folder and everything left in it."""
+    folder = job_dir(root, job_id)
+    if is_under(root, folder):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_FILE_HIDDEN = frozenset({"_id", "tenant", "node", "part", "modified"})
+
+
+def present_file(doc: dict[str, Any]) -> dict[str, Any]:
+    """A file record as the API and events show it (``_id`` and ``id``, seed timestamps)."""
+    out: dict[str, Any] = {"_id": str(doc["_id"]), "id": str(doc["_id"])}
+    for key, value in doc.items():
+        if key not in _FILE_HIDDEN:
+            out[key] = format_timestamp(value) if isinstance(value, datetime) else value
+    return out

@@ -1,0 +1,1 @@
+"""Job ownership shared by the recorder and the restreamer."""

@@ -1,0 +1,136 @@
+"""Job ownership by lease (ARCHITECTURE §2), shared by the recorder and the restreamer.
+
+A job document (``recordings`` or ``restreams``) carries the desired state written by the API
+(``active``, the config, and ``generation``, which the API increments whenever the running worker
+must be replaced: ``start`` and ``update``) and a ``runtime`` block written only by its owner::
+
+    runtime: {node, lease_until, generation, state, pid, started_at, restarts, last_error,
+              last_progress, claimed_at}
+
+- **claim**: one atomic ``find_one_and_update`` on ``{active: true, runtime absent or
+  runtime.lease_until < now}`` sets ``runtime.node`` and ``lease_until = now + lease``; only the
+  winner starts FFmpeg. The generation the owner started with is remembered in
+  ``runtime.generation``.
+- **renew** (every ``lease/3``): matches ``{_id, runtime.node: me, active: true, generation: the
+  one I started}``. A renewal that matches nothing (stopped, removed, updated, restarted, taken
+  over) tells the owner to stop its FFmpeg at once.
+- **hold**: while the owner stops FFmpeg gracefully it keeps the lease (``{_id, runtime.node:
+  me}`` only) so nobody else starts a second FFmpeg on the same job before the first has let go.
+- **release**: unsets ``runtime`` if this node still owns it; the job is free to be claimed again
+  at once (or reads as stopped when ``active`` is false).
+
+Every operation is a single-document atomic update: no transactions, no change streams, so the
+same code runs on MongoDB and FerretDB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from reelhouse.common.contracts.base import utcnow
+
+__all__ = ["Lease", "LeaseStore"]
+
+
+@dataclass
+class Lease:
+    """What an owner holds: the job id and the generation it started."""
+
+    job_id: ObjectId
+    generation: int
+    doc: dict[str, Any]
+    """The job document as it was when claimed (after the claim's update)."""
+
+
+class LeaseStore:
+    """Claims, renews and releases job leases in one collection for one node."""
+
+    def __init__(self, *, db: AsyncDatabase, collection: str, node_id: str, lease_s: float) -> None:
+        self._jobs = db[collection]
+        self.node_id = node_id
+        self.lease_s = lease_s  # seconds a lease lasts without renewal
+
+    def _until(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.lease_s)
+
+    async def claim(
+        self, *, job_id: ObjectId | None = None, exclude: list[ObjectId] | None = None
+    ) -> Lease | None:
+        """Claim one claimable job (``job_id`` if given, else the oldest); None if none is."""
+        now = utcnow()
+        query: dict[str, Any] = {
+            "active": True,
+            "$or": [{"runtime": {"$exists": False}}, {"runtime.lease_until": {"$lt": now}}],
+        }
+        if job_id is not None:
+            query["_id"] = job_id
+        elif exclude:
+            query["_id"] = {"$nin": exclude}
+        # The generation is copied into runtime in a second step (an update cannot read a
+        # field of the same document); until then the lease is ours but unconfirmed.
+        doc = await self._jobs.find_one_and_update(
+            query,
+            {
+                "$set": {
+                    "runtime": {
+                        "node": self.node_id,
+                        "lease_until": self._until(now),
+                        "claimed_at": now,
+                        "state": "starting",
+                        "restarts": 0,
+                    }
+                }
+            },
+            sort=[("created", 1)],
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            return None
+        generation = int(doc.get("generation", 0))
+        confirmed = await self._jobs.update_one(
+            {"_id": doc["_id"], "runtime.node": self.node_id, "generation": generation},
+            {"$set": {"runtime.generation": generation}},
+        )
+        if confirmed.matched_count == 0:
+            # Changed between the two steps (updated, restarted): let the next pass retry.
+            await self.release(doc["_id"])
+            return None
+        return Lease(job_id=doc["_id"], generation=generation, doc=doc)
+
+    async def renew(self, lease: Lease, runtime: dict[str, Any] | None = None) -> bool:
+        """Extend the lease (and write ``runtime.*`` fields); False means: stop FFmpeg now."""
+        now = utcnow()
+        fields = {f"runtime.{k}": v for k, v in (runtime or {}).items()}
+        result = await self._jobs.update_one(
+            {
+                "_id": lease.job_id,
+                "runtime.node": self.node_id,
+                "active": True,
+                "generation": lease.generation,
+            },
+            {"$set": {"runtime.lease_until": self._until(now), **fields}},
+        )
+        return result.matched_count == 1
+
+    async def hold(self, lease: Lease, runtime: dict[str, Any] | None = None) -> bool:
+        """Keep the lease while stopping (whatever the desired state); False if it is gone."""
+        now = utcnow()
+        fields = {f"runtime.{k}": v for k, v in (runtime or {}).items()}
+        result = await self._jobs.update_one(
+            {"_id": lease.job_id, "runtime.node": self.node_id},
+            {"$set": {"runtime.lease_until": self._until(now), **fields}},
+        )
+        return result.matched_count == 1
+
+    async def release(self, job_id: ObjectId) -> bool:
+        """Give the job up (unset ``runtime``) if this node still owns it."""
+        result = await self._jobs.update_one(
+            {"_id": job_id, "runtime.node": self.node_id}, {"$unset": {"runtime": ""}}
+        )
+        return result.matched_count == 1

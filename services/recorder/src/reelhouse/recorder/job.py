@@ -1,0 +1,413 @@
+"""One claimed recording job: its supervised FFmpeg, its file parts, its stats and events.
+
+Each FFmpeg (re)start writes a new *part* (a new file, or a new run of segments), so nothing already
+written is ever overwritten. Infinity mode: the part's file record is created when FFmpeg first
+reports progress (the output is open) and finalised (size and duration from the file) when FFmpeg
+exits. Split mode: the segment muxer's CSV list says when a segment is complete; each listed
+segment becomes a record at once, and a sweep of the job folder after every exit registers a
+segment cut short by a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bson import ObjectId
+from pymongo.asynchronous.database import AsyncDatabase
+
+from reelhouse.common.bus import Bus
+from reelhouse.common.contracts.base import utcnow
+from reelhouse.common.contracts.messages import JobEvent, JobStats, ProcessData
+from reelhouse.common.contracts.recording import FILE_EXTENSIONS, RecordingIn
+from reelhouse.common.ffmpeg.command import build_recording_args
+from reelhouse.common.ffmpeg.probe import probe_file
+from reelhouse.common.ffmpeg.progress import ProgressSnapshot
+from reelhouse.common.ffmpeg.supervisor import (
+    FFmpegSupervisor,
+    SupervisorConfig,
+    SupervisorState,
+)
+from reelhouse.common.files import (
+    FILE_TIME_FORMAT,
+    FILE_VISIBILITY_PUBLIC,
+    MODULE_RECORDINGS,
+    file_name,
+    hls_segments,
+    job_dir,
+    present_file,
+    slugify,
+)
+from reelhouse.common.jobs.lease import Lease, LeaseStore
+from reelhouse.common.logging import get_logger
+from reelhouse.common.mongo import Collections
+from reelhouse.common.subjects import Event
+from reelhouse.recorder.settings import RecorderSettings
+
+MODULE = "recording"
+_INPUT_STORED_ONLY = {"_id", "tenant", "entity_id", "created", "modified"}
+_STATS_PERIOD_S = 1.0
+
+
+def recording_config(job: dict[str, Any], input_doc: dict[str, Any]) -> RecordingIn:
+    """The stored job and input as the validated create body they came from."""
+    fields = {k: v for k, v in job.items() if k in RecordingIn.model_fields and k != "input"}
+    inp = {k: v for k, v in input_doc.items() if k not in _INPUT_STORED_ONLY}
+    return RecordingIn.model_validate({**fields, "input": inp})
+
+
+class RecordingRun:
+    """Runs and watches one recording job while this node holds its lease."""
+
+    def __init__(
+        self,
+        *,
+        lease: Lease,
+        config: RecordingIn,
+        leases: LeaseStore,
+        db: AsyncDatabase,
+        bus: Bus,
+        settings: RecorderSettings,
+        node_id: str,
+    ) -> None:
+        self.lease = lease
+        self.job_id = str(lease.job_id)
+        self.tenant = str(lease.doc.get("tenant", "default"))
+        self.config = config
+        self._leases = leases
+        self._db = db
+        self._bus = bus
+        self._settings = settings
+        self._node_id = node_id
+        self._log = get_logger("reelhouse.recorder.job").bind(job_id=self.job_id)
+        self._dir = job_dir(settings.storage_root, self.job_id)
+        self._slug = slugify(config.recording_name)
+        self._ext = FILE_EXTENSIONS[config.output_format]
+        self._split = (
+            config.recording_mode == "RECORDING_MODE_SPLIT_BY_TIME"
+            and config.output_format != "m3u8"
+        )
+        self._part = 0
+        self._part_path: Path | None = None  # infinity mode: the current part's file
+        self._part_record: ObjectId | None = None
+        self._segment_list: Path | None = None  # split mode: the current part's CSV list
+        self._list_offset = 0
+        self._opened: set[str] = set()  # split mode: segment names announced as opened
+        self._last_stats = 0.0
+        self._stopping = False
+        self.supervisor = FFmpegSupervisor(
+            self._next_part,
+            config=SupervisorConfig(
+                ffmpeg_path=settings.ffmpeg_path,
+                stale_timeout_s=settings.stale_timeout_s,
+                backoff_initial_s=min(settings.retry_initial_s, settings.retry_max_s),
+                backoff_max_s=settings.retry_max_s,
+                graceful_stop_timeout_s=settings.stop_grace_s,
+                stable_after_s=30.0,
+            ),
+            on_state=self._on_state,
+            on_progress=self._on_progress,
+            on_exit=self._on_exit,
+            env={"TZ": "UTC"},
+            log=self._log,
+        )
+        self._watch_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover what a previous owner left, then start FFmpeg."""
+        await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
+        await self._recover_previous_parts()
+        self.supervisor.start()
+        if self._split:
+            self._watch_task = asyncio.create_task(self._watch_segments(), name="segments")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def stop(self, reason: str) -> None:
+        """Stop FFmpeg gracefully (trailer written), register the last files, release the job."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._log.info("recording_stopping", reason=reason)
+        state = await self.supervisor.stop(reason)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        with contextlib.suppress(Exception):
+            await self._sweep()
+        try:
+            await self._leases.release(self.lease.job_id)
+        except Exception as exc:
+            self._log.warning("lease_release_failed", error=str(exc))
+        event: Event = "job_failed" if state is SupervisorState.FAILED else "job_stopped"
+        await self._event(event, state=state.value, reason=reason)
+        self._log.info("recording_stopped", state=state.value)
+
+    def runtime_fields(self) -> dict[str, Any]:
+        """What the lease renewal writes into ``runtime``."""
+        sup = self.supervisor
+        fields: dict[str, Any] = {
+            "state": sup.state.value,
+            "pid": sup.pid,
+            "restarts": sup.restarts,
+            "last_error": sup.last_error,
+            "part": self._part,
+        }
+        if sup.started_at is not None:
+            fields["started_at"] = sup.started_at
+        if sup.last_progress is not None:
+            fields["last_progress"] = self._process_data(sup.last_progress).model_dump()
+        return fields
+
+    # -- FFmpeg arguments: one new part per (re)start -----------------------------------------
+
+    async def _next_part(self) -> list[str]:
+        self._part += 1
+        now = await self._fresh_second()
+        if self._split:
+            target = self._dir / f"{self._slug}-{FILE_TIME_FORMAT}.{self._ext}"
+            self._segment_list = self._dir / f".part-{now.strftime('%Y%m%dT%H%M%S')}.csv"
+            self._list_offset = 0
+            self._part_path = None
+        else:
+            target = self._dir / file_name(self._slug, now, self._ext)
+            self._part_path = target
+            self._segment_list = None
+        self._part_record = None
+        return build_recording_args(
+            inp=self.config.input, job=self.config, target=target, segment_list=self._segment_list
+        )
+
+    async def _fresh_second(self) -> datetime:
+        """Now, moved on to a second no existing file of this job is named after."""
+        while True:
+            now = utcnow()
+            stamp = now.strftime(FILE_TIME_FORMAT)
+            taken = await asyncio.to_thread(
+                lambda s=stamp: any(s in p.name for p in self._dir.iterdir())
+            )
+            if not taken:
+                return now
+            await asyncio.sleep(1.0 - now.microsecond / 1e6 + 0.01)
+
+    # -- supervisor hooks ---------------------------------------------------------------------
+
+    async def _on_state(self, state: SupervisorState, reason: str) -> None:
+        try:
+            await self._leases.hold(self.lease, {"state": state.value, "last_error":
+                                                 self.supervisor.last_error})  # fmt: skip
+        except Exception as exc:
+            self._log.warning("runtime_write_failed", error=str(exc))
+        if state is SupervisorState.RUNNING:
+            await self._event("job_started", state=state.value, reason=reason)
+        elif state is SupervisorState.RETRYING:
+            await self._event(
+                "job_retrying", state=state.value, reason=reason, restarts=self.supervisor.restarts
+            )
+
+    async def _on_progress(self, snapshot: ProgressSnapshot) -> None:
+        if not self._split and self._part_record is None and self._part_path is not None:
+            await self._open_part_record()
+        now = time.monotonic()
+        if now - self._last_stats < _STATS_PERIOD_S and not snapshot.ended:
+            return
+        self._last_stats = now
+        stats = JobStats(
+            module=MODULE,
+            job_id=self.job_id,
+            tenant=self.tenant,
+            node=self._node_id,
+            state=self.supervisor.state.value,
+            processData=self._process_data(snapshot),
+        )
+        with contextlib.suppress(Exception):
+            await self._bus.publish(self._bus.subjects.stats(MODULE, self.job_id), stats)
+
+    async def _on_exit(self, returncode: int, stderr_tail: list[str]) -> None:
+        if self._split:
+            await self._drain_segment_list()
+        elif self._part_path is not None:
+            await self._close_part(self._part_path, self._part_record)
+        await self._sweep()
+
+    def _process_data(self, snapshot: ProgressSnapshot) -> ProcessData:
+        return ProcessData(
+            id=self.job_id,
+            **snapshot.model_dump(include=set(ProcessData.model_fields) - {"id"}),
+        )
+
+    # -- file records -------------------------------------------------------------------------
+
+    def _record(self, path: Path, *, status: str) -> dict[str, Any]:
+        now = utcnow()
+        return {
+            "_id": ObjectId(),
+            "tenant": self.tenant,
+            "file_name": path.name,
+            "file_path": str(path),
+            "module_name": MODULE_RECORDINGS,
+            "file_visibility": FILE_VISIBILITY_PUBLIC,
+            "output_format": self.config.output_format,
+            "entity_name": self.config.recording_name,
+            "entity_id": self.job_id,
+            "size_bytes": 0,
+            "duration_ms": 0,
+            "status": status,
+            "node": self._node_id,
+            "part": self._part,
+            "created": now,
+            "modified": now,
+        }
+
+    async def _job_exists(self) -> bool:
+        return (
+            await self._db[Collections.RECORDINGS].count_documents(
+                {"_id": self.lease.job_id}, limit=1
+            )
+            == 1
+        )
+
+    async def _open_part_record(self) -> None:
+        assert self._part_path is not None
+        record = self._record(self._part_path, status="recording")
+        try:
+            if not await self._job_exists():
+                return
+            await self._db[Collections.FILES].insert_one(record)
+        except Exception as exc:
+            self._log.warning("file_record_failed", error=str(exc))
+            return
+        self._part_record = record["_id"]
+        self._log.info("file_opened", file=record["file_name"], part=self._part)
+        await self._event("file_opened", file=present_file(record))
+
+    async def _facts(self, path: Path) -> tuple[int, int | None]:
+        facts = await probe_file(path)
+        size = facts.size_bytes
+        if path.suffix == ".m3u8":
+            for segment in await asyncio.to_thread(hls_segments, path):
+                with contextlib.suppress(OSError):
+                    size += os.stat(segment).st_size
+        return size, facts.duration_ms
+
+    async def _close_part(self, path: Path, record_id: ObjectId | None) -> None:
+        """Finalise one file: size and duration from the file; drop an empty one."""
+        size, duration = await self._facts(path)
+        files = self._db[Collections.FILES]
+        if size == 0 or duration is None:
+            # Nothing playable was written (the source never delivered): no file to keep.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(path.unlink)
+            if record_id is not None:
+                await files.delete_one({"_id": record_id})
+            return
+        status = "ready"
+        if record_id is None:
+            if not await self._job_exists():
+                return
+            record = self._record(path, status=status)
+            record.update(size_bytes=size, duration_ms=duration)
+            await files.insert_one(record)
+        else:
+            record = await files.find_one_and_update(
+                {"_id": record_id},
+                {"$set": {"status": status, "size_bytes": size, "duration_ms": duration,
+                          "modified": utcnow()}},
+                return_document=True,
+            )  # fmt: skip
+            if record is None:  # removed meanwhile
+                return
+        self._log.info("file_closed", file=path.name, size_bytes=size, duration_ms=duration)
+        await self._event("file_closed", file=present_file(record))
+
+    async def _known_names(self) -> set[str]:
+        cursor = self._db[Collections.FILES].find({"entity_id": self.job_id}, {"file_name": 1})
+        return {doc["file_name"] async for doc in cursor}
+
+    def _own_files(self) -> list[Path]:
+        if not self._dir.is_dir():
+            return []
+        return sorted(
+            p
+            for p in self._dir.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix == f".{self._ext}"
+        )
+
+    async def _sweep(self) -> None:
+        """Register files of this job that have no record (a part or segment cut short)."""
+        known = await self._known_names()
+        current = self._part_path.name if self._part_path and not self._stopping else None
+        for path in await asyncio.to_thread(self._own_files):
+            if path.name not in known and path.name != current:
+                await self._close_part(path, None)
+
+    async def _recover_previous_parts(self) -> None:
+        """Finalise records a dead owner left in status ``recording``; register stray files."""
+        cursor = self._db[Collections.FILES].find({"entity_id": self.job_id, "status": "recording"})
+        async for record in cursor:
+            self._log.info("file_recovered", file=record["file_name"], node=record.get("node"))
+            await self._close_part(Path(record["file_path"]), record["_id"])
+        await self._sweep()
+
+    # -- split mode ---------------------------------------------------------------------------
+
+    async def _watch_segments(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await self._drain_segment_list()
+                await self._announce_open_segments()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._log.warning("segment_watch_failed", error=str(exc))
+
+    def _read_list(self) -> list[str]:
+        if self._segment_list is None or not self._segment_list.exists():
+            return []
+        with self._segment_list.open("rb") as fh:
+            fh.seek(self._list_offset)
+            data = fh.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self._list_offset += len(complete)
+        return [line for line in complete.decode(errors="replace").splitlines() if line]
+
+    async def _drain_segment_list(self) -> None:
+        for line in await asyncio.to_thread(self._read_list):
+            name = os.path.basename(line.split(",", 1)[0].strip().strip('"'))
+            if not name or name.startswith("."):
+                continue
+            path = self._dir / name
+            if name not in await self._known_names():
+                await self._close_part(path, None)
+
+    async def _announce_open_segments(self) -> None:
+        known = await self._known_names()
+        for path in await asyncio.to_thread(self._own_files):
+            if path.name not in known and path.name not in self._opened:
+                self._opened.add(path.name)
+                await self._event(
+                    "file_opened", file={"file_name": path.name, "file_path": str(path)}
+                )
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def _event(self, event: Event, **fields: Any) -> None:
+        message = JobEvent(
+            type=event, module=MODULE, job_id=self.job_id, tenant=self.tenant,
+            node=self._node_id, **fields,
+        )  # fmt: skip
+        try:
+            await self._bus.publish(self._bus.subjects.event(MODULE, self.job_id, event), message)
+        except Exception as exc:
+            self._log.debug("event_not_published", event_name=event, error=str(exc))

@@ -1,0 +1,76 @@
+"""A Reelhouse stack for a test: the API in-process, recorders as real subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from reelhouse.api.settings import ApiSettings
+from support.services import ServiceProcess, api_client, settings_from_env
+
+TOKEN = "test-bootstrap-token-0123456789"
+HEADERS = {"x-access-token": TOKEN}
+
+FAST_RECORDER = {
+    "REELHOUSE_LEASE_S": "3",
+    "REELHOUSE_RECONCILE_S": "0.5",
+    "REELHOUSE_RETRY_INITIAL_S": "0.5",
+    "REELHOUSE_RETRY_MAX_S": "2",
+    "REELHOUSE_STALE_TIMEOUT_S": "10",
+    "REELHOUSE_STOP_GRACE_S": "5",
+}
+"""Recorder settings that keep failover and reconnects within a test's patience."""
+
+
+@dataclass
+class Stack:
+    client: httpx.AsyncClient
+    env: dict[str, str]
+    tmp: Path
+    recorders: list[ServiceProcess] = field(default_factory=list)
+
+    async def call(self, method: str, body: Any = None, *, verb: str = "POST") -> httpx.Response:
+        """``/api/recording/<method>`` with the token."""
+        return await self.client.request(
+            verb, f"/api/recording/{method}", json=body, headers=HEADERS
+        )
+
+    async def ok(self, method: str, body: Any = None, *, verb: str = "POST") -> Any:
+        r = await self.call(method, body, verb=verb)
+        assert r.status_code == 200, (method, r.status_code, r.text)
+        return r.json()
+
+    async def start_recorder(self, **env: str) -> ServiceProcess:
+        """A recorder subprocess on this test's infrastructure."""
+        n = len(self.recorders) + 1
+        proc = ServiceProcess(
+            "recorder",
+            {**self.env, **FAST_RECORDER, "REELHOUSE_NODE_ID": f"recorder-{n}", **env},
+            self.tmp / f"recorder-{n}.log",
+        )
+        await proc.start()
+        self.recorders.append(proc)
+        return proc
+
+    @property
+    def storage_root(self) -> Path:
+        return Path(self.env["REELHOUSE_STORAGE_ROOT"])
+
+
+@contextlib.asynccontextmanager
+async def running_stack(service_env: dict[str, str], tmp: Path) -> AsyncIterator[Stack]:
+    settings = settings_from_env(ApiSettings, service_env, bootstrap_token=TOKEN, stop_wait_s=15)
+    async with api_client(settings) as client:
+        stack = Stack(client=client, env=service_env, tmp=tmp)
+        try:
+            yield stack
+        finally:
+            for proc in stack.recorders:
+                with contextlib.suppress(Exception):
+                    await proc.terminate(timeout=20)
+                await proc.kill()
