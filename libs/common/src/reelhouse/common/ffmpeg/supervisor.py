@@ -13,9 +13,10 @@ An explicit state machine (ARCHITECTURE §4)::
 - ``retrying``: the process ended without being asked to (or hung and was stopped); the next
   start waits for a capped exponential backoff with jitter (:func:`backoff_delay`).
 - ``stopping``: :meth:`FFmpegSupervisor.stop` was called; FFmpeg is asked to quit.
-- ``finished``: stopped on request, FFmpeg exited with 0 (``q``) or 255 (SIGINT), or nothing was
-  running; also an unrequested exit 0 when ``finish_on_success`` is set (but not the exit 0 of a
-  process the watchdog stopped for lack of progress: that one is retried).
+- ``finished``: stopped on request, and FFmpeg exited with 0 (``q``) or 255 (SIGINT), died of our
+  SIGINT (stopped before it had set up its handlers), or nothing was running; also an
+  unrequested exit 0 when ``finish_on_success`` is set (but not the exit 0 of a process the
+  watchdog stopped for lack of progress: that one is retried).
 - ``killed``: stopped on request, but FFmpeg ignored ``q`` and SIGINT and needed SIGKILL.
 - ``failed``: more than ``max_restarts`` consecutive failures, or an error exit while stopping.
 
@@ -99,8 +100,9 @@ __all__ = [
 _LINE_LIMIT = 1024 * 1024
 # Seconds to let the pipe readers drain after the process has exited.
 _READER_DRAIN_S = 2.0
-# Exit codes FFmpeg returns after our own stop: 0 after 'q', 255 after SIGINT.
-_CLEAN_STOP_CODES = frozenset({0, 255})
+# Return codes after our own stop: 0 after 'q', 255 after SIGINT, and death by our SIGINT (an
+# FFmpeg stopped in its first moments, before it has installed its signal handlers).
+_CLEAN_STOP_CODES = frozenset({0, 255, -signal.SIGINT})
 # linux/prctl.h: the signal a process gets when the thread that forked it ends.
 _PR_SET_PDEATHSIG = 1
 
@@ -586,7 +588,7 @@ class FFmpegSupervisor:
                 done, _ = await asyncio.wait(
                     pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
-                if first_progress in done:
+                if first_progress in pending and (first_progress in done or progressed.is_set()):
                     # Before the exit: a run that reported progress was running, however short.
                     pending.discard(first_progress)
                     self._running_since = loop.time()
