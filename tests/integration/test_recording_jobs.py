@@ -179,14 +179,20 @@ async def test_split_by_time_registers_contiguous_segments_while_running(stack, 
 
     segments = await eventually(three_segments_while_running, timeout=40, what="3 segments")
     await stop_and_wait(stack, job_id)
-    starts = []
     for seg in segments[:3]:
         info = await probe(seg["file_path"])
         av_streams(info)
         assert 3.0 <= duration_s(info) <= 5.0, seg
-        starts.append(datetime.strptime(seg["file_name"][-23:-4], "%Y-%m-%d_%H-%M-%S"))
-    # Contiguous: each segment starts where the previous one ended (names carry start times).
-    for a, b in itertools.pairwise(starts):
+    # Contiguous: in the segment muxer's list (media times) each segment starts where the
+    # previous one ended, and the names carry those start times.
+    (listing,) = (stack.storage_root / job_id).glob(".part-*.csv")
+    rows = [line.split(",") for line in listing.read_text().splitlines() if line]
+    assert len(rows) >= 3
+    for prev, nxt in itertools.pairwise(rows):
+        assert abs(float(nxt[1]) - float(prev[2])) < 0.1, (prev, nxt)
+    starts = [datetime.strptime(s["file_name"][-23:-4], "%Y-%m-%d_%H-%M-%S") for s in segments]
+    assert len(set(starts)) == len(starts)
+    for a, b in itertools.pairwise(starts[:3]):
         assert 3 <= (b - a).total_seconds() <= 5, (a, b)
 
 

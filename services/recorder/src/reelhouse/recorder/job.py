@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,8 @@ class RecordingRun:
         )
         self._part = 0
         self._part_path: Path | None = None  # infinity mode: the current part's file
+        self._part_started = utcnow()  # wall-clock start of the current part
+        self._list_base: float | None = None  # split mode: media time of the part's first cut
         self._part_record: ObjectId | None = None
         self._segment_list: Path | None = None  # split mode: the current part's CSV list
         self._list_offset = 0
@@ -174,10 +176,15 @@ class RecordingRun:
     async def _next_part(self) -> list[str]:
         self._part += 1
         now = await self._fresh_second()
+        self._part_started = now
         if self._split:
-            target = self._dir / f"{self._slug}-{FILE_TIME_FORMAT}.{self._ext}"
-            self._segment_list = self._dir / f".part-{now.strftime('%Y%m%dT%H%M%S')}.csv"
+            # Numbered while written (hidden); renamed to <slug>-<media start time>.<ext> once
+            # complete, so two cuts within one wall-clock second can never share a name.
+            stamp = now.strftime("%Y%m%dT%H%M%S")
+            target = self._dir / f".seg-{stamp}-%05d.{self._ext}"
+            self._segment_list = self._dir / f".part-{stamp}.csv"
             self._list_offset = 0
+            self._list_base = None
             self._part_path = None
         else:
             target = self._dir / file_name(self._slug, now, self._ext)
@@ -291,20 +298,22 @@ class RecordingRun:
         self._log.info("file_opened", file=record["file_name"], part=self._part)
         await self._event("file_opened", file=present_file(record))
 
-    async def _facts(self, path: Path) -> tuple[int, int | None]:
+    async def _facts(self, path: Path) -> tuple[int, int | None, bool]:
+        """Size (an HLS playlist counts its segments), duration, and whether it holds media."""
         facts = await probe_file(path)
         size = facts.size_bytes
         if path.suffix == ".m3u8":
             for segment in await asyncio.to_thread(hls_segments, path):
                 with contextlib.suppress(OSError):
                     size += os.stat(segment).st_size
-        return size, facts.duration_ms
+        return size, facts.duration_ms, bool(facts.streams)
 
     async def _close_part(self, path: Path, record_id: ObjectId | None) -> None:
         """Finalise one file: size and duration from the file; drop an empty one."""
-        size, duration = await self._facts(path)
+        size, duration, has_media = await self._facts(path)
         files = self._db[Collections.FILES]
-        if size == 0 or duration is None:
+        # A killed MKV/AVI has no duration in its header but plays: keep it (duration null).
+        if size == 0 or not has_media:
             # Nothing playable was written (the source never delivered): no file to keep.
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(path.unlink)
@@ -345,6 +354,11 @@ class RecordingRun:
 
     async def _sweep(self) -> None:
         """Register files of this job that have no record (a part or segment cut short)."""
+        for segment in await asyncio.to_thread(self._stray_segments):
+            facts = await probe_file(segment)
+            mtime = datetime.fromtimestamp(os.stat(segment).st_mtime, UTC)
+            start = mtime - timedelta(milliseconds=facts.duration_ms or 0)
+            await self._adopt_segment(segment, start)
         known = await self._known_names()
         current = self._part_path.name if self._part_path and not self._stopping else None
         for path in await asyncio.to_thread(self._own_files):
@@ -384,17 +398,45 @@ class RecordingRun:
 
     async def _drain_segment_list(self) -> None:
         for line in await asyncio.to_thread(self._read_list):
-            name = os.path.basename(line.split(",", 1)[0].strip().strip('"'))
-            if not name or name.startswith("."):
-                continue
-            path = self._dir / name
-            if name not in await self._known_names():
-                await self._close_part(path, None)
+            fields = [f.strip().strip('"') for f in line.split(",")]
+            name = os.path.basename(fields[0])
+            try:
+                start = float(fields[1])
+            except (IndexError, ValueError):
+                start = 0.0
+            if self._list_base is None:
+                self._list_base = start
+            when = self._part_started + timedelta(seconds=start - self._list_base)
+            await self._adopt_segment(self._dir / name, when)
+
+    async def _adopt_segment(self, path: Path, when: datetime) -> None:
+        """Give a complete numbered segment its final name and register it."""
+        if not path.name.startswith(".seg-"):
+            return
+        final = await asyncio.to_thread(self._free_name, when)
+        try:
+            await asyncio.to_thread(path.rename, final)
+        except FileNotFoundError:
+            return
+        self._opened.discard(path.name)
+        await self._close_part(final, None)
+
+    def _free_name(self, when: datetime) -> Path:
+        candidate = self._dir / file_name(self._slug, when, self._ext)
+        n = 2
+        while candidate.exists():
+            candidate = self._dir / f"{candidate.stem.rsplit('~', 1)[0]}~{n}.{self._ext}"
+            n += 1
+        return candidate
+
+    def _stray_segments(self) -> list[Path]:
+        if not self._dir.is_dir():
+            return []
+        return sorted(self._dir.glob(f".seg-*.{self._ext}"))
 
     async def _announce_open_segments(self) -> None:
-        known = await self._known_names()
-        for path in await asyncio.to_thread(self._own_files):
-            if path.name not in known and path.name not in self._opened:
+        for path in await asyncio.to_thread(self._stray_segments):
+            if path.name not in self._opened:
                 self._opened.add(path.name)
                 await self._event(
                     "file_opened", file={"file_name": path.name, "file_path": str(path)}

@@ -17,6 +17,7 @@ from pydantic import (
     StrictInt,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from reelhouse.common.contracts.base import ObjectIdStr
@@ -28,6 +29,7 @@ from reelhouse.common.contracts.media import (
     Transcoding,
 )
 from reelhouse.common.contracts.types import Name
+from reelhouse.common.ffmpeg.command import check_processing
 
 OutputFormat = Literal["mp4", "avi", "flv", "mp3", "m3u8", "mpegts", "mkv"]
 RecordingMode = Literal["RECORDING_MODE_INFINITY", "RECORDING_MODE_SPLIT_BY_TIME"]
@@ -83,6 +85,18 @@ class RecordingIn(BaseModel):
                 "RECORDING_MODE_SPLIT_BY_TIME needs a positive duration (hours, minutes, seconds)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _processing_fits_output(self) -> RecordingIn:
+        # Combinations FFmpeg cannot run are a 400 naming the field ("@transcoding.x: ...").
+        check_processing(
+            transcoding=self.transcoding,
+            modify_audio=self.modify_audio,
+            modify_video=self.modify_video,
+            overlay=self.overlay,
+            output_format=self.output_format,
+        )
+        return self
 
     def config(self) -> dict[str, Any]:
         """The job's stored configuration (everything but the input, which is its own document)."""
