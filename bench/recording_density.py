@@ -123,12 +123,26 @@ def children(ppid: int, comm: str | None = None) -> list[int]:
     return sorted(found)
 
 
-def host_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole host from /proc/stat."""
+def host_cpu() -> tuple[int, int, int]:
+    """(busy, total, irq + softirq) jiffies of the whole host from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
     idle = fields[3] + fields[4]
-    return total - idle, total
+    return total - idle, total, fields[5] + fields[6]
+
+
+def all_cpu() -> dict[int, float]:
+    """CPU seconds (utime + stime) of every visible process. Not cutime: a reaped child's whole
+    lifetime lands in its parent's cutime at once, which is not load in the window."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            data = (entry / "stat").read_text()
+            f = data[data.rindex(")") + 2 :].split()
+            out[int(entry.name)] = (int(f[11]) + int(f[12])) / CLK_TCK
+    return out
 
 
 def cmdline(pid: int) -> list[str]:
@@ -173,6 +187,14 @@ def tail(path: Path, n: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return "(no log)"
+
+
+def pause(seconds: float, every_s: Callable[[], None]) -> None:
+    """Sleep ``seconds``, calling ``every_s`` once a second."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        every_s()
+        time.sleep(min(1.0, left))
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -226,32 +248,55 @@ class Source:
         return f"srt://127.0.0.1:{self.port}"
 
 
-def start_sources(n: int, clip: Path, logdir: Path) -> list[Source]:
-    logdir.mkdir(parents=True, exist_ok=True)
-    sources: list[Source] = []
-    used: set[int] = set()
-    try:
-        for i in range(n):
-            port = free_udp_port(used)
-            log = logdir / f"source-{i:02d}.log"
-            argv = [
-                FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
-                "-re", "-stream_loop", "-1", "-i", str(clip),
-                "-c", "copy", "-f", "mpegts", f"srt://127.0.0.1:{port}?mode=listener",
-            ]  # fmt: skip
-            sources.append(Source(port, log, spawn(argv, log)))
-        for s in sources:
-            wait_for(
-                lambda s=s: port_in_use(s.port, "udp", pid=s.proc.pid) or s.proc.poll() is not None,
-                timeout=20,
-                what=f"source on udp/{s.port}",
-            )
+class Sources:
+    """N SRT listener sources that keep serving: an FFmpeg SRT listener serves one client and
+    exits when it leaves (or when the client fails at start), so :meth:`check` relaunches every
+    exited one on its port (call it often)."""
+
+    def __init__(self, n: int, clip: Path, logdir: Path) -> None:
+        self.n, self.clip, self.logdir = n, clip, logdir
+        self.items: list[Source] = []
+        self.relaunches = 0
+
+    def _spawn(self, port: int, log: Path) -> subprocess.Popen:
+        argv = [
+            FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
+            "-re", "-stream_loop", "-1", "-i", str(self.clip),
+            "-c", "copy", "-f", "mpegts", f"srt://127.0.0.1:{port}?mode=listener",
+        ]  # fmt: skip
+        return spawn(argv, log)
+
+    def start(self) -> Sources:
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        used: set[int] = set()
+        try:
+            for i in range(self.n):
+                port = free_udp_port(used)
+                log = self.logdir / f"source-{i:02d}.log"
+                self.items.append(Source(port, log, self._spawn(port, log)))
+            for s in self.items:
+                wait_for(
+                    lambda s=s: (
+                        port_in_use(s.port, "udp", pid=s.proc.pid) or s.proc.poll() is not None
+                    ),
+                    timeout=20,
+                    what=f"source on udp/{s.port}",
+                )
+                if s.proc.poll() is not None:
+                    raise RuntimeError(f"source on port {s.port} exited: {tail(s.log)}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def check(self) -> None:
+        for s in self.items:
             if s.proc.poll() is not None:
-                raise RuntimeError(f"source on port {s.port} exited: {tail(s.log)}")
-    except BaseException:
-        reap(s.proc for s in sources)
-        raise
-    return sources
+                s.proc = self._spawn(s.port, s.log)
+                self.relaunches += 1
+
+    def stop(self) -> None:
+        reap(s.proc for s in self.items)
 
 
 def free_udp_port(used: set[int]) -> int:
@@ -297,11 +342,12 @@ def run_window(
     tracked: list[Tracked],
     window: float,
     *,
+    every_1s: Callable[[], None] | None = None,
     every_3s: Callable[[], None] | None = None,
     output_bytes: Callable[[], int],
 ) -> dict[str, Any]:
     """Sample ``tracked`` for ``window`` seconds; returns wall time, host CPU and output bytes."""
-    host0, bytes0 = host_cpu(), output_bytes()
+    host0, bytes0, everyone0 = host_cpu(), output_bytes(), all_cpu()
     for t in tracked:
         t.cpu0 = cpu_seconds(t.pid)
     t0 = time.monotonic()
@@ -314,6 +360,8 @@ def run_window(
             r = rss_bytes(t.pid)
             if r is not None:
                 t.rss.append(r)
+        if every_1s is not None:
+            every_1s()
         if every_3s is not None and tick % 3 == 0:
             every_3s()
         tick += 1
@@ -321,13 +369,17 @@ def run_window(
     for t in tracked:
         t.cpu1 = cpu_seconds(t.pid)
     wall = time.monotonic() - t0
-    host1, bytes1 = host_cpu(), output_bytes()
+    host1, bytes1, everyone1 = host_cpu(), output_bytes(), all_cpu()
+    ours = {t.pid for t in tracked}
+    others = sum(c - everyone0.get(p, 0.0) for p, c in everyone1.items() if p not in ours)
     for t in tracked:
         t.pss = pss_bytes(t.pid)
-    busy, total = host1[0] - host0[0], host1[1] - host0[1]
+    busy, total, irq = (host1[i] - host0[i] for i in range(3))
     ncpu = os.cpu_count() or 1
     return {
         "wall_s": wall,
+        "host_irq_pct": irq / total * 100.0 * ncpu if total else None,  # of one core
+        "other_procs_cpu_pct": others / wall * 100.0,
         "host_busy_pct": busy / total * 100.0 * ncpu if total else None,  # of one core
         "host_idle_pct": (1 - busy / total) * 100.0 if total else None,  # of the machine
         "output_bytes": bytes1 - bytes0,
@@ -341,8 +393,8 @@ def _mean(xs: list[float]) -> float | None:
 def summarise(tracked: list[Tracked], win: dict[str, Any], jobs: int) -> dict[str, Any]:
     """Flat metrics of one window."""
     wall = win["wall_s"]
-    m: dict[str, Any] = {"wall_s": wall, "host_busy_pct": win["host_busy_pct"],
-                         "host_idle_pct": win["host_idle_pct"]}  # fmt: skip
+    m: dict[str, Any] = {k: win[k] for k in ("wall_s", "host_busy_pct", "host_idle_pct",
+                                             "host_irq_pct", "other_procs_cpu_pct")}  # fmt: skip
     by_role: dict[str, list[Tracked]] = {}
     for t in tracked:
         by_role.setdefault(t.role, []).append(t)
@@ -379,15 +431,16 @@ def summarise(tracked: list[Tracked], win: dict[str, Any], jobs: int) -> dict[st
             rss_total += rss or 0.0
         m["engine_cpu_pct_total"] = cpu_total
         m["engine_rss_mib_total"] = rss_total
-        m["engine_cpu_pct_per_job"] = cpu_total / jobs
-        m["engine_rss_mib_per_job"] = rss_total / jobs
+        m["engine_cpu_pct_per_job"] = cpu_total / jobs if jobs else None
+        m["engine_rss_mib_per_job"] = rss_total / jobs if jobs else None
         m["engine_target_met"] = cpu_total < TARGET_ENGINE_CPU_PCT
 
     for t in by_role.get("bench", []):
         m["bench_cpu_pct"] = t.cpu_pct(wall)
-    ours = sum(c for t in tracked if (c := t.cpu_pct(wall)) is not None)
-    if win["host_busy_pct"] is not None:  # other sessions' work on a shared machine, the kernel
-        m["other_cpu_pct"] = max(0.0, win["host_busy_pct"] - ours)
+    m["our_cpu_pct"] = sum(c for t in tracked if (c := t.cpu_pct(wall)) is not None)
+    if m["host_busy_pct"] is not None:
+        rest = m["host_busy_pct"] - m["our_cpu_pct"] - m["host_irq_pct"]
+        m["unattributed_cpu_pct"] = max(0.0, rest - m["other_procs_cpu_pct"])
     m["mbps_per_job"] = win["output_bytes"] * 8 / wall / 1e6 / max(1, jobs)
     return m
 
@@ -449,14 +502,18 @@ class Realtime:
 # --------------------------------------------------------------------------------------------
 
 
-def bare_argv(url: str, outdir: Path) -> list[str]:
-    """The brief's command plus ``-bsf:a aac_adtstoasc`` (FFmpeg 5.1 refuses ADTS AAC into
-    ``+empty_moov`` MP4 without it) and ``-progress`` to a file (for speed/real-time; the engine's
-    FFmpeg reports progress too)."""
+def bare_argv(url: str, outdir: Path, audio: str = "copy") -> list[str]:
+    """``ffmpeg -i srt://... -c copy -f mp4 -movflags +frag_keyframe+empty_moov out.mp4`` plus
+    ``-bsf:a aac_adtstoasc`` (FFmpeg 5.1 refuses ADTS AAC from MPEG-TS into ``+empty_moov`` MP4
+    without it: "Malformed AAC bitstream detected") and ``-progress`` to a file (for speed and
+    real time; the engine's FFmpeg reports progress too). ``audio="aac"`` re-encodes the audio
+    the way the engine does with the seed's ``audio_transcoding: "aac"``."""
+    codecs = ["-c", "copy", "-bsf:a", "aac_adtstoasc"]
+    if audio == "aac":
+        codecs = ["-c:v", "copy", "-c:a", "aac", "-b:a", "128k", "-ar", "44100"]
     return [
         FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-nostats",
-        "-progress", str(outdir / "progress.txt"), "-y",
-        "-i", url, "-c", "copy", "-bsf:a", "aac_adtstoasc",
+        "-progress", str(outdir / "progress.txt"), "-y", "-i", url, *codecs,
         "-f", "mp4", "-movflags", "+frag_keyframe+empty_moov", str(outdir / "out.mp4"),
     ]  # fmt: skip
 
@@ -486,16 +543,16 @@ def last_progress(path: Path) -> dict[str, str]:
 def run_bare(args: argparse.Namespace, clip: Path, work: Path) -> dict[str, Any]:
     n = args.jobs
     say(f"bare: starting {n} sources")
-    sources = start_sources(n, clip, work / "sources")
+    sources = Sources(n, clip, work / "sources").start()
     recs: list[subprocess.Popen] = []
     dirs: list[Path] = []
     try:
         say(f"bare: starting {n} ffmpeg recorders")
-        for i, s in enumerate(sources):
+        for i, s in enumerate(sources.items):
             d = work / f"job{i:02d}"
             d.mkdir(parents=True)
             dirs.append(d)
-            recs.append(spawn(bare_argv(s.url, d), d / "ffmpeg.log"))
+            recs.append(spawn(bare_argv(s.url, d, args.audio), d / "ffmpeg.log"))
 
         def all_recording() -> bool:
             dead = [d for d, p in zip(dirs, recs, strict=True) if p.poll() is not None]
@@ -505,10 +562,11 @@ def run_bare(args: argparse.Namespace, clip: Path, work: Path) -> dict[str, Any]
 
         wait_for(all_recording, timeout=30 + n, what=f"{n} bare recordings to make progress")
         say(f"bare: all {n} recording; warm-up {args.warmup:g} s")
-        time.sleep(args.warmup)
+        pause(args.warmup, sources.check)
+        relaunches = sources.relaunches
 
         tracked = [Tracked("ffmpeg", f"job{i}", p.pid) for i, p in enumerate(recs)]
-        tracked += [Tracked("source", f"src{i}", s.proc.pid) for i, s in enumerate(sources)]
+        tracked += [Tracked("source", f"src{i}", s.proc.pid) for i, s in enumerate(sources.items)]
         tracked.append(Tracked("bench", "bench", os.getpid()))
         rt = Realtime()
 
@@ -519,17 +577,18 @@ def run_bare(args: argparse.Namespace, clip: Path, work: Path) -> dict[str, Any]
 
         say(f"bare: measuring for {args.window:g} s")
         win = run_window(
-            tracked, args.window, every_3s=poll,
+            tracked, args.window, every_1s=sources.check, every_3s=poll,
             output_bytes=lambda: sum((d / "out.mp4").stat().st_size for d in dirs),
         )  # fmt: skip
         poll()
         m = summarise(tracked, win, n)
         m.update(rt.metrics())
-        m["command"] = " ".join(bare_argv("srt://127.0.0.1:<port>", Path("<dir>")))
+        m["source_relaunches"] = sources.relaunches - relaunches
+        m["command"] = " ".join(bare_argv("srt://127.0.0.1:<port>", Path("<dir>"), args.audio))
         return m
     finally:
         reap(recs, signal.SIGINT, grace=15)
-        reap(s.proc for s in sources)
+        sources.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,12 +625,12 @@ class Api:
         return {r["processData"]["id"]: r["processData"] for r in rows}
 
 
-def job_payload(i: int, url: str) -> dict[str, Any]:
+def job_payload(i: int, url: str, audio: str = "copy") -> dict[str, Any]:
     body = recording_payload(0)
     body["recording_name"] = f"density {i:02d}"
     body["input"]["input_stream_url"] = url
     body["input"]["entity_name"] = body["recording_name"]
-    body["transcoding"]["audio_transcoding"] = "Disabled"
+    body["transcoding"]["audio_transcoding"] = "Disabled" if audio == "copy" else "aac"
     body["active"] = True
     return body
 
@@ -583,10 +642,11 @@ def run_engine(args: argparse.Namespace, clip: Path, work: Path) -> dict[str, An
     for srv in (nats, fdb):
         srv.argv = [*PDEATH, *srv.argv]
     services: dict[str, subprocess.Popen] = {}
-    sources: list[Source] = []
+    sources = Sources(n, clip, work / "sources")
     logs = {name: work / f"{name}.log" for name in ("api", "recorder")}
     api: Api | None = None
     job_ids: list[str] = []
+    m: dict[str, Any] = {}  # filled by the window, completed by the stop in ``finally``
     try:
         say("engine: starting nats-server and FerretDB")
         nats.start()
@@ -623,12 +683,15 @@ def run_engine(args: argparse.Namespace, clip: Path, work: Path) -> dict[str, An
         wait_for(up, timeout=60, what="GET /api/health = 200", interval=0.5)
 
         say(f"engine: starting {n} sources")
-        sources = start_sources(n, clip, work / "sources")
+        sources.start()
         say(f"engine: creating {n} recording jobs")
-        for i, s in enumerate(sources):
-            job_ids.append(api.call("POST", "/api/recording/create", job_payload(i, s.url))["id"])
+        for i, s in enumerate(sources.items):
+            job_ids.append(
+                api.call("POST", "/api/recording/create", job_payload(i, s.url, args.audio))["id"]
+            )
 
         def all_running() -> bool:
+            sources.check()
             if services["recorder"].poll() is not None:
                 raise RuntimeError(f"recorder exited; log tail:\n{tail(logs['recorder'])}")
             stats = api.stats()  # type: ignore[union-attr]
@@ -643,12 +706,13 @@ def run_engine(args: argparse.Namespace, clip: Path, work: Path) -> dict[str, An
                 f"recorder log tail:\n{tail(logs['recorder'])}"
             ) from None
         say(f"engine: all {n} jobs in getStat; warm-up {args.warmup:g} s")
-        time.sleep(args.warmup)
+        pause(args.warmup, sources.check)
+        relaunches = sources.relaunches
 
         rec_pid = services["recorder"].pid
         workers = children(rec_pid, "ffmpeg")
         tracked = [Tracked("ffmpeg", f"w{pid}", pid) for pid in workers]
-        tracked += [Tracked("source", f"src{i}", s.proc.pid) for i, s in enumerate(sources)]
+        tracked += [Tracked("source", f"src{i}", s.proc.pid) for i, s in enumerate(sources.items)]
         engine_pids = {"recorder": rec_pid, "api": services["api"].pid,
                        "nats-server": nats.proc.pid, "ferretdb": fdb.proc.pid}  # type: ignore[union-attr]  # fmt: skip
         tracked += [Tracked("engine", name, pid) for name, pid in engine_pids.items()]
@@ -666,10 +730,12 @@ def run_engine(args: argparse.Namespace, clip: Path, work: Path) -> dict[str, An
 
         say(f"engine: measuring for {args.window:g} s ({len(workers)} ffmpeg workers)")
         win = run_window(
-            tracked, args.window, every_3s=poll, output_bytes=lambda: dir_bytes(storage)
-        )
-        m = summarise(tracked, win, n)
+            tracked, args.window, every_1s=sources.check, every_3s=poll,
+            output_bytes=lambda: dir_bytes(storage),
+        )  # fmt: skip
+        m.update(summarise(tracked, win, n))
         m.update(rt.metrics())
+        m["source_relaunches"] = sources.relaunches - relaunches
         m["getstat_ms_mean"] = _mean([x * 1000 for x in api.latencies])
         m["getstat_ms_max"] = max(api.latencies) * 1000 if api.latencies else None
         m["workers_replaced"] = len(set(workers) ^ set(children(rec_pid, "ffmpeg")))
@@ -683,24 +749,32 @@ def run_engine(args: argparse.Namespace, clip: Path, work: Path) -> dict[str, An
     finally:
         if api is not None and job_ids and services.get("api") and services["api"].poll() is None:
             say("engine: stopping the jobs")
+            t0 = time.monotonic()
             for j in job_ids:
                 with contextlib.suppress(OSError, urllib.error.HTTPError):
                     api.call("POST", "/api/recording/stop", {"id": j})
+            m["stop_calls_s"] = time.monotonic() - t0
             rec = services.get("recorder")
             if rec is not None and rec.poll() is None:
-                with contextlib.suppress(TimeoutError):
+                try:
                     wait_for(
                         lambda: not children(rec.pid, "ffmpeg"),
                         timeout=60,
                         what="the recorder's ffmpeg processes to end",
                         interval=0.5,
                     )
+                    m["stop_all_s"] = time.monotonic() - t0
+                except TimeoutError:
+                    left = len(children(rec.pid, "ffmpeg"))
+                    m["stop_all_s"] = None
+                    m["stop_problem"] = f"{left} ffmpeg still running 60 s after the stops"
+                    say(f"engine: {m['stop_problem']}")
         say("engine: tearing down")
         reap([services[k] for k in ("recorder", "api") if k in services], grace=25)
         for srv in (fdb, nats):
             with contextlib.suppress(Exception):
                 srv.stop()
-        reap(s.proc for s in sources)
+        sources.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -766,9 +840,13 @@ ROWS: list[tuple[str, str, str]] = [
     ("sources CPU % per source", "sources_cpu_pct_per_source", "{:.2f}"),
     ("sources RSS MiB total", "sources_rss_mib_total", "{:.0f}"),
     ("sources exited during window", "sources_exited", "{:.0f}"),
+    ("  relaunched during window", "source_relaunches", "{:.0f}"),
     ("host CPU busy (% of one core)", "host_busy_pct", "{:.0f}"),
     ("host CPU idle (% of machine)", "host_idle_pct", "{:.0f}"),
-    ("host CPU busy, not ours (% of one core)", "other_cpu_pct", "{:.0f}"),
+    ("  of which our processes", "our_cpu_pct", "{:.0f}"),
+    ("  of which irq+softirq (kernel network)", "host_irq_pct", "{:.0f}"),
+    ("  of which other processes on the host", "other_procs_cpu_pct", "{:.0f}"),
+    ("  unattributed (short-lived processes)", "unattributed_cpu_pct", "{:.0f}"),
     ("media/wall time, worst job", "realtime_ratio_min", "{:.3f}"),
     ("media/wall time, mean", "realtime_ratio_mean", "{:.3f}"),
     ("lowest FFmpeg-reported speed", "speed_min", "{:.2f}x"),
@@ -776,6 +854,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("getStat latency ms (mean)", "getstat_ms_mean", "{:.1f}"),
     ("getStat latency ms (max)", "getstat_ms_max", "{:.1f}"),
     ("this script's CPU %", "bench_cpu_pct", "{:.2f}"),
+    ("N x /stop calls, s", "stop_calls_s", "{:.1f}"),
+    ("all FFmpeg gone after first /stop, s", "stop_all_s", "{:.1f}"),
 ]
 
 
@@ -811,6 +891,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=30.0, help="measurement window, s")
     p.add_argument("--warmup", type=float, default=10.0, help="warm-up once all run, s")
     p.add_argument("--phase", choices=("bare", "engine", "both"), default="both")
+    p.add_argument(
+        "--audio",
+        choices=("copy", "aac"),
+        default="copy",
+        help="copy (default: pure stream copy) or re-encode the audio to AAC 128k in both phases",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per phase (median, min-max)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the clip is kept")
@@ -844,17 +930,21 @@ def main(argv: list[str] | None = None) -> int:
     info = {
         "date": started.isoformat(timespec="seconds"),
         "command": "uv run python bench/recording_density.py " + " ".join(sys.argv[1:]),
-        "jobs": args.jobs, "window_s": args.window, "warmup_s": args.warmup,
+        "jobs": args.jobs, "audio": args.audio, "window_s": args.window, "warmup_s": args.warmup,
         "repeat": args.repeat, "machine": machine(), "clip": clip.name,
     }  # fmt: skip
-    print(f"\nRecording density: {args.jobs} jobs, window {args.window:g} s, "
-          f"warm-up {args.warmup:g} s, {args.repeat} run(s) per phase")  # fmt: skip
+    print(
+        f"\nRecording density: {args.jobs} jobs, window {args.window:g} s, "
+        f"warm-up {args.warmup:g} s, audio {args.audio}, {args.repeat} run(s) per phase"
+    )
     m = info["machine"]
     print(f"{info['date']}  {m['nproc']} x {m['cpu_model']}, {m['mem_gib']} GiB, {m['ffmpeg']}\n")
     if results:
         print(table(results))
     for ph, res in results.items():
         print(f"\n{ph} FFmpeg command: {res.get('command')}")
+        if res.get("stop_problem"):
+            print(f"{ph}: {res['stop_problem']}")
         extra = res.get("engine_children_not_ffmpeg")
         if extra:
             print(f"{ph}: other children of engine processes (not counted): {extra}")
