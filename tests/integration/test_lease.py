@@ -91,3 +91,60 @@ async def test_claim_skips_excluded_jobs_and_takes_the_oldest(db: AsyncDatabase)
     assert (await store.claim(exclude=[first])).job_id == second
     assert await store.claim(exclude=[first, second]) is None
     assert (await store.claim()).job_id == first
+
+
+async def test_renew_many_extends_every_lease_and_names_the_lost_ones(db: AsyncDatabase) -> None:
+    ids = [await _job(db) for _ in range(6)]
+    store, other = _store(db, "a", lease_s=30), _store(db, "b", lease_s=30)
+    leases = [await store.claim(job_id=job_id) for job_id in ids]
+    assert all(leases)
+    past = utcnow() - timedelta(seconds=1)
+    await db[JOBS].update_many({}, {"$set": {"runtime.lease_until": past}})
+
+    assert await store.renew_many(leases) == set()  # all six renewed in one round trip
+    async for doc in db[JOBS].find({}):
+        assert doc["runtime"]["lease_until"] > utcnow() + timedelta(seconds=20)
+
+    stopped, restarted, removed, taken = ids[:4]
+    await db[JOBS].update_one({"_id": stopped}, {"$set": {"active": False}})
+    await db[JOBS].update_one({"_id": restarted}, {"$inc": {"generation": 1}})
+    await db[JOBS].delete_one({"_id": removed})
+    await db[JOBS].update_one({"_id": taken}, {"$set": {"runtime.lease_until": past}})
+    assert (await other.claim(job_id=taken)) is not None
+    before = {d["_id"]: d["runtime"]["lease_until"] async for d in db[JOBS].find({})}
+
+    assert await store.renew_many(leases) == {stopped, restarted, removed, taken}
+    after = {d["_id"]: d["runtime"]["lease_until"] async for d in db[JOBS].find({})}
+    assert after[ids[4]] > before[ids[4]]
+    assert after[ids[5]] > before[ids[5]]
+    assert after[stopped] == before[stopped]  # a lost lease is not extended
+    assert after[taken] == before[taken]  # nor is another node's
+    assert await store.renew_many([]) == set()
+
+
+async def test_a_stop_racing_a_renewal_is_never_undone(db: AsyncDatabase) -> None:
+    """Per-document atomic updates: the API's ``active: false`` survives concurrent renewals.
+
+    FerretDB v1 alone loses one of two concurrent updates of a document (it writes the whole
+    document back); tools/ferretdb-lite serializes read-modify-write commands so it does not.
+    """
+    ids = [await _job(db) for _ in range(10)]
+    store = _store(db, "a")
+    leases = [await store.claim(job_id=job_id) for job_id in ids]
+    for job_id in ids:
+        stop_one = db[JOBS].update_one({"_id": job_id}, {"$set": {"active": False}})
+        await asyncio.gather(
+            store.renew_many(leases), stop_one, store.renew_many(leases), store.renew_many(leases)
+        )
+    stopped = {d["_id"] async for d in db[JOBS].find({"active": False}, {"_id": 1})}
+    assert stopped == set(ids)
+    assert await store.renew_many(leases) == set(ids)
+
+
+async def test_concurrent_updates_of_one_document_all_land(db: AsyncDatabase) -> None:
+    job_id = await _job(db)
+    await asyncio.gather(
+        *(db[JOBS].update_one({"_id": job_id}, {"$set": {f"f{i}": i}}) for i in range(30))
+    )
+    doc = await db[JOBS].find_one({"_id": job_id})
+    assert {f"f{i}" for i in range(30)} <= set(doc)

@@ -631,3 +631,13 @@ def test_real_ffmpeg_exits_when_its_worker_is_sigkilled(tmp_path: Path) -> None:
     )
     codecs = sorted(s["codec_name"] for s in json.loads(probe.stdout)["streams"])
     assert codecs == ["aac", "h264"]
+
+
+def test_build_argv_sets_the_progress_period_once() -> None:
+    argv = build_argv("ffmpeg", ["-i", "in", "out.mp4"], progress_period_s=1.0)
+    assert argv[argv.index("-stats_period") + 1] == "1"
+    assert argv[-3:] == ["-i", "in", "out.mp4"]
+    kept = build_argv("ffmpeg", ["-stats_period", "2", "-i", "in"], progress_period_s=1.0)
+    assert kept.count("-stats_period") == 1
+    assert kept[kept.index("-stats_period") + 1] == "2"
+    assert "-stats_period" not in build_argv("ffmpeg", ["-i", "in"])

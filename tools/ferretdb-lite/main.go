@@ -4,20 +4,49 @@
 // It embeds github.com/FerretDB/FerretDB/ferretdb rather than running the
 // upstream cmd/ferretdb, which panics at start when installed from the module
 // proxy (the module lacks build/version/version.txt).
+//
+// FerretDB v1 applies an update as read, modify in Go, write the whole document
+// back, with no lock between the read and the write: two concurrent updates of
+// one document lose one of them (20 concurrent $set of different fields on one
+// document keep about 2). MongoDB updates a document atomically, and the job
+// lease protocol relies on it (a lease renewal must never undo the API's
+// `active: false`). So FerretDB listens on a private Unix socket and the TCP
+// address given by -listen is a small wire-protocol proxy that lets one
+// read-modify-write command (update, findAndModify, delete) run at a time:
+// it takes a lock before forwarding such a command and releases it when the
+// reply passes back. Reads and inserts are not held up.
 package main
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/FerretDB/FerretDB/ferretdb"
 )
+
+const (
+	opMsg        = 2013
+	headerLen    = 16
+	maxMessage   = 48 << 20 // MongoDB's maxMessageSizeBytes
+	moreToCome   = 1 << 1   // OP_MSG flag: no reply follows this message
+	writeTimeout = 60 * time.Second
+)
+
+// serialized are the commands FerretDB runs as an unlocked read-modify-write.
+var serialized = map[string]bool{"update": true, "findandmodify": true, "delete": true}
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:27017", "TCP address to listen on (host:port)")
@@ -37,28 +66,229 @@ func main() {
 		err = os.MkdirAll(dir, 0o755)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "ferretdb-lite: data directory %q: %v\n", *dataDir, err)
-		os.Exit(1)
+		fail("data directory %q: %v", *dataDir, err)
 	}
+	sockDir, err := os.MkdirTemp("", "ferretdb-lite-")
+	if err != nil {
+		fail("socket directory: %v", err)
+	}
+	defer os.RemoveAll(sockDir)
+	sock := filepath.Join(sockDir, "ferretdb.sock")
 
 	f, err := ferretdb.New(&ferretdb.Config{
-		Listener:  ferretdb.ListenerConfig{TCP: *listen},
+		Listener:  ferretdb.ListenerConfig{Unix: sock},
 		Logger:    logger,
 		Handler:   "sqlite",
 		SQLiteURL: "file:" + dir + "/",
 	})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "ferretdb-lite: %v\n", err)
-		os.Exit(1)
+		fail("%v", err)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	logger.Warn("ferretdb-lite listening", "addr", *listen, "data", dir, "uri", f.MongoDBURI())
-	if err := f.Run(ctx); err != nil && ctx.Err() == nil {
-		fmt.Fprintf(os.Stderr, "ferretdb-lite: %v\n", err)
-		os.Exit(1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := f.Run(ctx); err != nil && ctx.Err() == nil {
+			logger.Error("ferretdb-lite: FerretDB stopped", "error", err)
+			stop()
+		}
+	}()
+	if err := waitDialable(ctx, sock); err != nil {
+		fail("FerretDB did not start: %v", err)
 	}
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fail("listen %s: %v", *listen, err)
+	}
+	p := &proxy{upstream: sock, log: logger}
+	go p.serve(ln)
+
+	logger.Warn("ferretdb-lite listening", "addr", ln.Addr().String(), "data", dir)
+	<-ctx.Done()
+	_ = ln.Close()
+	<-done
 	logger.Warn("ferretdb-lite stopped")
+}
+
+func fail(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "ferretdb-lite: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+func waitDialable(ctx context.Context, sock string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// proxy forwards MongoDB wire-protocol connections to FerretDB, one
+// read-modify-write command at a time across all connections.
+type proxy struct {
+	upstream string
+	log      *slog.Logger
+	writes   sync.Mutex
+}
+
+func (p *proxy) serve(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				p.log.Error("ferretdb-lite: accept", "error", err)
+			}
+			return
+		}
+		go p.handle(c)
+	}
+}
+
+// conn is one client connection and its upstream connection.
+type conn struct {
+	p       *proxy
+	mu      sync.Mutex
+	holding bool  // this connection holds p.writes
+	pending int32 // the request id whose reply releases it
+	timer   *time.Timer
+}
+
+func (c *conn) acquire(requestID int32) {
+	c.p.writes.Lock()
+	c.mu.Lock()
+	c.holding, c.pending = true, requestID
+	// A reply that never comes (FerretDB stuck, connection half-dead) must not
+	// stop every other writer for good.
+	c.timer = time.AfterFunc(writeTimeout, func() { c.release(requestID, false) })
+	c.mu.Unlock()
+}
+
+func (c *conn) release(responseTo int32, any bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.holding || (!any && responseTo != c.pending) {
+		return
+	}
+	c.holding = false
+	c.timer.Stop()
+	c.p.writes.Unlock()
+}
+
+func (p *proxy) handle(client net.Conn) {
+	defer client.Close()
+	server, err := net.Dial("unix", p.upstream)
+	if err != nil {
+		p.log.Error("ferretdb-lite: upstream", "error", err)
+		return
+	}
+	defer server.Close()
+	c := &conn{p: p}
+	defer c.release(0, true)
+
+	replies := make(chan struct{})
+	go func() {
+		defer close(replies)
+		defer client.Close()
+		for {
+			msg, err := readMessage(server)
+			if err != nil {
+				return
+			}
+			_, werr := client.Write(msg)
+			c.release(int32(binary.LittleEndian.Uint32(msg[8:12])), false)
+			if werr != nil {
+				return
+			}
+		}
+	}()
+	for {
+		msg, err := readMessage(client)
+		if err != nil {
+			break
+		}
+		locked := false
+		if needsLock(msg) {
+			c.acquire(int32(binary.LittleEndian.Uint32(msg[4:8])))
+			locked = true
+		}
+		if _, err := server.Write(msg); err != nil {
+			break
+		}
+		if locked && binary.LittleEndian.Uint32(msg[16:20])&moreToCome != 0 {
+			c.release(0, true) // no reply will come: nothing to wait for
+		}
+	}
+	_ = server.Close()
+	<-replies
+}
+
+// readMessage reads one whole wire-protocol message (header included).
+func readMessage(r io.Reader) ([]byte, error) {
+	var header [headerLen]byte
+	if _, err := io.ReadFull(r, header[:]); err != nil {
+		return nil, err
+	}
+	n := int(int32(binary.LittleEndian.Uint32(header[0:4])))
+	if n < headerLen || n > maxMessage {
+		return nil, fmt.Errorf("bad message length %d", n)
+	}
+	msg := make([]byte, n)
+	copy(msg, header[:])
+	if _, err := io.ReadFull(r, msg[headerLen:]); err != nil {
+		return nil, err
+	}
+	return msg, nil
+}
+
+// needsLock says whether msg is an OP_MSG whose command is a read-modify-write.
+func needsLock(msg []byte) bool {
+	if binary.LittleEndian.Uint32(msg[12:16]) != opMsg {
+		return false
+	}
+	name, ok := commandName(msg)
+	return ok && serialized[strings.ToLower(name)]
+}
+
+// commandName is the first key of the OP_MSG body (the kind 0 section).
+func commandName(msg []byte) (string, bool) {
+	at := headerLen + 4 // flag bits
+	for at < len(msg) {
+		kind := msg[at]
+		at++
+		if at+4 > len(msg) {
+			return "", false
+		}
+		size := int(int32(binary.LittleEndian.Uint32(msg[at : at+4])))
+		if kind == 1 { // document sequence: its size, an identifier, documents
+			if size < 4 {
+				return "", false
+			}
+			at += size
+			continue
+		}
+		if kind != 0 || size < 5 || at+size > len(msg) {
+			return "", false
+		}
+		doc := msg[at : at+size]
+		// int32 length, then elements: type byte, cstring key, value.
+		if doc[4] == 0 {
+			return "", false
+		}
+		end := 5
+		for end < len(doc) && doc[end] != 0 {
+			end++
+		}
+		return string(doc[5:end]), end < len(doc)
+	}
+	return "", false
 }

@@ -111,6 +111,7 @@ class RecordingRun:
                 backoff_max_s=settings.retry_max_s,
                 graceful_stop_timeout_s=settings.stop_grace_s,
                 stable_after_s=30.0,
+                progress_period_s=settings.progress_period_s,
             ),
             on_state=self._on_state,
             on_progress=self._on_progress,
@@ -156,7 +157,11 @@ class RecordingRun:
         self._log.info("recording_stopped", state=state.value)
 
     def runtime_fields(self) -> dict[str, Any]:
-        """What the lease renewal writes into ``runtime``."""
+        """What ``runtime`` says about this worker; written on every state change.
+
+        Lease renewals write only ``lease_until`` (one batched update per node); ``last_progress``
+        is therefore the progress at the last state change, and live numbers come from getStat.
+        """
         sup = self.supervisor
         fields: dict[str, Any] = {
             "state": sup.state.value,
@@ -211,8 +216,7 @@ class RecordingRun:
 
     async def _on_state(self, state: SupervisorState, reason: str) -> None:
         try:
-            await self._leases.hold(self.lease, {"state": state.value, "last_error":
-                                                 self.supervisor.last_error})  # fmt: skip
+            await self._leases.hold(self.lease, self.runtime_fields())
         except Exception as exc:
             self._log.warning("runtime_write_failed", error=str(exc))
         if state is SupervisorState.RUNNING:

@@ -2,8 +2,10 @@
 
 One loop reconciles desired state (MongoDB) with what this node runs:
 
-- every ``lease_s / 3`` it renews the lease of each job it runs; a renewal that matches nothing
-  (stopped, removed, updated, restarted, taken over) stops that job's FFmpeg at once;
+- every ``lease_s / 3`` it renews the leases of all the jobs it runs in one round trip; a job
+  whose renewal matches nothing (stopped, removed, updated, restarted, taken over) has its FFmpeg
+  stopped at once. The runtime block's other fields are written when the worker's state changes,
+  not on every renewal;
 - every ``reconcile_s``, and at once on a NATS hint, it claims claimable jobs while it runs fewer
   than ``max_jobs``; on a hint it first waits ``claim_delay_s * load`` so that the least loaded
   node wins the claim.
@@ -140,25 +142,39 @@ class RecorderNode:
             self._begin_stop(run, f"could not start: {exc}")
 
     async def _renew_all(self) -> None:
-        for job_id, run in list(self.runs.items()):
-            try:
-                if run.stopping:
-                    await self.leases.hold(run.lease)
-                elif not await self.leases.renew(run.lease, run.runtime_fields()):
+        """One round trip renews every running job's lease; stopping jobs keep theirs by hold."""
+        running = [run for run in self.runs.values() if not run.stopping]
+        try:
+            lost = await self.leases.renew_many([run.lease for run in running])
+        except Exception as exc:
+            # MongoDB away: keep recording; the lease protocol settles it when it is back.
+            self.log.warning("lease_renew_failed", jobs=len(running), error=str(exc)[:200])
+        else:
+            for run in running:
+                if run.lease.job_id in lost:
                     self._begin_stop(run, "job stopped, changed or taken over")
-            except Exception as exc:
-                # MongoDB away: keep recording; the lease protocol settles it when it is back.
-                self.log.warning("lease_renew_failed", job_id=job_id, error=str(exc)[:200])
+        for run in list(self.runs.values()):
+            if run.stopping and run not in running:
+                try:
+                    await self.leases.hold(run.lease)
+                except Exception as exc:
+                    self.log.warning("lease_hold_failed", job_id=run.job_id, error=str(exc)[:200])
 
     async def _check_hinted(self) -> None:
+        """A hint named jobs this node runs: find out at once which of them must stop."""
         hinted, self._hinted = self._hinted, set()
-        for job_id in hinted:
-            run = self.runs.get(job_id)
-            if run is None or run.stopping:
-                continue
-            with contextlib.suppress(Exception):
-                if not await self.leases.renew(run.lease, run.runtime_fields()):
-                    self._begin_stop(run, "job stopped, changed or restarted")
+        runs = [r for r in (self.runs.get(j) for j in hinted) if r is not None and not r.stopping]
+        if not runs:
+            return
+        try:
+            lost = await self.leases.renew_many([run.lease for run in runs])
+        except Exception as exc:
+            # The periodic renewal finds it out instead, at most lease/3 later.
+            self.log.warning("lease_check_failed", jobs=len(runs), error=str(exc)[:200])
+            return
+        for run in runs:
+            if run.lease.job_id in lost:
+                self._begin_stop(run, "job stopped, changed or restarted")
 
     def _begin_stop(self, run: RecordingRun, reason: str) -> None:
         async def stop() -> None:

@@ -33,4 +33,9 @@ class RecorderSettings(CommonSettings):
     stop_grace_s: float = Field(
         10.0, gt=0, description="Seconds FFmpeg gets to write its trailer before SIGKILL."
     )
+    progress_period_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between FFmpeg progress reports (the stats rate; each is parsed).",
+    )
     ffmpeg_path: str = Field("ffmpeg", description="The ffmpeg binary (path or name on PATH).")

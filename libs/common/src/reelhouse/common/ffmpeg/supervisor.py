@@ -161,6 +161,9 @@ class SupervisorConfig(BaseModel):
     graceful_stop_timeout_s: float = Field(default=10.0, gt=0)
     # Lines: how much of FFmpeg's stderr is kept for last_error.
     stderr_tail_lines: int = Field(default=20, ge=1)
+    # Seconds between FFmpeg's progress blocks (``-stats_period``); None keeps FFmpeg's 0.5 s.
+    # Each block is parsed in Python, so many jobs per node want a longer period.
+    progress_period_s: float | None = Field(default=None, gt=0)
     # Whether an exit with code 0 that we did not ask for ends supervision as finished (a
     # recording with a duration limit) instead of being restarted (a live source that ended).
     finish_on_success: bool = False
@@ -182,8 +185,13 @@ ExitHook = Callable[[int, list[str]], Awaitable[None]]
 """Awaited after every process exit with its return code and stderr tail."""
 
 
-def build_argv(ffmpeg_path: str, args: Sequence[str]) -> list[str]:
+def build_argv(
+    ffmpeg_path: str, args: Sequence[str], *, progress_period_s: float | None = None
+) -> list[str]:
     """The full argv: binary, ``-progress pipe:1 -nostats`` (unless present), then ``args``.
+
+    ``progress_period_s`` adds ``-stats_period`` (how often FFmpeg writes a progress block)
+    unless ``args`` already set it.
 
     Raises ``TypeError`` for a string (arguments are a list, never a shell string) or an argument
     that is not a string (path-like ones are converted), and ``ValueError`` for an argument with a
@@ -209,6 +217,8 @@ def build_argv(ffmpeg_path: str, args: Sequence[str]) -> list[str]:
         extra += ["-progress", "pipe:1"]
     if "-nostats" not in args:
         extra.append("-nostats")
+    if progress_period_s is not None and "-stats_period" not in args:
+        extra += ["-stats_period", f"{progress_period_s:g}"]
     return [ffmpeg_path, *extra, *args]
 
 
@@ -517,7 +527,9 @@ class FFmpegSupervisor:
             args = self._argv_factory()
             if inspect.isawaitable(args):
                 args = await args
-            argv = build_argv(self._config.ffmpeg_path, args)
+            argv = build_argv(
+                self._config.ffmpeg_path, args, progress_period_s=self._config.progress_period_s
+            )
         except Exception as exc:
             self._log.exception("ffmpeg_argv_failed")
             return _Outcome(reason=f"could not build the command: {exc}")

@@ -13,7 +13,10 @@ must be replaced: ``start`` and ``update``) and a ``runtime`` block written only
   ``runtime.generation``.
 - **renew** (every ``lease/3``): matches ``{_id, runtime.node: me, active: true, generation: the
   one I started}``. A renewal that matches nothing (stopped, removed, updated, restarted, taken
-  over) tells the owner to stop its FFmpeg at once.
+  over) tells the owner to stop its FFmpeg at once. ``renew_many`` renews all of a node's leases
+  in one ``update_many`` (each document still updated atomically on its own, with the same
+  per-job condition); only when fewer documents matched than were asked does a second query find
+  which ones were lost.
 - **hold**: while the owner stops FFmpeg gracefully it keeps the lease (``{_id, runtime.node:
   me}`` only) so nobody else starts a second FFmpeg on the same job before the first has let go.
 - **release**: unsets ``runtime`` if this node still owns it; the job is free to be claimed again
@@ -117,6 +120,40 @@ class LeaseStore:
             {"$set": {"runtime.lease_until": self._until(now), **fields}},
         )
         return result.matched_count == 1
+
+    async def renew_many(self, leases: list[Lease]) -> set[ObjectId]:
+        """Extend many leases in one round trip; returns the ids of the jobs no longer ours.
+
+        One ``update_many`` whose filter is, per job, the same condition as :meth:`renew`. A
+        job in the returned set was stopped, removed, updated, restarted or taken over: its
+        FFmpeg must stop at once. (A document is matched at most once, so ``matched_count``
+        equal to the number of leases means every one was renewed.)
+        """
+        if not leases:
+            return set()
+        now = utcnow()
+        wanted = {lease.job_id: lease.generation for lease in leases}
+        result = await self._jobs.update_many(
+            {
+                "runtime.node": self.node_id,
+                "active": True,
+                "$or": [{"_id": job_id, "generation": gen} for job_id, gen in wanted.items()],
+            },
+            {"$set": {"runtime.lease_until": self._until(now)}},
+        )
+        if result.matched_count == len(wanted):
+            return set()
+        still = self._jobs.find(
+            {"_id": {"$in": list(wanted)}}, {"active": 1, "generation": 1, "runtime.node": 1}
+        )
+        ours = {
+            doc["_id"]
+            async for doc in still
+            if doc.get("active") is True
+            and int(doc.get("generation", 0)) == wanted[doc["_id"]]
+            and (doc.get("runtime") or {}).get("node") == self.node_id
+        }
+        return set(wanted) - ours
 
     async def hold(self, lease: Lease, runtime: dict[str, Any] | None = None) -> bool:
         """Keep the lease while stopping (whatever the desired state); False if it is gone."""
