@@ -61,6 +61,15 @@ class Stack:
     def storage_root(self) -> Path:
         return Path(self.env["REELHOUSE_STORAGE_ROOT"])
 
+    async def api(self, path: str, body: Any = None, *, verb: str = "POST") -> httpx.Response:
+        """``/api/<path>`` (e.g. ``restream/create``) with the token."""
+        return await self.client.request(verb, f"/api/{path}", json=body, headers=HEADERS)
+
+    async def api_ok(self, path: str, body: Any = None, *, verb: str = "POST") -> Any:
+        r = await self.api(path, body, verb=verb)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+        return r.json()
+
 
 @contextlib.asynccontextmanager
 async def running_stack(service_env: dict[str, str], tmp: Path) -> AsyncIterator[Stack]:

@@ -41,6 +41,13 @@ def job_dir(root: Path, job_id: str) -> Path:
     return root.resolve() / job_id
 
 
+def restream_hls_dir(root: Path, job_id: str) -> Path:
+    """Where a restream's OUTPUT_TYPE_HLS destination is written (``index.m3u8`` + segments)."""
+    if not re.fullmatch(r"[0-9a-f]{24}", job_id):
+        raise ValueError(f"not a job id: {job_id!r}")
+    return root.resolve() / "restreams" / job_id / "hls"
+
+
 def file_name(slug: str, when: datetime, ext: str) -> str:
     """``<slug>-YYYY-MM-DD_HH-MM-SS.<ext>``."""
     return f"{slug}-{when.strftime(FILE_TIME_FORMAT)}.{ext}"

@@ -7,7 +7,7 @@ import os
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 
 from reelhouse.api.settings import ApiSettings
 from reelhouse.common.errors import Unauthorized
@@ -44,10 +44,29 @@ def require_token(
     """Dependency: the request carries a valid ``x-access-token``; returns the principal."""
     if not x_access_token:
         raise Unauthorized("missing x-access-token header")
+    return _principal(request, x_access_token)
+
+
+def _principal(request: Request, token: str) -> str:
     expected: str = request.app.state.bootstrap_token
-    if not hmac.compare_digest(x_access_token.encode(), expected.encode()):
+    if not hmac.compare_digest(token.encode(), expected.encode()):
         raise Unauthorized("invalid access token")
     return "bootstrap-admin"
 
 
+def require_token_or_query(
+    request: Request,
+    x_access_token: Annotated[str | None, Header(description="JWT or API key.")] = None,
+    token: Annotated[
+        str | None, Query(description="The same token, for players that cannot send headers.")
+    ] = None,
+) -> str:
+    """Dependency for media a player fetches (HLS): the token in the header or ``?token=``."""
+    if not (x_access_token or token):
+        raise Unauthorized("missing x-access-token header (or token query parameter)")
+    return _principal(request, x_access_token or token or "")
+
+
 Principal = Annotated[str, Depends(require_token)]
+PlayerPrincipal = Annotated[str, Depends(require_token_or_query)]
+"""Like :data:`Principal`, also accepting ``?token=`` (media routes only)."""

@@ -1,223 +1,33 @@
-"""The recorder node: claims recording jobs by lease, runs them, renews, stops, fails over.
-
-One loop reconciles desired state (MongoDB) with what this node runs:
-
-- every ``lease_s / 3`` it renews the leases of all the jobs it runs in one round trip; a job
-  whose renewal matches nothing (stopped, removed, updated, restarted, taken over) has its FFmpeg
-  stopped at once. The runtime block's other fields are written when the worker's state changes,
-  not on every renewal;
-- every ``reconcile_s``, and at once on a NATS hint, it claims claimable jobs while it runs fewer
-  than ``max_jobs``; on a hint it first waits ``claim_delay_s * load`` so that the least loaded
-  node wins the claim.
-
-Hints arrive on ``<p>.cmd.recorder.*`` to every recorder (fan-out, not a queue group: the owner of
-a job must hear a stop or a restart, and a claim race is settled by MongoDB atomically).
-"""
+"""The recorder node: a :class:`~reelhouse.common.jobs.node.JobNode` for recording jobs."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from typing import Any
-
-from pydantic import ValidationError
-
-from reelhouse.common.contracts.messages import JobCommand
-from reelhouse.common.jobs.lease import Lease, LeaseStore
+from reelhouse.common.jobs.lease import Lease
+from reelhouse.common.jobs.node import InvalidJob, JobNode
 from reelhouse.common.mongo import Collections
-from reelhouse.common.service import ServiceContext
 from reelhouse.recorder.job import RecordingRun, recording_config
-from reelhouse.recorder.settings import RecorderSettings
 
 
-class RecorderNode:
-    """Everything one recorder process runs."""
+class RecorderNode(JobNode):
+    """Claims recording jobs by lease and runs one :class:`RecordingRun` for each."""
 
-    def __init__(self, ctx: ServiceContext[RecorderSettings]) -> None:
-        self.ctx = ctx
-        self.settings = ctx.settings
-        self.log = ctx.log
-        self.leases = LeaseStore(
-            db=ctx.db,
-            collection=Collections.RECORDINGS,
-            node_id=ctx.node_id,
-            lease_s=ctx.settings.lease_s,
-        )
-        self.runs: dict[str, RecordingRun] = {}
-        self._stopping: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
-        self._hinted: set[str] = set()
+    module = "recording"
+    service = "recorder"
+    collection = Collections.RECORDINGS
 
-    async def run(self) -> None:
-        """Serve until the service is asked to stop; then stop every FFmpeg gracefully."""
-        self.ctx.settings.storage_root.mkdir(parents=True, exist_ok=True)
-        hints = asyncio.create_task(self._subscribe(), name="hints")
-        try:
-            await self._loop()
-        finally:
-            hints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hints
-            await self._stop_all("recorder shutting down")
-
-    # -- the loop -----------------------------------------------------------------------------
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        renew_every = self.settings.lease_s / 3
-        next_renew = loop.time() + renew_every
-        while not self.ctx.stop.is_set():
-            hinted = self._wake.is_set()
-            self._wake.clear()
-            if hinted:
-                await self._check_hinted()
-            if loop.time() >= next_renew:
-                await self._renew_all()
-                next_renew = loop.time() + renew_every
-            if hinted:
-                await self._claim_delay()
-            await self._claim()
-            self.ctx.node.running_jobs = len(self.runs)
-            timeout = min(self.settings.reconcile_s, max(0.0, next_renew - loop.time()))
-            waiters = {
-                asyncio.ensure_future(self._wake.wait()),
-                asyncio.ensure_future(self.ctx.stop.wait()),
-            }
-            _, pending = await asyncio.wait(
-                waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            for waiter in pending:
-                waiter.cancel()
-
-    async def _claim_delay(self) -> None:
-        load = len(self.runs) / self.settings.max_jobs
-        if load > 0 and self.settings.claim_delay_s > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ctx.stop.wait(), self.settings.claim_delay_s * load)
-
-    async def _claim(self) -> None:
-        while len(self.runs) < self.settings.max_jobs and not self.ctx.stop.is_set():
-            try:
-                lease = await self.leases.claim()
-            except Exception as exc:
-                self.log.warning("claim_failed", error=str(exc).splitlines()[0][:200])
-                return
-            if lease is None:
-                return
-            await self._start(lease)
-
-    async def _start(self, lease: Lease) -> None:
-        job_id = str(lease.job_id)
-        try:
-            input_ids = lease.doc.get("input") or []
-            input_doc = await self.ctx.db[Collections.INPUTS].find_one({"_id": input_ids[0]})
-            if input_doc is None:
-                raise ValueError("the job's input document is missing")
-            config = recording_config(lease.doc, input_doc)
-        except (ValidationError, ValueError, IndexError) as exc:
-            # Stored config that no longer validates: report it, do not spin on it.
-            self.log.error("recording_config_invalid", job_id=job_id, error=str(exc)[:500])
-            await self.ctx.db[Collections.RECORDINGS].update_one(
-                {"_id": lease.job_id, "runtime.node": self.ctx.node_id},
-                {"$set": {"active": False, "runtime.state": "failed",
-                          "runtime.last_error": f"invalid configuration: {exc}"[:2000]}},
-            )  # fmt: skip
-            await self.leases.release(lease.job_id)
-            return
-        run = RecordingRun(
+    async def make_run(self, lease: Lease) -> RecordingRun:
+        input_ids = lease.doc.get("input") or []
+        if not input_ids:
+            raise InvalidJob("the job has no input")
+        input_doc = await self.ctx.db[Collections.INPUTS].find_one({"_id": input_ids[0]})
+        if input_doc is None:
+            raise InvalidJob("the job's input document is missing")
+        return RecordingRun(
             lease=lease,
-            config=config,
+            config=recording_config(lease.doc, input_doc),
             leases=self.leases,
             db=self.ctx.db,
             bus=self.ctx.bus,
             settings=self.settings,
             node_id=self.ctx.node_id,
         )
-        self.runs[job_id] = run
-        self.log.info("recording_claimed", job_id=job_id, generation=lease.generation)
-        try:
-            await run.start()
-        except Exception as exc:
-            self.log.exception("recording_start_failed", job_id=job_id)
-            self._begin_stop(run, f"could not start: {exc}")
-
-    async def _renew_all(self) -> None:
-        """One round trip renews every running job's lease; stopping jobs keep theirs by hold."""
-        running = [run for run in self.runs.values() if not run.stopping]
-        try:
-            lost = await self.leases.renew_many([run.lease for run in running])
-        except Exception as exc:
-            # MongoDB away: keep recording; the lease protocol settles it when it is back.
-            self.log.warning("lease_renew_failed", jobs=len(running), error=str(exc)[:200])
-        else:
-            for run in running:
-                if run.lease.job_id in lost:
-                    self._begin_stop(run, "job stopped, changed or taken over")
-        for run in list(self.runs.values()):
-            if run.stopping and run not in running:
-                try:
-                    await self.leases.hold(run.lease)
-                except Exception as exc:
-                    self.log.warning("lease_hold_failed", job_id=run.job_id, error=str(exc)[:200])
-
-    async def _check_hinted(self) -> None:
-        """A hint named jobs this node runs: find out at once which of them must stop."""
-        hinted, self._hinted = self._hinted, set()
-        runs = [r for r in (self.runs.get(j) for j in hinted) if r is not None and not r.stopping]
-        if not runs:
-            return
-        try:
-            lost = await self.leases.renew_many([run.lease for run in runs])
-        except Exception as exc:
-            # The periodic renewal finds it out instead, at most lease/3 later.
-            self.log.warning("lease_check_failed", jobs=len(runs), error=str(exc)[:200])
-            return
-        for run in runs:
-            if run.lease.job_id in lost:
-                self._begin_stop(run, "job stopped, changed or restarted")
-
-    def _begin_stop(self, run: RecordingRun, reason: str) -> None:
-        async def stop() -> None:
-            try:
-                await run.stop(reason)
-            finally:
-                if self.runs.get(run.job_id) is run:
-                    del self.runs[run.job_id]
-                self.ctx.node.running_jobs = len(self.runs)
-                self._wake.set()  # the job may be claimable again (restart, update)
-
-        task = asyncio.create_task(stop(), name=f"stop-{run.job_id}")
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
-
-    async def _stop_all(self, reason: str) -> None:
-        for run in list(self.runs.values()):
-            if not run.stopping:
-                self._begin_stop(run, reason)
-        if self._stopping:
-            await asyncio.gather(*self._stopping, return_exceptions=True)
-
-    # -- hints --------------------------------------------------------------------------------
-
-    async def _subscribe(self) -> None:
-        bus = self.ctx.bus
-        while not await bus.wait_connected(timeout=1.0):
-            if self.ctx.stop.is_set():
-                return
-
-        async def on_hint(msg: Any) -> None:
-            try:
-                command = JobCommand.model_validate_json(msg.data)
-            except ValidationError:
-                self.log.warning("hint_invalid", subject=msg.subject)
-                return
-            if command.module == "recording":
-                self._hinted.add(command.job_id)
-                self._wake.set()
-
-        sub = await bus.nc.subscribe(bus.subjects.commands("recorder"), cb=on_hint)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()

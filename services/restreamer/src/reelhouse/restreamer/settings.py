@@ -2,13 +2,21 @@
 
 from pydantic import Field
 
-from reelhouse.common.settings import CommonSettings
+from reelhouse.common.settings import WorkerSettings
 
 
-class RestreamerSettings(CommonSettings):
+class RestreamerSettings(WorkerSettings):
     """Restreamer: runs one supervised FFmpeg per claimed restream job."""
 
-    max_jobs: int = Field(40, ge=1, description="Most restream jobs this node runs at once.")
-    lease_s: float = Field(
-        15.0, gt=0, description="Seconds a job lease lasts without renewal before failover."
+    auth_retry_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds between retries of a destination that rejected the stream key "
+        "(not hammered like other failures).",
+    )
+    destination_retry_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds before a failed destination of a multi-destination job is retried "
+        "(doubling, with jitter, up to retry_max_s), without touching the live ones.",
     )

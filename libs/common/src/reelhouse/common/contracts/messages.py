@@ -42,6 +42,31 @@ class ProcessData(BaseModel):
     progress: str = "continue"
 
 
+DestinationStatus = Literal["starting", "sending", "down", "retrying"]
+FailureKind = Literal[
+    "connection_refused", "timeout", "auth_rejected", "not_found", "protocol_error", "unknown"
+]
+
+
+class DestinationState(BaseModel):
+    """Where one destination of a restream is: what the operator sees per output."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    index: int
+    """Position in the job's ``output`` list."""
+    output_id: str | None = None
+    output_type: str
+    target: str
+    """Where it goes, with any stream key masked (``rtmp://host/app/****``)."""
+    state: DestinationStatus
+    failure: FailureKind | None = None
+    message: str | None = None
+    """FFmpeg's own words about the last failure."""
+    since: Timestamp = Field(default_factory=utcnow)
+    retries: int = 0
+
+
 class JobStats(BusMessage):
     """Progress of one running job, about once a second on ``<p>.stats.<module>.<job_id>``."""
 
@@ -53,6 +78,8 @@ class JobStats(BusMessage):
     state: str
     timestamp: Timestamp = Field(default_factory=utcnow)
     processData: ProcessData
+    destinations: list[DestinationState] | None = None
+    """Restreams: the state of each destination."""
 
 
 class JobEvent(BusMessage):

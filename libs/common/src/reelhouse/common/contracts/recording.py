@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from reelhouse.common.contracts.base import ObjectIdStr
+from reelhouse.common.contracts.listing import ListQuery
 from reelhouse.common.contracts.media import (
     InputIn,
     ModifyAudio,
@@ -109,14 +110,6 @@ class RecordingUpdate(RecordingIn):
     id: ObjectIdStr
 
 
-class IdBody(BaseModel):
-    """``{"id": "..."}``: getById, start, stop, remove."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: ObjectIdStr
-
-
 class RemoveFileBody(BaseModel):
     """Body of ``/api/recording/removeFile``."""
 
@@ -135,33 +128,8 @@ FILTER_FIELDS = {
 SORT_FIELDS = {"created", "modified", "recording_name", "output_format", "active"}
 
 
-class ListBody(BaseModel):
-    """Body of ``getAll`` / ``getCount``: limit, skip, sort, filter."""
+class ListBody(ListQuery):
+    """Body of ``getAll`` / ``getCount`` for recordings."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    limit: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
-    skip: Annotated[StrictInt, Field(ge=0)] = 0
-    sort: dict[str, Literal[1, -1]] = Field(default_factory=lambda: {"created": 1})
-    filter: dict[str, str | int | bool] = Field(default_factory=dict)
-
-    @field_validator("filter")
-    @classmethod
-    def _known_filter_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in value:
-            if key.startswith("$") or key not in FILTER_FIELDS:
-                raise ValueError(
-                    f"unknown field {key!r} (operators are not accepted); allowed: "
-                    f"{', '.join(sorted(FILTER_FIELDS))}"
-                )
-        return value
-
-    @field_validator("sort")
-    @classmethod
-    def _known_sort_fields(cls, value: dict[str, int]) -> dict[str, int]:
-        for key in value:
-            if key not in SORT_FIELDS:
-                raise ValueError(
-                    f"unknown field {key!r}; allowed: {', '.join(sorted(SORT_FIELDS))}"
-                )
-        return value
+    filter_fields = frozenset(FILTER_FIELDS)
+    sort_fields = frozenset(SORT_FIELDS)

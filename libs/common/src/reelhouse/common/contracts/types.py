@@ -64,6 +64,11 @@ def _stream_url(value: str) -> str:
 StreamUrl = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_stream_url)]
 """A network stream URL (its scheme is checked against the input/output type elsewhere)."""
 
+OptionalStreamUrl = Annotated[
+    str, StringConstraints(max_length=2048), AfterValidator(lambda v: _stream_url(v) if v else v)
+]
+"""A :data:`StreamUrl` or ``""`` (for destinations that take no URL)."""
+
 
 def url_scheme(url: str) -> str:
     """Lower-case scheme of ``url``."""

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -61,6 +62,7 @@ from reelhouse.common.contracts.types import InputType
 
 if TYPE_CHECKING:
     from reelhouse.common.contracts.recording import OutputFormat, RecordingIn
+    from reelhouse.common.contracts.restream import OutputIn, RestreamIn
 
 __all__ = [
     "HLS_SEGMENT_SECONDS",
@@ -70,6 +72,7 @@ __all__ = [
     "PROTOCOL_WHITELIST",
     "audio_encoder",
     "build_recording_args",
+    "build_restream_args",
     "check_processing",
     "drawtext_filter",
     "escape_filter_value",
@@ -79,6 +82,7 @@ __all__ = [
     "overlay_font_file",
     "processing_args",
     "recording_output_args",
+    "restream_output_args",
 ]
 
 PROTOCOL_WHITELIST: Final[dict[InputType, tuple[str, ...]]] = {
@@ -692,4 +696,115 @@ def build_recording_args(
             segment_seconds=seconds,
             segment_list=segment_list,
         ),
+    ]
+
+
+# -- restreams ----------------------------------------------------------------------------------
+
+HLS_LIVE_SEGMENT_SECONDS: Final = 2
+"""Segment length of a restream's monitoring HLS, seconds (short: it is watched live)."""
+
+HLS_LIVE_LIST_SIZE: Final = 6
+"""Segments a monitoring HLS playlist lists (older ones are deleted)."""
+
+DESTINATION_RECOVERY_S: Final = 5
+"""Seconds between FFmpeg's own attempts to reopen a failed destination of a multi-output job."""
+
+DESTINATION_QUEUE_PACKETS: Final = 600
+"""Packets a slow destination may lag behind before its packets are dropped (not the others)."""
+
+_TEE_SPECIAL = re.compile(r"([\\'|\[\]])")
+
+
+def _tee_escape(value: str) -> str:
+    """Escape one tee slave target (``av_get_token`` splits on ``|`` and honours ``\\``)."""
+    return _TEE_SPECIAL.sub(r"\\\1", value)
+
+
+def _restream_muxer(
+    output: OutputIn, hls_dir: Path | None
+) -> tuple[str, list[tuple[str, str]], str]:
+    """(muxer, muxer options, target) of one destination."""
+    kind = output.output_type
+    if kind == "OUTPUT_TYPE_OTHER_RTMP_URL":
+        return "flv", [("flvflags", "no_duration_filesize")], output.target_url
+    if kind in ("OUTPUT_TYPE_SRT_URL", "OUTPUT_TYPE_UDP_URL"):
+        return "mpegts", [], output.target_url
+    if kind == "OUTPUT_TYPE_HLS":
+        if hls_dir is None:
+            raise ValueError("an OUTPUT_TYPE_HLS destination needs hls_dir")
+        return (
+            "hls",
+            [
+                ("hls_time", str(HLS_LIVE_SEGMENT_SECONDS)),
+                ("hls_list_size", str(HLS_LIVE_LIST_SIZE)),
+                ("hls_flags", "delete_segments+independent_segments+temp_file+omit_endlist"),
+                ("hls_segment_type", "mpegts"),
+                ("hls_segment_filename", str(hls_dir / "segment-%05d.ts")),
+            ],
+            str(hls_dir / "index.m3u8"),
+        )
+    return "null", [], "-"  # OUTPUT_TYPE_DEV_NULL: the pipeline runs, nothing is sent
+
+
+def restream_output_args(outputs: Sequence[OutputIn], *, hls_dir: Path | None = None) -> list[str]:
+    """The destinations, last: one muxer for one output, else the tee muxer.
+
+    With several destinations every slave runs behind its own FIFO thread (``use_fifo``), so a
+    slow or dead destination neither blocks nor stops the others (``onfail=ignore``), and FFmpeg
+    reopens a failed one by itself every :data:`DESTINATION_RECOVERY_S` seconds
+    (``attempt_recovery``), starting again at a keyframe.
+    """
+    if not outputs:
+        raise ValueError("a restream needs at least one output")
+    if len(outputs) == 1:
+        muxer, options, target = _restream_muxer(outputs[0], hls_dir)
+        return ["-f", muxer, *_flatten(options), target]
+    slaves = []
+    for output in outputs:
+        muxer, options, target = _restream_muxer(output, hls_dir)
+        for key, value in options:
+            if re.search(r"[:\\'|\[\]=]", value):
+                raise ValueError(f"{key} value {value!r} cannot be passed through the tee muxer")
+        spec = ":".join(f"{k}={v}" for k, v in [("f", muxer), ("onfail", "ignore"), *options])
+        slaves.append(f"[{spec}]{_tee_escape(target)}")
+    fifo = ":".join(
+        f"{k}={v}"
+        for k, v in (
+            ("attempt_recovery", "1"),
+            ("recover_any_error", "1"),
+            ("recovery_wait_time", str(DESTINATION_RECOVERY_S)),
+            ("max_recovery_attempts", "0"),
+            ("restart_with_keyframe", "1"),
+            ("drop_pkts_on_overflow", "1"),
+            ("queue_size", str(DESTINATION_QUEUE_PACKETS)),
+        )
+    )
+    return ["-f", "tee", "-use_fifo", "1", "-fifo_options", fifo, "|".join(slaves)]
+
+
+def build_restream_args(
+    *, job: RestreamIn, outputs: Sequence[OutputIn] | None = None, hls_dir: Path | None = None
+) -> list[str]:
+    """Everything after ``ffmpeg -progress pipe:1 -nostats`` for one restream process.
+
+    ``outputs`` defaults to all of the job's destinations. The processing (copy or one encode)
+    is shared by every destination, so it must fit each container (the contract checks that).
+    """
+    outputs = list(job.output if outputs is None else outputs)
+    containers = {o.container for o in outputs}
+    # flv is the strictest container; the audio bitstream filter mp4 needs is never needed here.
+    fmt = "flv" if "flv" in containers else "mpegts"
+    return [
+        "-hide_banner",
+        *input_args(job.input),
+        *image_input_args(job.overlay),
+        *processing_args(
+            transcoding=job.transcoding,
+            modify_audio=job.modify_audio,
+            modify_video=job.modify_video,
+            overlay=job.overlay,
+            output_format=fmt,
+        ),
+        *restream_output_args(outputs, hls_dir=hls_dir),
     ]

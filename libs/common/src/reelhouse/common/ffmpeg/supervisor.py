@@ -183,6 +183,8 @@ ProgressHook = Callable[[ProgressSnapshot], Awaitable[None]]
 """Awaited with every completed progress block."""
 ExitHook = Callable[[int, list[str]], Awaitable[None]]
 """Awaited after every process exit with its return code and stderr tail."""
+StderrHook = Callable[[str], None]
+"""Called with every non-blank stderr line as FFmpeg writes it."""
 
 
 def build_argv(
@@ -330,12 +332,15 @@ class FFmpegSupervisor:
         on_state: StateHook | None = None,
         on_progress: ProgressHook | None = None,
         on_exit: ExitHook | None = None,
+        on_stderr: StderrHook | None = None,
         env: Mapping[str, str] | None = None,
         log: structlog.stdlib.BoundLogger | None = None,
         rng: random.Random | None = None,
     ) -> None:
         """Prepare (not start) supervision.
 
+        ``on_stderr`` is called (not awaited) with every non-blank stderr line as it arrives, for
+        callers that react to FFmpeg's messages (a restream's destination failing).
         ``env`` holds extra environment variables for FFmpeg, merged over ``os.environ`` at each
         start (e.g. ``{"TZ": "UTC"}``); ``rng`` seeds the backoff jitter (tests).
         """
@@ -345,6 +350,7 @@ class FFmpegSupervisor:
         self._on_state = on_state
         self._on_progress = on_progress
         self._on_exit = on_exit
+        self._on_stderr = on_stderr
         self._log = log or get_logger(__name__)
         # Jitter spreads restarts; it is not a security measure.
         self._rng = rng or random.Random()  # noqa: S311
@@ -676,6 +682,11 @@ class FFmpegSupervisor:
         while (line := await _readline(stream)) is not None:
             if line.strip():
                 self._stderr_tail.append(line)
+                if self._on_stderr is not None:
+                    try:
+                        self._on_stderr(line)
+                    except Exception:
+                        self._log.exception("ffmpeg_supervisor_hook_failed", hook="on_stderr")
 
     async def _set_state(self, state: SupervisorState, reason: str) -> None:
         self._state, self._reason = state, reason

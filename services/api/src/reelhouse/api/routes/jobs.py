@@ -1,0 +1,314 @@
+"""What the job modules' routes (recordings, restreams) share: one :class:`JobKind` per module.
+
+A job document links its ``input`` (and, for restreams, ``output``) documents by id lists; the API
+presents them populated, in list order. Desired-state changes are followed by a hint to the
+module's workers (ARCHITECTURE §2); the API never writes ``runtime``, it only presents it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+from pydantic import BaseModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+from reelhouse.api.state import AppState
+from reelhouse.common.contracts.base import format_timestamp, utcnow
+from reelhouse.common.contracts.listing import ListQuery
+from reelhouse.common.contracts.messages import DEFAULT_TENANT, JobCommand, JobStats
+from reelhouse.common.errors import NotFound
+from reelhouse.common.logging import get_logger
+from reelhouse.common.subjects import Module, Service, Verb
+
+log = get_logger("reelhouse.api.jobs")
+
+_LINKED_HIDDEN = {"_id", "tenant", "entity_id", "created", "modified"}
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One job module as its routes see it."""
+
+    module: Module
+    """``recording`` / ``restream``: stats, events and the hint's ``module``."""
+    service: Service
+    """The workers that own these jobs and hear the hints."""
+    collection: str
+    fields: tuple[str, ...]
+    """Job fields shown in responses, in order (besides ids, timestamps, runtime)."""
+    links: dict[str, str]
+    """Job field holding a list of ids → the collection of those documents."""
+
+
+def tenant_of(_principal: str) -> str:
+    """The caller's tenant."""
+    return DEFAULT_TENANT  # one tenant until accounts exist (issue: auth)
+
+
+def present_linked(doc: dict[str, Any]) -> dict[str, Any]:
+    """A linked input/output document as responses show it (``_id`` and ``id``)."""
+    out = {"_id": str(doc["_id"]), "id": str(doc["_id"])}
+    out.update({k: v for k, v in doc.items() if k not in _LINKED_HIDDEN})
+    return out
+
+
+def present_runtime(runtime: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The worker's runtime block, timestamps formatted; ``None`` when no worker holds the job."""
+    if not runtime:
+        return None
+    return {
+        key: format_timestamp(value) if isinstance(value, datetime) else value
+        for key, value in runtime.items()
+    }
+
+
+def present_job(
+    kind: JobKind, job: dict[str, Any], linked: dict[ObjectId, dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """A job object as the seed shows it, linked documents populated, plus ``extra`` fields."""
+    out: dict[str, Any] = {"_id": str(job["_id"]), "id": str(job["_id"])}
+    for key in kind.fields:
+        if key in kind.links:
+            out[key] = [present_linked(linked[i]) for i in job.get(key, []) if i in linked]
+        elif key in job:
+            out[key] = job[key]
+    out.update(extra)
+    out["runtime"] = present_runtime(job.get("runtime"))
+    out["created"] = format_timestamp(job["created"])
+    out["modified"] = format_timestamp(job["modified"])
+    out["success"] = True
+    return out
+
+
+async def fetch_linked(
+    db: AsyncDatabase, kind: JobKind, jobs: list[dict[str, Any]]
+) -> dict[ObjectId, dict[str, Any]]:
+    """Every document the jobs link to, by id (one query per linked collection)."""
+    found: dict[ObjectId, dict[str, Any]] = {}
+    for field, collection in kind.links.items():
+        ids = [i for job in jobs for i in job.get(field, [])]
+        if ids:
+            async for doc in db[collection].find({"_id": {"$in": ids}}):
+                found[doc["_id"]] = doc
+    return found
+
+
+async def load(db: AsyncDatabase, kind: JobKind, tenant: str, job_id: str) -> dict[str, Any]:
+    """The tenant's job document, or 404."""
+    job = await db[kind.collection].find_one({"_id": ObjectId(job_id), "tenant": tenant})
+    if job is None:
+        raise NotFound(f"{kind.module} {job_id} not found", field="id")
+    return job
+
+
+async def hint(state: AppState, kind: JobKind, verb: Verb, job_id: str) -> None:
+    """Tell the workers at once; if NATS is away they reconcile on their timer anyway."""
+    try:
+        command = JobCommand(module=kind.module, verb=verb, job_id=job_id)
+        await state.bus.publish(state.bus.subjects.command(kind.service, verb), command)
+    except Exception as exc:
+        log.warning("hint_not_sent", job_id=job_id, verb=verb, error=str(exc))
+
+
+def list_query(tenant: str, body: ListQuery) -> dict[str, Any]:
+    """The MongoDB filter of a getAll/getCount body (its fields were checked by the model)."""
+    query: dict[str, Any] = {"tenant": tenant}
+    for key, value in body.filter.items():
+        if key in ("id", "_id"):
+            query["_id"] = ObjectId(value) if ObjectId.is_valid(str(value)) else None
+        else:
+            query[key] = value
+    return query
+
+
+async def count_jobs(db: AsyncDatabase, kind: JobKind, tenant: str, body: ListQuery) -> int:
+    return await db[kind.collection].count_documents(list_query(tenant, body))
+
+
+async def find_jobs(
+    db: AsyncDatabase, kind: JobKind, tenant: str, body: ListQuery
+) -> list[dict[str, Any]]:
+    """Job documents of a getAll body: filtered, sorted (default ``{created: 1}``), paged."""
+    sort = [("_id" if k == "id" else k, v) for k, v in body.sort.items()] or [("created", 1)]
+    cursor = db[kind.collection].find(list_query(tenant, body)).sort(sort).skip(body.skip)
+    if body.limit:
+        cursor = cursor.limit(body.limit)
+    return await cursor.to_list(None)
+
+
+def _linked_doc(model: BaseModel, tenant: str, job_id: ObjectId) -> dict[str, Any]:
+    return {**model.model_dump(mode="json"), "tenant": tenant, "entity_id": str(job_id)}
+
+
+async def create_job(
+    state: AppState,
+    kind: JobKind,
+    tenant: str,
+    config: dict[str, Any],
+    linked: dict[str, list[BaseModel]],
+) -> str:
+    """Store a new job (``generation`` 0) and its linked documents; hint start when active.
+
+    The linked documents go first and are removed again if the job cannot be stored, so a
+    failed create leaves nothing behind.
+    """
+    db, now, job_id = state.db, utcnow(), ObjectId()
+    docs = {
+        field: [
+            {"_id": ObjectId(), **_linked_doc(m, tenant, job_id), "created": now, "modified": now}
+            for m in models
+        ]
+        for field, models in linked.items()
+    }
+    job = {
+        "_id": job_id,
+        "tenant": tenant,
+        **config,
+        **{field: [d["_id"] for d in field_docs] for field, field_docs in docs.items()},
+        "generation": 0,
+        "created": now,
+        "modified": now,
+    }
+    done: list[tuple[str, list[ObjectId]]] = []
+    try:
+        for field, field_docs in docs.items():
+            await db[kind.links[field]].insert_many(field_docs)
+            done.append((kind.links[field], [d["_id"] for d in field_docs]))
+        await db[kind.collection].insert_one(job)
+    except BaseException:
+        for collection, ids in done:
+            await db[collection].delete_many({"_id": {"$in": ids}})
+        raise
+    log.info(f"{kind.module}_created", job_id=str(job_id), active=config.get("active"))
+    if config.get("active"):
+        await hint(state, kind, "start", str(job_id))
+    return str(job_id)
+
+
+async def _sync_linked(
+    db: AsyncDatabase,
+    collection: str,
+    old_ids: list[ObjectId],
+    docs: list[dict[str, Any]],
+    now: datetime,
+) -> tuple[list[ObjectId], list[ObjectId]]:
+    """Make the linked documents read ``docs`` in order: update in place by position, insert
+    the extra ones. Returns the new id list and the ids left over."""
+    ids = []
+    for position, doc in enumerate(docs):
+        if position < len(old_ids):
+            await db[collection].update_one(
+                {"_id": old_ids[position]}, {"$set": {**doc, "modified": now}}
+            )
+            ids.append(old_ids[position])
+        else:
+            new_id = ObjectId()
+            await db[collection].insert_one({"_id": new_id, **doc, "created": now, "modified": now})
+            ids.append(new_id)
+    return ids, old_ids[len(docs) :]
+
+
+async def update_job(
+    state: AppState,
+    kind: JobKind,
+    tenant: str,
+    job_id: str,
+    config: dict[str, Any],
+    linked: dict[str, list[BaseModel]],
+) -> None:
+    """Replace a job's config and linked documents; a new ``generation`` makes the owner
+    restart with it (hint ``reload``), or stop when the update leaves it inactive.
+
+    Linked documents keep their ids position by position; the job's id lists follow the new
+    order. Documents no longer named are deleted only after the job stops naming them.
+    """
+    db, now = state.db, utcnow()
+    job = await load(db, kind, tenant, job_id)
+    ids: dict[str, list[ObjectId]] = {}
+    left_over: list[tuple[str, list[ObjectId]]] = []
+    for field, models in linked.items():
+        docs = [_linked_doc(m, tenant, job["_id"]) for m in models]
+        collection = kind.links[field]
+        ids[field], extra = await _sync_linked(db, collection, job.get(field, []), docs, now)
+        left_over.append((collection, extra))
+    config = {k: v for k, v in config.items() if k != "id"}
+    await db[kind.collection].update_one(
+        {"_id": job["_id"], "tenant": tenant},
+        {"$set": {**config, **ids, "modified": now}, "$inc": {"generation": 1}},
+    )
+    for collection, extra in left_over:
+        if extra:
+            await db[collection].delete_many({"_id": {"$in": extra}})
+    active = bool(config.get("active"))
+    log.info(f"{kind.module}_updated", job_id=job_id, active=active)
+    await hint(state, kind, "reload" if active else "stop", job_id)
+    if not active:
+        state.live_stats.forget(kind.module, job_id)
+
+
+async def set_active(
+    state: AppState, kind: JobKind, tenant: str, job_id: str, *, active: bool
+) -> None:
+    """start (``active``, new generation, start hint) or stop (inactive, stop hint)."""
+    await load(state.db, kind, tenant, job_id)
+    change: dict[str, Any] = {"$set": {"active": active, "modified": utcnow()}}
+    if active:
+        change["$inc"] = {"generation": 1}
+    await state.db[kind.collection].update_one({"_id": ObjectId(job_id), "tenant": tenant}, change)
+    log.info(f"{kind.module}_{'start' if active else 'stop'}_requested", job_id=job_id)
+    await hint(state, kind, "start" if active else "stop", job_id)
+    if not active:
+        state.live_stats.forget(kind.module, job_id)
+
+
+async def wait_released(
+    db: AsyncDatabase, kind: JobKind, job_id: ObjectId, timeout_s: float
+) -> bool:
+    """Wait until no worker holds the job (runtime gone or its lease expired)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        job = await db[kind.collection].find_one({"_id": job_id}, {"runtime": 1})
+        runtime = (job or {}).get("runtime")
+        if not runtime or runtime.get("lease_until", utcnow()) < utcnow():
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.2)
+
+
+async def stop_and_wait(state: AppState, kind: JobKind, job_id: str) -> None:
+    """Before a remove: mark inactive, hint stop, wait (``stop_wait_s``) for the owner to let go."""
+    oid = ObjectId(job_id)
+    await state.db[kind.collection].update_one(
+        {"_id": oid}, {"$set": {"active": False, "modified": utcnow()}}
+    )
+    await hint(state, kind, "stop", job_id)
+    if not await wait_released(state.db, kind, oid, state.settings.stop_wait_s):
+        log.warning(f"{kind.module}_remove_worker_still_holds", job_id=job_id)
+
+
+async def delete_job(db: AsyncDatabase, kind: JobKind, tenant: str, job: dict[str, Any]) -> None:
+    """Delete a presented job's linked documents, then the job."""
+    for field, collection in kind.links.items():
+        ids = [ObjectId(d["_id"]) for d in job.get(field, [])]
+        if ids:
+            await db[collection].delete_many({"_id": {"$in": ids}})
+    await db[kind.collection].delete_one({"_id": ObjectId(job["_id"]), "tenant": tenant})
+
+
+def stat_row(row: JobStats) -> dict[str, Any]:
+    """One getStat entry: ``processData``, plus ``destinations`` when the worker reports them."""
+    out: dict[str, Any] = {"processData": row.processData.model_dump(mode="json")}
+    if row.destinations is not None:
+        out["destinations"] = [d.model_dump(mode="json") for d in row.destinations]
+    return out
+
+
+def stat_rows(state: AppState, kind: JobKind, tenant: str) -> list[dict[str, Any]]:
+    """getStat: the tenant's live stats of this module (never touches MongoDB)."""
+    return [stat_row(row) for row in state.live_stats.current(kind.module, tenant=tenant)]
