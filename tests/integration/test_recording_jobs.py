@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import signal
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
+from support.events import Events
 from support.media import av_streams, ffmpeg_children, ffprobe
 from support.seeds import recording_payload
 from support.stack import Stack, running_stack
 from support.wait import eventually
 
 from reelhouse.common.mongo import Collections
-from reelhouse.common.subjects import Subjects
 
 
 @pytest.fixture
@@ -81,29 +79,6 @@ async def stop_and_wait(stack: Stack, job_id: str, timeout: float = 30) -> dict[
         return j if j["runtime"] is None else None
 
     return await eventually(released, timeout=timeout, what="the worker to let go")
-
-
-class Events:
-    """Every event of this test's deployment, as received."""
-
-    def __init__(self, url: str, prefix: str) -> None:
-        self.url, self.subject = url, Subjects(prefix).all_events()
-        self.received: list[dict[str, Any]] = []
-
-    async def __aenter__(self) -> Events:
-        self.nc = await nats.connect(self.url)
-
-        async def on_msg(msg: Any) -> None:
-            self.received.append(json.loads(msg.data))
-
-        await self.nc.subscribe(self.subject, cb=on_msg)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.nc.close()
-
-    def types(self, job_id: str) -> list[str]:
-        return [e["type"] for e in self.received if e["job_id"] == job_id]
 
 
 async def probe(path: str | Path) -> dict[str, Any]:

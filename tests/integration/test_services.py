@@ -32,7 +32,8 @@ async def test_service_heartbeats_and_exits_cleanly_on_sigterm(service, service_
         assert second["version"]
         assert second["started"] <= second["last_seen"]
         assert second["_id"].startswith(f"{service}-")
-        expected_capacity = 40 if service in ("recorder", "restreamer") else 0
+        # Job workers: max_jobs; the prober: max_monitors (streams it may monitor).
+        expected_capacity = {"recorder": 40, "restreamer": 40, "prober": 50}.get(service, 0)
         assert second["capacity"] == expected_capacity
         assert second["running_jobs"] == 0
 

@@ -33,6 +33,7 @@ class Stack:
     env: dict[str, str]
     tmp: Path
     recorders: list[ServiceProcess] = field(default_factory=list)
+    restreamers: list[ServiceProcess] = field(default_factory=list)
 
     async def call(self, method: str, body: Any = None, *, verb: str = "POST") -> httpx.Response:
         """``/api/recording/<method>`` with the token."""
@@ -57,6 +58,18 @@ class Stack:
         self.recorders.append(proc)
         return proc
 
+    async def start_restreamer(self, **env: str) -> ServiceProcess:
+        """A restreamer subprocess on this test's infrastructure."""
+        n = len(self.restreamers) + 1
+        proc = ServiceProcess(
+            "restreamer",
+            {**self.env, **FAST_RECORDER, "REELHOUSE_NODE_ID": f"restreamer-{n}", **env},
+            self.tmp / f"restreamer-{n}.log",
+        )
+        await proc.start()
+        self.restreamers.append(proc)
+        return proc
+
     @property
     def storage_root(self) -> Path:
         return Path(self.env["REELHOUSE_STORAGE_ROOT"])
@@ -79,7 +92,7 @@ async def running_stack(service_env: dict[str, str], tmp: Path) -> AsyncIterator
         try:
             yield stack
         finally:
-            for proc in stack.recorders:
+            for proc in [*stack.recorders, *stack.restreamers]:
                 with contextlib.suppress(Exception):
                     await proc.terminate(timeout=20)
                 await proc.kill()

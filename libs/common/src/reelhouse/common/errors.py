@@ -9,7 +9,9 @@
      ├── NotFound                   404 NOT_FOUND
      ├── Conflict                   409 CONFLICT
      ├── RateLimited                429 RATE_LIMITED
-     ├── Unavailable                503 UNAVAILABLE        (a dependency is down)
+     ├── Unavailable                503 UNAVAILABLE        (a dependency is down or busy)
+     ├── UpstreamError              502 UPSTREAM_ERROR     (a source refused us or is invalid)
+     ├── UpstreamTimeout            504 UPSTREAM_TIMEOUT   (a source or service missed its deadline)
      └── InternalError              500 INTERNAL_ERROR
 
 Routes and services raise these; the API's single exception handler turns them into::
@@ -89,6 +91,20 @@ class RateLimited(ReelhouseError):
 class Unavailable(ReelhouseError):
     code = "UNAVAILABLE"
     status = 503
+
+
+class UpstreamError(ReelhouseError):
+    """What we asked for (a live source, for ffprobe) answered with an error or nonsense."""
+
+    code = "UPSTREAM_ERROR"
+    status = 502
+
+
+class UpstreamTimeout(ReelhouseError):
+    """What we asked (a live source, the prober) did not answer within the deadline."""
+
+    code = "UPSTREAM_TIMEOUT"
+    status = 504
 
 
 class InternalError(ReelhouseError):

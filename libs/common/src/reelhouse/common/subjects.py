@@ -72,6 +72,10 @@ class Subjects:
         """The prober's request subject."""
         return f"{self.prefix}.req.prober.probe"
 
+    def probe_service_name(self) -> str:
+        """The prober's NATS micro service name (``$SRV.PING.<name>`` finds its replicas)."""
+        return f"{self.prefix}-prober"
+
     def stats(self, module: Module, job_id: str) -> str:
         """Progress of one job."""
         return f"{self.prefix}.stats.{_check('module', module, MODULES)}.{_job(job_id)}"

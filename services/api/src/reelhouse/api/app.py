@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from reelhouse.api.auth import resolve_bootstrap_token
 from reelhouse.api.errors import install_error_handlers
-from reelhouse.api.routes import health, nodes, recordings, restreams
+from reelhouse.api.routes import health, nodes, recordings, restreams, streams
 from reelhouse.api.settings import ApiSettings
 from reelhouse.api.state import AppState
 from reelhouse.api.stats import LiveStats
@@ -84,4 +84,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(nodes.router)
     app.include_router(recordings.router)
     app.include_router(restreams.router)
+    app.include_router(streams.router)
     return app

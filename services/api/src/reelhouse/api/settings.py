@@ -33,3 +33,9 @@ class ApiSettings(CommonSettings):
     stats_ttl_s: float = Field(
         5.0, gt=0, le=60, description="Seconds a job's last stats stay in getStat."
     )
+    probe_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=60,
+        description="Default getStreamInfo deadline, seconds (the API waits one second more).",
+    )

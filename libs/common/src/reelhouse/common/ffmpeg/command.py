@@ -744,7 +744,9 @@ def _restream_muxer(
             ],
             str(hls_dir / "index.m3u8"),
         )
-    return "null", [], "-"  # OUTPUT_TYPE_DEV_NULL: the pipeline runs, nothing is sent
+    # OUTPUT_TYPE_DEV_NULL: the pipeline runs and is muxed (so size and bitrate are measured),
+    # nothing is sent.
+    return "mpegts", [], os.devnull
 
 
 def restream_output_args(outputs: Sequence[OutputIn], *, hls_dir: Path | None = None) -> list[str]:
@@ -759,10 +761,13 @@ def restream_output_args(outputs: Sequence[OutputIn], *, hls_dir: Path | None = 
         raise ValueError("a restream needs at least one output")
     if len(outputs) == 1:
         muxer, options, target = _restream_muxer(outputs[0], hls_dir)
-        return ["-f", muxer, *_flatten(options), target]
+        # -y: the only files are our own (/dev/null, the monitoring HLS); never ask on stdin.
+        return ["-y", "-f", muxer, *_flatten(options), target]
     slaves = []
     for output in outputs:
         muxer, options, target = _restream_muxer(output, hls_dir)
+        # Behind the FIFO only the muxer's generic options apply (flvflags is refused there).
+        options = [(k, v) for k, v in options if k != "flvflags"]
         for key, value in options:
             if re.search(r"[:\\'|\[\]=]", value):
                 raise ValueError(f"{key} value {value!r} cannot be passed through the tee muxer")
@@ -780,7 +785,7 @@ def restream_output_args(outputs: Sequence[OutputIn], *, hls_dir: Path | None = 
             ("queue_size", str(DESTINATION_QUEUE_PACKETS)),
         )
     )
-    return ["-f", "tee", "-use_fifo", "1", "-fifo_options", fifo, "|".join(slaves)]
+    return ["-y", "-f", "tee", "-use_fifo", "1", "-fifo_options", fifo, "|".join(slaves)]
 
 
 def build_restream_args(
@@ -795,6 +800,15 @@ def build_restream_args(
     containers = {o.container for o in outputs}
     # flv is the strictest container; the audio bitstream filter mp4 needs is never needed here.
     fmt = "flv" if "flv" in containers else "mpegts"
+    tags: list[str] = []
+    if len(outputs) > 1 and "flv" in containers:
+        # Stream copy through tee keeps the source's codec tags (MPEG-TS: 27 for H.264), which
+        # the flv muxer refuses ("Tag [27][0][0][0] incompatible"); give it FLV's own: H.264 is
+        # 7, AAC is 10 (the only codecs RTMP destinations take). Encoders set no tag.
+        if job.transcoding.video_transcoding == "Disabled":
+            tags += ["-tag:v", "7"]
+        if audio_encoder(job.transcoding, fmt) is None and job.modify_audio.type != "MUTE":
+            tags += ["-tag:a", "10"]
     return [
         "-hide_banner",
         *input_args(job.input),
@@ -806,5 +820,6 @@ def build_restream_args(
             overlay=job.overlay,
             output_format=fmt,
         ),
+        *tags,
         *restream_output_args(outputs, hls_dir=hls_dir),
     ]

@@ -365,6 +365,7 @@ class FFmpegSupervisor:
         self._last_error: str | None = None
         self._last_progress: ProgressSnapshot | None = None
         self._stderr_tail: deque[str] = deque(maxlen=self._config.stderr_tail_lines)
+        self._min_next_delay = 0.0  # set by delay_next_retry for the next restart only
         self._last_advance = 0.0  # loop time of the last progress block that moved
         self._running_since: float | None = None  # loop time of the current run's first block
 
@@ -425,6 +426,12 @@ class FFmpegSupervisor:
         if self._task is not None or self._state.terminal:
             raise RuntimeError("an FFmpegSupervisor runs once")
         self._task = asyncio.create_task(self._run(), name="ffmpeg-supervisor")
+
+    def delay_next_retry(self, seconds: float) -> None:
+        """Wait at least ``seconds`` before the next restart (e.g. a stream key was rejected:
+        retrying at the usual pace would only hammer the destination). Call it from ``on_exit``.
+        """
+        self._min_next_delay = max(self._min_next_delay, seconds)
 
     async def stop(self, reason: str = "stop requested") -> SupervisorState:
         """Stop FFmpeg gracefully and return the terminal state.
@@ -489,6 +496,7 @@ class FFmpegSupervisor:
                     )
                     return
                 delay = backoff_delay(failures, self._config, self._rng.random())
+                delay, self._min_next_delay = max(delay, self._min_next_delay), 0.0
                 await self._set_state(
                     SupervisorState.RETRYING, f"{outcome.reason}; restarting in {delay:.2f} s"
                 )

@@ -63,11 +63,20 @@ class LeaseStore:
         return now + timedelta(seconds=self.lease_s)
 
     async def claim(
-        self, *, job_id: ObjectId | None = None, exclude: list[ObjectId] | None = None
+        self,
+        *,
+        job_id: ObjectId | None = None,
+        exclude: list[ObjectId] | None = None,
+        where: dict[str, Any] | None = None,
     ) -> Lease | None:
-        """Claim one claimable job (``job_id`` if given, else the oldest); None if none is."""
+        """Claim one claimable job (``job_id`` if given, else the oldest); None if none is.
+
+        ``where`` adds conditions a claimable document must also meet (the prober claims only
+        streams that have a URL).
+        """
         now = utcnow()
         query: dict[str, Any] = {
+            **(where or {}),
             "active": True,
             "$or": [{"runtime": {"$exists": False}}, {"runtime.lease_until": {"$lt": now}}],
         }

@@ -1,0 +1,269 @@
+"""``/api/streams/*``: the Streams module, shaped as ``seeds/streams-api.txt``.
+
+A stream row is a named identity above a transport entity; ``active`` means "monitored": a
+prober claims an active row that has a ``stream_url`` and keeps its ``status`` and
+``stream_meta_data`` current (``reelhouse.prober.monitor``). ``getStreamInfo`` asks the prober
+(NATS micro service) to ffprobe a URL; the API itself never runs ffprobe.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from bson import ObjectId
+from fastapi import APIRouter, Body, Query
+from pymongo.asynchronous.database import AsyncDatabase
+
+from reelhouse.api.auth import Principal
+from reelhouse.api.state import AppState, State
+from reelhouse.common.contracts.base import format_timestamp, is_object_id, utcnow
+from reelhouse.common.contracts.messages import DEFAULT_TENANT, JobCommand
+from reelhouse.common.contracts.streams import (
+    ProbeReply,
+    ProbeRequest,
+    SetStreamInfoBody,
+    StreamIdBody,
+    StreamIn,
+    StreamInfoBody,
+    StreamListBody,
+    StreamUpdate,
+)
+from reelhouse.common.errors import NotFound, ValidationFailed
+from reelhouse.common.logging import get_logger
+from reelhouse.common.micro import call
+from reelhouse.common.mongo import Collections
+from reelhouse.common.subjects import Verb
+
+router = APIRouter(prefix="/api/streams", tags=["streams"])
+log = get_logger("reelhouse.api.streams")
+
+MODULE = "stream"
+
+_FIELDS = (
+    "name", "role_name", "host", "stream_id", "entity_id", "entityModel", "module_name",
+    "stream_url", "stream_meta_data", "audio_settings", "stream_info",
+)  # fmt: skip
+_DEFAULTS: dict[str, Any] = {"host": "", "stream_url": "", "stream_meta_data": {}}
+
+
+def _tenant(_principal: str) -> str:
+    return DEFAULT_TENANT  # one tenant until accounts exist (issue: auth)
+
+
+def _present_status(doc: dict[str, Any]) -> dict[str, Any] | None:
+    status = doc.get("status")
+    if not status or not doc.get("active"):
+        return None  # not monitored (a stopped row's last status is history, not news)
+    return {
+        "state": status.get("state"),
+        "since": format_timestamp(status["since"]) if status.get("since") else None,
+        "node": status.get("node"),
+        "error": status.get("error"),
+    }
+
+
+def _present(doc: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"_id": str(doc["_id"]), "id": str(doc["_id"])}
+    for key in _FIELDS:
+        out[key] = doc.get(key, _DEFAULTS.get(key))
+    if out["stream_info"]:
+        info = dict(out["stream_info"])
+        if info.get("updated"):
+            info["updated"] = format_timestamp(info["updated"])
+        out["stream_info"] = info
+    out["status"] = _present_status(doc)
+    out["created"] = format_timestamp(doc["created"])
+    out["modified"] = format_timestamp(doc["modified"])
+    out["active"] = bool(doc.get("active"))
+    out["success"] = True
+    return out
+
+
+async def _load(db: AsyncDatabase, tenant: str, stream_id: str) -> dict[str, Any]:
+    doc = await db[Collections.STREAMS].find_one({"_id": ObjectId(stream_id), "tenant": tenant})
+    if doc is None:
+        raise NotFound(f"stream {stream_id} not found", field="id")
+    return doc
+
+
+async def _hint(state: AppState, verb: Verb, stream_id: str) -> None:
+    """Tell probers at once; if NATS is away they reconcile on their timer anyway."""
+    try:
+        command = JobCommand(module=MODULE, verb=verb, job_id=stream_id)
+        await state.bus.publish(state.bus.subjects.command("prober", verb), command)
+    except Exception as exc:
+        log.warning("hint_not_sent", stream_id=stream_id, verb=verb, error=str(exc))
+
+
+def _list_query(tenant: str, body: StreamListBody) -> dict[str, Any]:
+    query: dict[str, Any] = {"tenant": tenant}
+    for key, value in body.filter.items():
+        if key in ("id", "_id"):
+            query["_id"] = ObjectId(value) if is_object_id(str(value)) else None
+        elif key == "search":
+            if value == "" or isinstance(value, bool):
+                continue
+            pattern = {"$regex": re.escape(str(value)), "$options": "i"}
+            query["$or"] = [{"name": pattern}, {"stream_id": pattern}]
+        else:
+            query[key] = value
+    return query
+
+
+@router.post("/create", summary="Create a stream row")
+async def create(state: State, principal: Principal, body: StreamIn) -> dict[str, Any]:
+    tenant = _tenant(principal)
+    now = utcnow()
+    doc = {
+        "_id": ObjectId(),
+        "tenant": tenant,
+        **body.document(),
+        "generation": 0,
+        "created": now,
+        "modified": now,
+    }
+    await state.db[Collections.STREAMS].insert_one(doc)
+    log.info("stream_created", stream_id=str(doc["_id"]), active=body.active)
+    if body.active:
+        await _hint(state, "start", str(doc["_id"]))
+    return _present(doc)
+
+
+@router.post("/getCount", summary="How many stream rows match")
+async def get_count(
+    state: State, principal: Principal, body: Annotated[StreamListBody | None, Body()] = None
+) -> dict[str, int]:
+    query = _list_query(_tenant(principal), body or StreamListBody())
+    return {"count": await state.db[Collections.STREAMS].count_documents(query)}
+
+
+@router.post("/getAll", summary="Stream rows (a bare array)")
+async def get_all(
+    state: State, principal: Principal, body: Annotated[StreamListBody | None, Body()] = None
+) -> list[dict[str, Any]]:
+    body = body or StreamListBody()
+    query = _list_query(_tenant(principal), body)
+    sort = [("_id" if k == "id" else k, v) for k, v in body.sort.items()] or [("created", 1)]
+    if all(k != "_id" for k, _ in sort):
+        sort.append(("_id", 1))  # stable order among equal keys (pages do not overlap)
+    cursor = state.db[Collections.STREAMS].find(query).sort(sort).skip(body.skip)
+    if body.limit:
+        cursor = cursor.limit(body.limit)
+    return [_present(doc) for doc in await cursor.to_list(None)]
+
+
+@router.post("/getById", summary="One stream row")
+async def get_by_id(state: State, principal: Principal, body: StreamIdBody) -> dict[str, Any]:
+    return _present(await _load(state.db, _tenant(principal), body.id))
+
+
+@router.post("/update", summary="Change a stream row (the fields sent; others are kept)")
+async def update(state: State, principal: Principal, body: StreamUpdate) -> dict[str, Any]:
+    tenant = _tenant(principal)
+    doc = await _load(state.db, tenant, body.id)
+    changes = body.changes()
+    await state.db[Collections.STREAMS].update_one(
+        {"_id": doc["_id"], "tenant": tenant},
+        {"$set": {**changes, "modified": utcnow()}, "$inc": {"generation": 1}},
+    )
+    doc = await _load(state.db, tenant, body.id)
+    log.info("stream_updated", stream_id=body.id, fields=sorted(changes))
+    await _hint(state, "reload" if doc.get("active") else "stop", body.id)
+    return _present(doc)
+
+
+@router.post("/setStreamInfo", summary="Store discovered info for a flow (stream_id, role, port)")
+async def set_stream_info(
+    state: State, principal: Principal, body: SetStreamInfoBody
+) -> dict[str, bool]:
+    tenant = _tenant(principal)
+    query: dict[str, Any] = {"tenant": tenant, "stream_id": body.stream_id, "role_name": body.role}
+    if body.port is not None:
+        # A row already bound to another port is another flow with the same stream id.
+        query["$or"] = [{"stream_info.port": {"$exists": False}}, {"stream_info.port": None},
+                        {"stream_info.port": body.port}]  # fmt: skip
+    info = {
+        "short_stream_id": body.short_stream_id or body.stream_id.rsplit("/", 1)[-1],
+        "port": body.port,
+        "receiver_port": body.receiver_port,
+        "updated": utcnow(),
+    }
+    fields: dict[str, Any] = {"stream_info": info, "modified": info["updated"]}
+    if body.stream_url is not None:
+        fields["stream_url"] = body.stream_url
+    if body.stream_meta_data is not None:
+        fields["stream_meta_data"] = body.stream_meta_data
+    if body.audio_settings is not None:
+        fields["audio_settings"] = body.audio_settings.model_dump(mode="json")
+    streams = state.db[Collections.STREAMS]
+    target = await streams.find_one(query, {"_id": 1}, sort=[("created", 1)])
+    if target is None:
+        raise NotFound(
+            f"no {body.role} stream with stream_id {body.stream_id!r}"
+            + (f" on port {body.port}" if body.port is not None else ""),
+            field="stream_id",
+        )
+    update: dict[str, Any] = {"$set": fields}
+    if body.stream_url is not None:
+        update["$inc"] = {"generation": 1}  # a monitor restarts with the new URL
+    await streams.update_one({"_id": target["_id"]}, update)
+    log.info("stream_info_set", stream_id=str(target["_id"]), port=body.port)
+    if body.stream_url is not None:
+        await _hint(state, "reload", str(target["_id"]))
+    return {"success": True}
+
+
+@router.delete("/remove", summary="Delete a stream row (monitoring ends)")
+async def remove(
+    state: State,
+    principal: Principal,
+    body: Annotated[StreamIdBody | None, Body()] = None,
+    id: Annotated[str | None, Query(description="The stream row's id (or in the body).")] = None,
+) -> dict[str, bool]:
+    stream_id = body.id if body is not None else id
+    if stream_id is None or not is_object_id(stream_id):
+        raise ValidationFailed("id: a 24-hex stream id is required", field="id")
+    tenant = _tenant(principal)
+    doc = await _load(state.db, tenant, stream_id)
+    await state.db[Collections.STREAMS].delete_one({"_id": doc["_id"], "tenant": tenant})
+    log.info("stream_removed", stream_id=stream_id)
+    await _hint(state, "stop", stream_id)
+    return {"success": True}
+
+
+async def _set_active(state: AppState, principal: str, stream_id: str, active: bool) -> dict:
+    tenant = _tenant(principal)
+    await _load(state.db, tenant, stream_id)
+    update: dict[str, Any] = {"$set": {"active": active, "modified": utcnow()}}
+    if active:
+        update["$inc"] = {"generation": 1}
+    await state.db[Collections.STREAMS].update_one(
+        {"_id": ObjectId(stream_id), "tenant": tenant}, update
+    )
+    log.info("stream_start_requested" if active else "stream_stop_requested", stream_id=stream_id)
+    await _hint(state, "start" if active else "stop", stream_id)
+    return _present(await _load(state.db, tenant, stream_id))
+
+
+@router.post("/start", summary="Start monitoring the stream (active: true)")
+async def start(state: State, principal: Principal, body: StreamIdBody) -> dict[str, Any]:
+    return await _set_active(state, principal, body.id, True)
+
+
+@router.post("/stop", summary="Stop monitoring the stream (active: false)")
+async def stop(state: State, principal: Principal, body: StreamIdBody) -> dict[str, Any]:
+    return await _set_active(state, principal, body.id, False)
+
+
+@router.post("/getStreamInfo", summary="ffprobe a live URL (streams and format)")
+async def get_stream_info(
+    state: State, _principal: Principal, body: StreamInfoBody
+) -> dict[str, Any]:
+    timeout_s = body.timeout or state.settings.probe_timeout_s
+    request = ProbeRequest(url=body.stream_url, timeout_s=timeout_s)
+    data = await call(
+        state.bus, state.bus.subjects.probe(), request, timeout_s=timeout_s + 1, what="the prober"
+    )
+    reply = ProbeReply.model_validate_json(data)
+    return {"streams": reply.streams, "format": reply.format}

@@ -1,0 +1,319 @@
+"""Restream jobs end to end: API → hint → restreamer → supervised FFmpeg → real receivers.
+
+Real nats-server, FerretDB and FFmpeg; the restreamer runs as a subprocess; sources and receivers
+are live FFmpeg processes (see ``support.media``). The seed's three presets are the payloads.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.events import Events
+from support.media import (
+    SrtReceiver,
+    av_streams,
+    ffmpeg_children,
+    ffprobe,
+)
+from support.seeds import restream_payload
+from support.stack import Stack, running_stack
+from support.wait import eventually
+
+from reelhouse.common.mongo import Collections
+
+
+@pytest.fixture
+async def stack(service_env, tmp_path):
+    async with running_stack(service_env, tmp_path) as s:
+        yield s
+
+
+async def restreamer_ready(db) -> None:
+    async def ready() -> bool:
+        query = {"service": "restreamer", "state": "running"}
+        return await db[Collections.NODES].count_documents(query) >= 1
+
+    await eventually(ready, timeout=30, what="the restreamer node")
+
+
+def body(index: int, source_url: str, *outputs: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A seed preset with this test's source and destinations (the seed's output if none)."""
+    payload = restream_payload(index, active=True, **changes)
+    payload["input"]["input_stream_url"] = source_url
+    if outputs:
+        template = payload["output"]
+        payload["output"] = [{**template, **o} for o in outputs]
+        if len(outputs) == 1:
+            payload["output"] = payload["output"][0]  # the seed's shape: one object
+    return payload
+
+
+def rtmp_out(url: str) -> dict[str, Any]:
+    return {"output_type": "OUTPUT_TYPE_OTHER_RTMP_URL", "output_stream_url": url}
+
+
+def srt_out(url: str) -> dict[str, Any]:
+    return {"output_type": "OUTPUT_TYPE_SRT_URL", "output_stream_url": url}
+
+
+async def stat_row(stack: Stack, job_id: str) -> dict[str, Any] | None:
+    for row in await stack.api_ok("restream/getStat", {}):
+        if row["processData"]["id"] == job_id:
+            return row
+    return None
+
+
+async def wait_sending(
+    stack: Stack, job_id: str, *, timeout: float = 30, bitrate: bool = True
+) -> dict[str, Any]:
+    """getStat shows motion (with several destinations FFmpeg measures no output bitrate)."""
+
+    async def moving() -> dict[str, Any] | None:
+        row = await stat_row(stack, job_id)
+        if row is None:
+            return None
+        data = row["processData"]
+        if (data["bitrate_kbits"] > 0 or not bitrate) and data["fps"] not in (
+            None, "0", "0.0", "0.00",
+        ):  # fmt: skip
+            return row
+        return None
+
+    return await eventually(moving, timeout=timeout, what="fps and bitrate in getStat")
+
+
+async def stop_and_wait(stack: Stack, job_id: str, restreamer_pid: int) -> None:
+    await stack.api_ok("restream/stop", {"id": job_id})
+
+    async def gone() -> bool:
+        job = await stack.api_ok("restream/getById", {"id": job_id})
+        return job["runtime"] is None and not ffmpeg_children(restreamer_pid)
+
+    await eventually(gone, timeout=30, what="the restream's FFmpeg to end")
+
+
+async def grows(receiver: Any, *, timeout: float = 20, by: int = 100_000) -> None:
+    start = receiver.received_bytes
+    await eventually(
+        lambda: receiver.received_bytes >= start + by,
+        timeout=timeout,
+        what=f"{receiver.name} to receive {by} more bytes",
+    )
+
+
+async def media(path: Path) -> tuple[dict[str, Any], dict[str, Any], float]:
+    info = await ffprobe(path, analyzeduration=5.0)
+    video, audio = av_streams(info)
+    return video, audio, float(info["format"]["duration"])
+
+
+async def test_srt_in_rtmp_out_delivers_h264_aac_and_stop_leaves_no_ffmpeg(
+    stack, db, srt_source, rtmp_receiver
+):
+    restreamer = await stack.start_restreamer()
+    await restreamer_ready(db)
+    async with Events(stack.env["REELHOUSE_NATS_URL"], stack.env["REELHOUSE_SUBJECT_PREFIX"]) as ev:
+        job = await stack.api_ok(
+            "restream/create", body(0, srt_source.url, rtmp_out(rtmp_receiver.url))
+        )
+        row = await wait_sending(stack, job["id"])
+        assert row["destinations"][0]["state"] == "sending"
+        assert row["destinations"][0]["target"].endswith("/live/****")  # stream key masked
+        await eventually(
+            lambda: rtmp_receiver.received_bytes > 0, timeout=20, what="bytes at the receiver"
+        )
+        started = time.monotonic()
+        await eventually(
+            lambda: time.monotonic() - started > 6.5, timeout=10, what="6.5 s of restreaming"
+        )
+        await stop_and_wait(stack, job["id"], restreamer.pid)
+        await rtmp_receiver.wait_finished(timeout=20)
+        video, audio, duration = await media(rtmp_receiver.output_files[0])
+        assert video["codec_name"] == "h264"
+        assert audio["codec_name"] == "aac"
+        assert duration >= 5.0
+        assert "job_started" in ev.types(job["id"])
+        await eventually(
+            lambda: "job_stopped" in ev.types(job["id"]), timeout=10, what="job_stopped event"
+        )
+
+
+async def test_srt_in_srt_out_then_update_moves_the_destination(
+    stack, db, srt_source, media_receiver_factory
+):
+    restreamer = await stack.start_restreamer()
+    await restreamer_ready(db)
+    first = await media_receiver_factory("srt")
+    second = await media_receiver_factory("srt")
+    job = await stack.api_ok("restream/create", body(1, srt_source.url, srt_out(first.url)))
+    await wait_sending(stack, job["id"])
+    await grows(first, by=300_000)
+
+    update = body(1, srt_source.url, srt_out(second.url))
+    update["id"] = job["id"]
+    await stack.api_ok("restream/update", update)
+    await grows(second, by=300_000, timeout=30)
+    await first.wait_finished(timeout=20)  # the old destination's session ended
+    video, audio, _ = await media(first.output_files[0])
+    assert (video["codec_name"], audio["codec_name"]) == ("h264", "aac")
+    await stop_and_wait(stack, job["id"], restreamer.pid)
+    await second.wait_finished(timeout=20)
+    video, audio, duration = await media(second.output_files[0])
+    assert (video["codec_name"], audio["codec_name"]) == ("h264", "aac")
+    assert duration >= 2.0
+
+
+async def test_hls_in_dev_null_shows_fps_and_bitrate(stack, db, hls_source):
+    await stack.start_restreamer()
+    await restreamer_ready(db)
+    job = await stack.api_ok("restream/create", body(2, hls_source.url))
+    row = await wait_sending(stack, job["id"], timeout=40)
+    assert float(row["processData"]["fps"]) > 0
+    assert row["processData"]["bitrate_kbits"] > 0
+    assert row["destinations"][0]["output_type"] == "OUTPUT_TYPE_DEV_NULL"
+
+
+async def test_transcodes_to_720p_h264_2500k_with_aac_128k(stack, db, srt_source, rtmp_receiver):
+    restreamer = await stack.start_restreamer()
+    await restreamer_ready(db)
+    payload = body(0, srt_source.url, rtmp_out(rtmp_receiver.url))
+    payload["transcoding"].update(
+        video_transcoding="libx264", output_video_bitrate=2500, frame_width=1280,
+        frame_height=720, audio_transcoding="aac", output_audio_bitrate=128, sample_rate=48000,
+    )  # fmt: skip
+    job = await stack.api_ok("restream/create", payload)
+    await wait_sending(stack, job["id"], timeout=40)
+    await grows(rtmp_receiver, by=2_000_000, timeout=40)
+    await stop_and_wait(stack, job["id"], restreamer.pid)
+    await rtmp_receiver.wait_finished(timeout=20)
+    video, audio, duration = await media(rtmp_receiver.output_files[0])
+    assert video["codec_name"] == "h264"
+    assert (video["width"], video["height"]) == (1280, 720)
+    assert audio["codec_name"] == "aac"
+    assert int(audio["sample_rate"]) == 48000
+    size_bits = rtmp_receiver.output_files[0].stat().st_size * 8
+    kbps = size_bits / duration / 1000
+    assert 1500 < kbps < 3600, kbps  # 2500k video + 128k audio, muxing overhead
+
+
+async def test_one_dead_destination_never_stops_the_live_one_and_joins_when_up(
+    stack, db, srt_source, media_receiver_factory
+):
+    restreamer = await stack.start_restreamer()
+    await restreamer_ready(db)
+    live = await media_receiver_factory("rtmp")
+    dead = await media_receiver_factory("rtmp", start=False)
+    job = await stack.api_ok(
+        "restream/create", body(0, srt_source.url, rtmp_out(live.url), rtmp_out(dead.url))
+    )
+    await wait_sending(stack, job["id"], bitrate=False)
+    await grows(live, by=300_000)
+
+    async def dead_reported() -> dict[str, Any] | None:
+        row = await stat_row(stack, job["id"])
+        if row and row["destinations"][1]["state"] in ("down", "retrying"):
+            return row
+        return None
+
+    row = await eventually(dead_reported, timeout=20, what="the dead destination reported")
+    assert row["destinations"][1]["failure"] == "connection_refused"
+    assert row["destinations"][0]["state"] == "sending"
+    await grows(live, by=300_000)  # still receiving while the other is down
+
+    await dead.start()
+    came_up = time.monotonic()
+    await eventually(
+        lambda: dead.received_bytes > 100_000, timeout=15, what="the revived destination"
+    )
+    assert time.monotonic() - came_up < 15
+
+    async def both_sending() -> bool:
+        row = await stat_row(stack, job["id"])
+        return bool(row) and [d["state"] for d in row["destinations"]] == ["sending", "sending"]
+
+    await eventually(both_sending, timeout=15, what="both destinations sending")
+    assert live.launches == 1  # the live receiver's session was never interrupted
+    await stop_and_wait(stack, job["id"], restreamer.pid)
+
+
+async def test_destination_and_source_restarts_recover_without_an_operator(
+    stack, db, srt_source, media_receiver_factory
+):
+    restreamer = await stack.start_restreamer()
+    await restreamer_ready(db)
+    receiver = await media_receiver_factory("rtmp", keep_serving=True)
+    job = await stack.api_ok("restream/create", body(0, srt_source.url, rtmp_out(receiver.url)))
+    await wait_sending(stack, job["id"])
+    await grows(receiver, by=300_000)
+
+    await receiver.restart()  # the destination goes away and comes back
+    await eventually(
+        lambda: receiver.launches >= 2 and len(receiver.output_files) >= 2,
+        timeout=30,
+        what="a new session at the restarted destination",
+    )
+    await eventually(
+        lambda: receiver.output_files[-1].stat().st_size > 300_000,
+        timeout=30,
+        what="media after the destination restart",
+    )
+
+    await srt_source.stop()  # the upstream goes away for a few seconds
+    sessions = len(receiver.output_files)
+    await srt_source.start()
+    await eventually(
+        lambda: (
+            len(receiver.output_files) > sessions
+            and receiver.output_files[-1].stat().st_size > 300_000
+        ),
+        timeout=40,
+        what="media after the source restart",
+    )
+    job_now = await stack.api_ok("restream/getById", {"id": job["id"]})
+    assert job_now["runtime"]["restarts"] >= 2
+    await stop_and_wait(stack, job["id"], restreamer.pid)
+
+
+class PassphraseSrtReceiver(SrtReceiver):
+    """An SRT listener that only accepts callers with its passphrase."""
+
+    def _input_args(self) -> list[str]:
+        return ["-i", f"{self.url}?mode=listener&passphrase=correct-horse-battery"]
+
+
+async def test_rejected_destination_is_not_hammered_and_says_why(stack, db, srt_source, tmp_path):
+    restreamer = await stack.start_restreamer(REELHOUSE_AUTH_RETRY_S="30")
+    await restreamer_ready(db)
+    receiver = PassphraseSrtReceiver(tmp_path / "locked.ts", keep_serving=True)
+    await receiver.start()
+    try:
+        async with Events(
+            stack.env["REELHOUSE_NATS_URL"], stack.env["REELHOUSE_SUBJECT_PREFIX"]
+        ) as ev:
+            job = await stack.api_ok(
+                "restream/create", body(1, srt_source.url, srt_out(receiver.url))
+            )
+
+            async def failed_event() -> dict[str, Any] | None:
+                for e in ev.received:
+                    if e["job_id"] == job["id"] and e["type"] == "job_failed":
+                        return e
+                return None
+
+            event = await eventually(failed_event, timeout=30, what="a job_failed event")
+            assert "rejected" in event["reason"]
+            stored = await stack.api_ok("restream/getById", {"id": job["id"]})
+            dest = stored["runtime"]["destinations"][0]
+            assert dest["failure"] == "auth_rejected"
+            restarts = stored["runtime"]["restarts"]
+            seen = time.monotonic()
+            await eventually(lambda: time.monotonic() - seen > 8, timeout=10, what="8 s")
+            later = await stack.api_ok("restream/getById", {"id": job["id"]})
+            assert later["runtime"]["restarts"] == restarts  # waiting 30 s, not retrying fast
+            assert receiver.received_bytes == 0
+            await stop_and_wait(stack, job["id"], restreamer.pid)
+    finally:
+        await receiver.stop()
