@@ -9,6 +9,7 @@ from typing import Any
 import nats
 import pytest
 from bson import ObjectId
+from support.media import ffmpeg_children
 from support.seeds import DROP, changed, restream_payload, seed_payloads
 from support.stack import TOKEN, running_stack
 from support.wait import eventually
@@ -448,3 +449,27 @@ async def test_bad_request_is_400_naming_the_field_and_stores_nothing(
     assert error["field"] == field, error
     for collection in (Collections.RESTREAMS, Collections.INPUTS, Collections.OUTPUTS):
         assert await db[collection].count_documents({}) == 0, collection
+
+
+async def test_bad_requests_start_nothing_on_a_running_restreamer(stack, db):
+    restreamer = await stack.start_restreamer()
+    await eventually(
+        lambda: db[Collections.NODES].count_documents({"service": "restreamer"}),
+        timeout=20,
+        what="the restreamer's node row",
+    )
+    for _, method, payload, _field in BAD_REQUESTS:
+        assert (await stack.api(f"restream/{method}", payload)).status_code == 400
+    # Give a (wrongly) hinted restreamer one reconcile pass to act, then look.
+    node = await db[Collections.NODES].find_one({"service": "restreamer"})
+    beat = node["last_seen"]
+
+    async def beat_again() -> bool:
+        again = await db[Collections.NODES].find_one({"service": "restreamer"})
+        return again["last_seen"] > beat
+
+    await eventually(beat_again, timeout=20, what="another restreamer heartbeat")
+    node = await db[Collections.NODES].find_one({"service": "restreamer"})
+    assert node["running_jobs"] == 0
+    assert ffmpeg_children(restreamer.pid) == []
+    assert await db[Collections.RESTREAMS].count_documents({}) == 0

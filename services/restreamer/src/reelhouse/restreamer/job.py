@@ -199,7 +199,9 @@ class RestreamRun:
         for dest in self.destinations:
             if dest.state != "down" or dest.failure != "auth_rejected":
                 self._set(dest.index, "starting", None, None)
-        return build_restream_args(job=self.config, hls_dir=self.hls_dir)
+        return build_restream_args(
+            job=self.config, hls_dir=self.hls_dir, recovery_s=self._settings.destination_retry_s
+        )
 
     # -- destination state --------------------------------------------------------------------
 

@@ -17,6 +17,6 @@ class RestreamerSettings(WorkerSettings):
     destination_retry_s: float = Field(
         5.0,
         gt=0,
-        description="Seconds before a failed destination of a multi-destination job is retried "
-        "(doubling, with jitter, up to retry_max_s), without touching the live ones.",
+        description="Seconds between FFmpeg's attempts to reopen a failed destination of a "
+        "multi-destination job (the other destinations keep running).",
     )

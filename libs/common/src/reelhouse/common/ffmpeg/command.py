@@ -749,12 +749,17 @@ def _restream_muxer(
     return "mpegts", [], os.devnull
 
 
-def restream_output_args(outputs: Sequence[OutputIn], *, hls_dir: Path | None = None) -> list[str]:
+def restream_output_args(
+    outputs: Sequence[OutputIn],
+    *,
+    hls_dir: Path | None = None,
+    recovery_s: float = DESTINATION_RECOVERY_S,
+) -> list[str]:
     """The destinations, last: one muxer for one output, else the tee muxer.
 
     With several destinations every slave runs behind its own FIFO thread (``use_fifo``), so a
     slow or dead destination neither blocks nor stops the others (``onfail=ignore``), and FFmpeg
-    reopens a failed one by itself every :data:`DESTINATION_RECOVERY_S` seconds
+    reopens a failed one by itself every ``recovery_s`` seconds
     (``attempt_recovery``), starting again at a keyframe.
     """
     if not outputs:
@@ -778,7 +783,7 @@ def restream_output_args(outputs: Sequence[OutputIn], *, hls_dir: Path | None = 
         for k, v in (
             ("attempt_recovery", "1"),
             ("recover_any_error", "1"),
-            ("recovery_wait_time", str(DESTINATION_RECOVERY_S)),
+            ("recovery_wait_time", f"{recovery_s:g}"),
             ("max_recovery_attempts", "0"),
             ("restart_with_keyframe", "1"),
             ("drop_pkts_on_overflow", "1"),
@@ -789,7 +794,11 @@ def restream_output_args(outputs: Sequence[OutputIn], *, hls_dir: Path | None = 
 
 
 def build_restream_args(
-    *, job: RestreamIn, outputs: Sequence[OutputIn] | None = None, hls_dir: Path | None = None
+    *,
+    job: RestreamIn,
+    outputs: Sequence[OutputIn] | None = None,
+    hls_dir: Path | None = None,
+    recovery_s: float = DESTINATION_RECOVERY_S,
 ) -> list[str]:
     """Everything after ``ffmpeg -progress pipe:1 -nostats`` for one restream process.
 
@@ -821,5 +830,5 @@ def build_restream_args(
             output_format=fmt,
         ),
         *tags,
-        *restream_output_args(outputs, hls_dir=hls_dir),
+        *restream_output_args(outputs, hls_dir=hls_dir, recovery_s=recovery_s),
     ]
