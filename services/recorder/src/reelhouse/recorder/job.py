@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,16 +22,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
-from reelhouse.common.contracts.messages import JobEvent, JobStats, ProcessData
 from reelhouse.common.contracts.recording import FILE_EXTENSIONS, RecordingIn
 from reelhouse.common.ffmpeg.command import build_recording_args
 from reelhouse.common.ffmpeg.probe import probe_file
 from reelhouse.common.ffmpeg.progress import ProgressSnapshot
-from reelhouse.common.ffmpeg.supervisor import (
-    FFmpegSupervisor,
-    SupervisorConfig,
-    SupervisorState,
-)
 from reelhouse.common.files import (
     FILE_TIME_FORMAT,
     FILE_VISIBILITY_PUBLIC,
@@ -44,14 +37,11 @@ from reelhouse.common.files import (
     slugify,
 )
 from reelhouse.common.jobs.lease import Lease, LeaseStore
-from reelhouse.common.logging import get_logger
+from reelhouse.common.jobs.run import SupervisedRun
 from reelhouse.common.mongo import Collections
-from reelhouse.common.subjects import Event
 from reelhouse.recorder.settings import RecorderSettings
 
-MODULE = "recording"
 _INPUT_STORED_ONLY = {"_id", "tenant", "entity_id", "created", "modified"}
-_STATS_PERIOD_S = 1.0
 
 
 def recording_config(job: dict[str, Any], input_doc: dict[str, Any]) -> RecordingIn:
@@ -61,8 +51,10 @@ def recording_config(job: dict[str, Any], input_doc: dict[str, Any]) -> Recordin
     return RecordingIn.model_validate({**fields, "input": inp})
 
 
-class RecordingRun:
+class RecordingRun(SupervisedRun):
     """Runs and watches one recording job while this node holds its lease."""
+
+    module = "recording"
 
     def __init__(
         self,
@@ -75,17 +67,9 @@ class RecordingRun:
         settings: RecorderSettings,
         node_id: str,
     ) -> None:
-        self.lease = lease
-        self.job_id = str(lease.job_id)
-        self.tenant = str(lease.doc.get("tenant", "default"))
         self.config = config
-        self._leases = leases
         self._db = db
-        self._bus = bus
-        self._settings = settings
-        self._node_id = node_id
-        self._log = get_logger("reelhouse.recorder.job").bind(job_id=self.job_id)
-        self._dir = job_dir(settings.storage_root, self.job_id)
+        self._dir = job_dir(settings.storage_root, str(lease.job_id))
         self._slug = slugify(config.recording_name)
         self._ext = FILE_EXTENSIONS[config.output_format]
         self._split = (
@@ -100,26 +84,8 @@ class RecordingRun:
         self._segment_list: Path | None = None  # split mode: the current part's CSV list
         self._list_offset = 0
         self._opened: set[str] = set()  # split mode: segment names announced as opened
-        self._last_stats = 0.0
-        self._stopping = False
-        self.supervisor = FFmpegSupervisor(
-            self._next_part,
-            config=SupervisorConfig(
-                ffmpeg_path=settings.ffmpeg_path,
-                stale_timeout_s=settings.stale_timeout_s,
-                backoff_initial_s=min(settings.retry_initial_s, settings.retry_max_s),
-                backoff_max_s=settings.retry_max_s,
-                graceful_stop_timeout_s=settings.stop_grace_s,
-                stable_after_s=30.0,
-                progress_period_s=settings.progress_period_s,
-            ),
-            on_state=self._on_state,
-            on_progress=self._on_progress,
-            on_exit=self._on_exit,
-            env={"TZ": "UTC"},
-            log=self._log,
-        )
         self._watch_task: asyncio.Task[None] | None = None
+        super().__init__(lease=lease, leases=leases, bus=bus, settings=settings, node_id=node_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -131,54 +97,20 @@ class RecordingRun:
         if self._split:
             self._watch_task = asyncio.create_task(self._watch_segments(), name="segments")
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    async def stop(self, reason: str) -> None:
-        """Stop FFmpeg gracefully (trailer written), register the last files, release the job."""
-        if self._stopping:
-            return
-        self._stopping = True
-        self._log.info("recording_stopping", reason=reason)
-        state = await self.supervisor.stop(reason)
+    async def _after_stop(self) -> None:
+        """Register the last files (FFmpeg has written its trailer)."""
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-        with contextlib.suppress(Exception):
-            await self._sweep()
-        try:
-            await self._leases.release(self.lease.job_id)
-        except Exception as exc:
-            self._log.warning("lease_release_failed", error=str(exc))
-        event: Event = "job_failed" if state is SupervisorState.FAILED else "job_stopped"
-        await self._event(event, state=state.value, reason=reason)
-        self._log.info("recording_stopped", state=state.value)
+        await self._sweep()
 
-    def runtime_fields(self) -> dict[str, Any]:
-        """What ``runtime`` says about this worker; written on every state change.
-
-        Lease renewals write only ``lease_until`` (one batched update per node); ``last_progress``
-        is therefore the progress at the last state change, and live numbers come from getStat.
-        """
-        sup = self.supervisor
-        fields: dict[str, Any] = {
-            "state": sup.state.value,
-            "pid": sup.pid,
-            "restarts": sup.restarts,
-            "last_error": sup.last_error,
-            "part": self._part,
-        }
-        if sup.started_at is not None:
-            fields["started_at"] = sup.started_at
-        if sup.last_progress is not None:
-            fields["last_progress"] = self._process_data(sup.last_progress).model_dump()
-        return fields
+    def _runtime_extra(self) -> dict[str, Any]:
+        return {"part": self._part}
 
     # -- FFmpeg arguments: one new part per (re)start -----------------------------------------
 
-    async def _next_part(self) -> list[str]:
+    async def _argv(self) -> list[str]:
         self._part += 1
         now = await self._fresh_second()
         self._part_started = now
@@ -214,35 +146,9 @@ class RecordingRun:
 
     # -- supervisor hooks ---------------------------------------------------------------------
 
-    async def _on_state(self, state: SupervisorState, reason: str) -> None:
-        try:
-            await self._leases.hold(self.lease, self.runtime_fields())
-        except Exception as exc:
-            self._log.warning("runtime_write_failed", error=str(exc))
-        if state is SupervisorState.RUNNING:
-            await self._event("job_started", state=state.value, reason=reason)
-        elif state is SupervisorState.RETRYING:
-            await self._event(
-                "job_retrying", state=state.value, reason=reason, restarts=self.supervisor.restarts
-            )
-
-    async def _on_progress(self, snapshot: ProgressSnapshot) -> None:
+    async def _before_progress(self, snapshot: ProgressSnapshot) -> None:
         if not self._split and self._part_record is None and self._part_path is not None:
             await self._open_part_record()
-        now = time.monotonic()
-        if now - self._last_stats < _STATS_PERIOD_S and not snapshot.ended:
-            return
-        self._last_stats = now
-        stats = JobStats(
-            module=MODULE,
-            job_id=self.job_id,
-            tenant=self.tenant,
-            node=self._node_id,
-            state=self.supervisor.state.value,
-            processData=self._process_data(snapshot),
-        )
-        with contextlib.suppress(Exception):
-            await self._bus.publish(self._bus.subjects.stats(MODULE, self.job_id), stats)
 
     async def _on_exit(self, returncode: int, stderr_tail: list[str]) -> None:
         if self._split:
@@ -250,12 +156,6 @@ class RecordingRun:
         elif self._part_path is not None:
             await self._close_part(self._part_path, self._part_record)
         await self._sweep()
-
-    def _process_data(self, snapshot: ProgressSnapshot) -> ProcessData:
-        return ProcessData(
-            id=self.job_id,
-            **snapshot.model_dump(include=set(ProcessData.model_fields) - {"id"}),
-        )
 
     # -- file records -------------------------------------------------------------------------
 
@@ -445,15 +345,3 @@ class RecordingRun:
                 await self._event(
                     "file_opened", file={"file_name": path.name, "file_path": str(path)}
                 )
-
-    # -- events -------------------------------------------------------------------------------
-
-    async def _event(self, event: Event, **fields: Any) -> None:
-        message = JobEvent(
-            type=event, module=MODULE, job_id=self.job_id, tenant=self.tenant,
-            node=self._node_id, **fields,
-        )  # fmt: skip
-        try:
-            await self._bus.publish(self._bus.subjects.event(MODULE, self.job_id, event), message)
-        except Exception as exc:
-            self._log.debug("event_not_published", event_name=event, error=str(exc))

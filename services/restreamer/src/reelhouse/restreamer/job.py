@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +27,19 @@ from reelhouse.common.contracts.messages import (
     DestinationState,
     DestinationStatus,
     FailureKind,
-    JobEvent,
-    JobStats,
-    ProcessData,
 )
 from reelhouse.common.contracts.restream import OutputIn, RestreamIn
 from reelhouse.common.ffmpeg.command import build_restream_args
 from reelhouse.common.ffmpeg.failures import FIFO_LINE, classify, classify_lines, mask_secret
-from reelhouse.common.ffmpeg.progress import ProgressSnapshot
 from reelhouse.common.ffmpeg.supervisor import (
-    FFmpegSupervisor,
-    SupervisorConfig,
     SupervisorState,
 )
 from reelhouse.common.files import restream_hls_dir
 from reelhouse.common.jobs.lease import Lease, LeaseStore
-from reelhouse.common.logging import get_logger
-from reelhouse.common.subjects import Event
+from reelhouse.common.jobs.run import SupervisedRun
 from reelhouse.restreamer.settings import RestreamerSettings
 
-MODULE = "restream"
 _STORED_ONLY = {"_id", "tenant", "entity_id", "created", "modified"}
-_STATS_PERIOD_S = 1.0
 
 
 def restream_config(
@@ -77,8 +67,10 @@ def _shown_target(output: OutputIn, hls_dir: Path | None) -> str:
     )
 
 
-class RestreamRun:
+class RestreamRun(SupervisedRun):
     """Runs and watches one restream job while this node holds its lease."""
+
+    module = "restream"
 
     def __init__(
         self,
@@ -91,17 +83,11 @@ class RestreamRun:
         settings: RestreamerSettings,
         node_id: str,
     ) -> None:
-        self.lease = lease
-        self.job_id = str(lease.job_id)
-        self.tenant = str(lease.doc.get("tenant", "default"))
         self.config = config
-        self._leases = leases
-        self._bus = bus
-        self._settings = settings
-        self._node_id = node_id
-        self._log = get_logger("reelhouse.restreamer.job").bind(job_id=self.job_id)
+        self._restream_settings = settings
         has_hls = any(o.output_type == "OUTPUT_TYPE_HLS" for o in config.output)
-        self.hls_dir = restream_hls_dir(settings.storage_root, self.job_id) if has_hls else None
+        job_id = str(lease.job_id)
+        self.hls_dir = restream_hls_dir(settings.storage_root, job_id) if has_hls else None
         self._multi = len(config.output) > 1
         self._targets = [o.target_url for o in config.output]
         self.destinations = [
@@ -117,33 +103,10 @@ class RestreamRun:
         self._fifo: dict[str, int] = {}  # FIFO context address -> destination index
         self._auth_failures = 0
         self._dirty = False  # a destination changed since runtime was last written
-        self._last_stats = 0.0
-        self._stopping = False
-        self.supervisor = FFmpegSupervisor(
-            self._argv,
-            config=SupervisorConfig(
-                ffmpeg_path=settings.ffmpeg_path,
-                stale_timeout_s=settings.stale_timeout_s,
-                backoff_initial_s=min(settings.retry_initial_s, settings.retry_max_s),
-                backoff_max_s=settings.retry_max_s,
-                graceful_stop_timeout_s=settings.stop_grace_s,
-                stable_after_s=30.0,
-                progress_period_s=settings.progress_period_s,
-            ),
-            on_state=self._on_state,
-            on_progress=self._on_progress,
-            on_exit=self._on_exit,
-            on_stderr=self._on_stderr,
-            env={"TZ": "UTC"},
-            log=self._log,
-        )
         self._writer: asyncio.Task[None] | None = None
+        super().__init__(lease=lease, leases=leases, bus=bus, settings=settings, node_id=node_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
 
     async def start(self) -> None:
         if self.hls_dir is not None:
@@ -156,51 +119,30 @@ class RestreamRun:
         shutil.rmtree(self.hls_dir, ignore_errors=True)  # old segments of an earlier run
         self.hls_dir.mkdir(parents=True, exist_ok=True)
 
-    async def stop(self, reason: str) -> None:
-        """Stop FFmpeg gracefully, release the job."""
-        if self._stopping:
-            return
-        self._stopping = True
-        self._log.info("restream_stopping", reason=reason)
-        state = await self.supervisor.stop(reason)
+    async def _after_stop(self) -> None:
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
-        try:
-            await self._leases.release(self.lease.job_id)
-        except Exception as exc:
-            self._log.warning("lease_release_failed", error=str(exc))
-        event: Event = "job_failed" if state is SupervisorState.FAILED else "job_stopped"
-        await self._event(event, state=state.value, reason=reason)
-        self._log.info("restream_stopped", state=state.value)
 
-    def runtime_fields(self) -> dict[str, Any]:
-        """What ``runtime`` says about this worker; written on state changes."""
-        sup = self.supervisor
-        fields: dict[str, Any] = {
-            "state": sup.state.value,
-            "pid": sup.pid,
-            "restarts": sup.restarts,
-            "last_error": sup.last_error,
-            "destinations": [d.model_dump(mode="json") for d in self.destinations],
-        }
-        if sup.started_at is not None:
-            fields["started_at"] = sup.started_at
-        if sup.last_progress is not None:
-            fields["last_progress"] = self._process_data(sup.last_progress).model_dump()
-        return fields
+    def _runtime_extra(self) -> dict[str, Any]:
+        return {"destinations": [d.model_dump(mode="json") for d in self.destinations]}
+
+    def _stats_fields(self) -> dict[str, Any]:
+        return {"destinations": self.destinations}
 
     # -- FFmpeg arguments ---------------------------------------------------------------------
 
-    def _argv(self) -> list[str]:
+    async def _argv(self) -> list[str]:
         # A new process: every destination starts again (a failed one is opened afresh).
         self._fifo.clear()
         for dest in self.destinations:
             if dest.state != "down" or dest.failure != "auth_rejected":
                 self._set(dest.index, "starting", None, None)
         return build_restream_args(
-            job=self.config, hls_dir=self.hls_dir, recovery_s=self._settings.destination_retry_s
+            job=self.config,
+            hls_dir=self.hls_dir,
+            recovery_s=self._restream_settings.destination_retry_s,
         )
 
     # -- destination state --------------------------------------------------------------------
@@ -265,45 +207,17 @@ class RestreamRun:
             await asyncio.sleep(1.0)
             if self._dirty and not self._stopping:
                 self._dirty = False
-                with contextlib.suppress(Exception):
-                    await self._leases.hold(self.lease, self.runtime_fields())
+                await self.write_runtime()
 
     # -- supervisor hooks ---------------------------------------------------------------------
 
-    async def _on_state(self, state: SupervisorState, reason: str) -> None:
+    async def _state_changed(self, state: SupervisorState) -> None:
         if state is SupervisorState.RUNNING:
             for dest in self.destinations:
                 if dest.state == "starting":
                     self._set(dest.index, "sending", None, None)
             self._auth_failures = 0
-        self._dirty = False
-        try:
-            await self._leases.hold(self.lease, self.runtime_fields())
-        except Exception as exc:
-            self._log.warning("runtime_write_failed", error=str(exc))
-        if state is SupervisorState.RUNNING:
-            await self._event("job_started", state=state.value, reason=reason)
-        elif state is SupervisorState.RETRYING:
-            await self._event(
-                "job_retrying", state=state.value, reason=reason, restarts=self.supervisor.restarts
-            )
-
-    async def _on_progress(self, snapshot: ProgressSnapshot) -> None:
-        now = time.monotonic()
-        if now - self._last_stats < _STATS_PERIOD_S and not snapshot.ended:
-            return
-        self._last_stats = now
-        stats = JobStats(
-            module=MODULE,
-            job_id=self.job_id,
-            tenant=self.tenant,
-            node=self._node_id,
-            state=self.supervisor.state.value,
-            processData=self._process_data(snapshot),
-            destinations=self.destinations,
-        )
-        with contextlib.suppress(Exception):
-            await self._bus.publish(self._bus.subjects.stats(MODULE, self.job_id), stats)
+        self._dirty = False  # the runtime block is written now
 
     async def _on_exit(self, returncode: int, stderr_tail: list[str]) -> None:
         if self._stopping or self.supervisor.state is SupervisorState.STOPPING:
@@ -320,29 +234,11 @@ class RestreamRun:
                 self._set(dest.index, "down", kind, message)
         if kind == "auth_rejected":
             self._auth_failures += 1
-            self.supervisor.delay_next_retry(self._settings.auth_retry_s)
+            self.supervisor.delay_next_retry(self._restream_settings.auth_retry_s)
             if self._auth_failures == 1:
                 await self._event(
                     "job_failed",
                     state="retrying",
                     reason=f"destination rejected the stream: {message}; retrying every "
-                    f"{self._settings.auth_retry_s:g} s",
+                    f"{self._restream_settings.auth_retry_s:g} s",
                 )
-
-    def _process_data(self, snapshot: ProgressSnapshot) -> ProcessData:
-        return ProcessData(
-            id=self.job_id,
-            **snapshot.model_dump(include=set(ProcessData.model_fields) - {"id"}),
-        )
-
-    # -- events -------------------------------------------------------------------------------
-
-    async def _event(self, event: Event, **fields: Any) -> None:
-        message = JobEvent(
-            type=event, module=MODULE, job_id=self.job_id, tenant=self.tenant,
-            node=self._node_id, **fields,
-        )  # fmt: skip
-        try:
-            await self._bus.publish(self._bus.subjects.event(MODULE, self.job_id, event), message)
-        except Exception as exc:
-            self._log.debug("event_not_published", event_name=event, error=str(exc))

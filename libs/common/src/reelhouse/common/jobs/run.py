@@ -1,0 +1,202 @@
+"""What every claimed job run has: its supervised FFmpeg, runtime block, stats, events, stop.
+
+:class:`SupervisedRun` is the part recordings and restreams share; a subclass gives the FFmpeg
+arguments (``_argv``, called before every start) and reacts to exits and progress through the
+hooks below. It satisfies :class:`reelhouse.common.jobs.node.JobRun`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from reelhouse.common.bus import Bus
+from reelhouse.common.contracts.messages import JobEvent, JobStats, ProcessData
+from reelhouse.common.ffmpeg.progress import ProgressSnapshot
+from reelhouse.common.ffmpeg.supervisor import (
+    FFmpegSupervisor,
+    SupervisorConfig,
+    SupervisorState,
+)
+from reelhouse.common.jobs.lease import Lease, LeaseStore
+from reelhouse.common.logging import get_logger
+from reelhouse.common.settings import WorkerSettings
+from reelhouse.common.subjects import Event, Module
+
+__all__ = ["SupervisedRun"]
+
+STATS_PERIOD_S = 1.0
+"""Most stats messages per job per second."""
+
+
+class SupervisedRun:
+    """One job's FFmpeg under supervision while this node holds the job's lease."""
+
+    module: Module
+
+    def __init__(
+        self,
+        *,
+        lease: Lease,
+        leases: LeaseStore,
+        bus: Bus,
+        settings: WorkerSettings,
+        node_id: str,
+    ) -> None:
+        self.lease = lease
+        self.job_id = str(lease.job_id)
+        self.tenant = str(lease.doc.get("tenant", "default"))
+        self._leases = leases
+        self._bus = bus
+        self._settings = settings
+        self._node_id = node_id
+        self._log = get_logger(f"reelhouse.{self.module}.job").bind(job_id=self.job_id)
+        self._last_stats = 0.0
+        self._stopping = False
+        self.supervisor = FFmpegSupervisor(
+            self._argv,
+            config=SupervisorConfig(
+                ffmpeg_path=settings.ffmpeg_path,
+                stale_timeout_s=settings.stale_timeout_s,
+                backoff_initial_s=min(settings.retry_initial_s, settings.retry_max_s),
+                backoff_max_s=settings.retry_max_s,
+                graceful_stop_timeout_s=settings.stop_grace_s,
+                stable_after_s=30.0,
+                progress_period_s=settings.progress_period_s,
+            ),
+            on_state=self._on_state,
+            on_progress=self._on_progress,
+            on_exit=self._on_exit,
+            on_stderr=self._on_stderr,
+            env={"TZ": "UTC"},
+            log=self._log,
+        )
+
+    # -- what a subclass provides -------------------------------------------------------------
+
+    async def _argv(self) -> Sequence[str]:
+        """FFmpeg's arguments for the next (re)start."""
+        raise NotImplementedError
+
+    async def _on_exit(self, returncode: int, stderr_tail: list[str]) -> None:
+        """After every FFmpeg exit (before the supervisor decides what comes next)."""
+
+    def _on_stderr(self, line: str) -> None:
+        """Every stderr line FFmpeg writes."""
+
+    async def _before_progress(self, snapshot: ProgressSnapshot) -> None:
+        """Every progress block, before the (rate-limited) stats message."""
+
+    def _stats_fields(self) -> dict[str, Any]:
+        """Extra fields of this job's stats messages."""
+        return {}
+
+    def _runtime_extra(self) -> dict[str, Any]:
+        """Extra fields of the runtime block."""
+        return {}
+
+    async def _after_stop(self) -> None:
+        """Once FFmpeg has stopped, before the lease is released."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def stop(self, reason: str) -> None:
+        """Stop FFmpeg gracefully, finish up, release the job, say so."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._log.info(f"{self.module}_stopping", reason=reason)
+        state = await self.supervisor.stop(reason)
+        with contextlib.suppress(Exception):
+            await self._after_stop()
+        try:
+            await self._leases.release(self.lease.job_id)
+        except Exception as exc:
+            self._log.warning("lease_release_failed", error=str(exc))
+        event: Event = "job_failed" if state is SupervisorState.FAILED else "job_stopped"
+        await self._event(event, state=state.value, reason=reason)
+        self._log.info(f"{self.module}_stopped", state=state.value)
+
+    def runtime_fields(self) -> dict[str, Any]:
+        """What ``runtime`` says about this worker; written on every state change.
+
+        Lease renewals write only ``lease_until`` (one batched update per node); ``last_progress``
+        is therefore the progress at the last state change, and live numbers come from getStat.
+        """
+        sup = self.supervisor
+        fields: dict[str, Any] = {
+            "state": sup.state.value,
+            "pid": sup.pid,
+            "restarts": sup.restarts,
+            "last_error": sup.last_error,
+            **self._runtime_extra(),
+        }
+        if sup.started_at is not None:
+            fields["started_at"] = sup.started_at
+        if sup.last_progress is not None:
+            fields["last_progress"] = self._process_data(sup.last_progress).model_dump()
+        return fields
+
+    async def write_runtime(self) -> None:
+        """Write the runtime block now (the lease is kept whatever the desired state)."""
+        try:
+            await self._leases.hold(self.lease, self.runtime_fields())
+        except Exception as exc:
+            self._log.warning("runtime_write_failed", error=str(exc))
+
+    # -- supervisor hooks ---------------------------------------------------------------------
+
+    async def _on_state(self, state: SupervisorState, reason: str) -> None:
+        await self._state_changed(state)
+        await self.write_runtime()
+        if state is SupervisorState.RUNNING:
+            await self._event("job_started", state=state.value, reason=reason)
+        elif state is SupervisorState.RETRYING:
+            await self._event(
+                "job_retrying", state=state.value, reason=reason, restarts=self.supervisor.restarts
+            )
+
+    async def _state_changed(self, state: SupervisorState) -> None:
+        """Before the runtime block is written for a new state."""
+
+    async def _on_progress(self, snapshot: ProgressSnapshot) -> None:
+        await self._before_progress(snapshot)
+        now = time.monotonic()
+        if now - self._last_stats < STATS_PERIOD_S and not snapshot.ended:
+            return
+        self._last_stats = now
+        stats = JobStats(
+            module=self.module,
+            job_id=self.job_id,
+            tenant=self.tenant,
+            node=self._node_id,
+            state=self.supervisor.state.value,
+            processData=self._process_data(snapshot),
+            **self._stats_fields(),
+        )
+        with contextlib.suppress(Exception):
+            await self._bus.publish(self._bus.subjects.stats(self.module, self.job_id), stats)
+
+    def _process_data(self, snapshot: ProgressSnapshot) -> ProcessData:
+        return ProcessData(
+            id=self.job_id,
+            **snapshot.model_dump(include=set(ProcessData.model_fields) - {"id"}),
+        )
+
+    async def _event(self, event: Event, **fields: Any) -> None:
+        message = JobEvent(
+            type=event, module=self.module, job_id=self.job_id, tenant=self.tenant,
+            node=self._node_id, **fields,
+        )  # fmt: skip
+        try:
+            await self._bus.publish(
+                self._bus.subjects.event(self.module, self.job_id, event), message
+            )
+        except Exception as exc:
+            self._log.debug("event_not_published", event_name=event, error=str(exc))
