@@ -285,8 +285,10 @@ class ProbeService:
 
     async def stop(self) -> None:
         if self._service is not None:
+            # Stopping drains the endpoint subscriptions: with NATS already gone (the whole stack
+            # stopping together) that would wait out nats-py's drain timeout. Give it 2 s.
             with contextlib.suppress(Exception):
-                await self._service.stop()
+                await asyncio.wait_for(self._service.stop(), timeout=2.0)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
