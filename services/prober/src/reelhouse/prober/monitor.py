@@ -24,14 +24,12 @@ import asyncio
 import contextlib
 from typing import Any
 
-from pydantic import ValidationError
-
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
-from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.contracts.streams import ProbeReply, StreamStatusChanged
 from reelhouse.common.errors import ReelhouseError, Unavailable
-from reelhouse.common.jobs.lease import Lease, LeaseStore
+from reelhouse.common.jobs.lease import Lease
+from reelhouse.common.jobs.node import JobNode
 from reelhouse.common.mongo import Collections
 from reelhouse.common.service import ServiceContext
 from reelhouse.prober.probes import ProbeEngine
@@ -82,12 +80,12 @@ def meta_data(reply: ProbeReply) -> dict[str, Any]:
 
 
 class StreamMonitor:
-    """Probes one claimed stream until cancelled."""
+    """Probes one claimed stream until stopped (a :class:`~reelhouse.common.jobs.node.JobRun`)."""
 
     def __init__(self, node: MonitorNode, lease: Lease) -> None:
         self.node = node
         self.lease = lease
-        self.stream_id = str(lease.job_id)
+        self.stream_id = self.job_id = str(lease.job_id)
         self.url: str = lease.doc["stream_url"]
         self.tenant: str = lease.doc.get("tenant", "default")
         status = lease.doc.get("status") or {}
@@ -96,6 +94,45 @@ class StreamMonitor:
         self.meta: dict[str, Any] = lease.doc.get("stream_meta_data") or {}
         self.failures = 0
         self.task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name=f"monitor-{self.stream_id}")
+        self.node.log.info("stream_monitor_started", stream_id=self.stream_id)
+
+    async def stop(self, reason: str) -> None:
+        """End monitoring; a stopped stream (not an updated or handed-over one) loses its status."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        node = self.node
+        try:
+            ended = await node.db[Collections.STREAMS].update_one(
+                {"_id": self.lease.job_id, "active": False, "status": {"$exists": True}},
+                {"$unset": {"status": ""}},
+            )
+            if ended.matched_count:
+                await node.publish(
+                    StreamStatusChanged(
+                        job_id=self.stream_id,
+                        tenant=self.tenant,
+                        node=node.node_id,
+                        state="unmonitored",
+                        since=utcnow(),
+                    )
+                )
+            await node.leases.release(self.lease.job_id)
+        except Exception as exc:
+            node.log.warning("monitor_end_failed", stream_id=self.stream_id, error=str(exc))
+        node.log.info("stream_monitor_stopped", stream_id=self.stream_id, reason=reason)
 
     async def run(self) -> None:
         settings = self.node.settings
@@ -115,7 +152,7 @@ class StreamMonitor:
                 try:
                     if not await self._observe(reply, error):
                         log.info("monitor_lost_lease")
-                        self.node.lost(self)
+                        self.node.stop_run(self, "lease lost")
                         return
                 except Exception as exc:
                     # MongoDB away: keep probing; the lease protocol settles ownership.
@@ -179,30 +216,46 @@ class StreamMonitor:
         return True
 
 
-class MonitorNode:
-    """Every stream monitor this prober runs, and the lease loop that owns them."""
+class MonitorNode(JobNode):
+    """Every stream monitor this prober runs; the lease loop is the workers' (``JobNode``)."""
+
+    module = "stream"
+    service = "prober"
+    collection = Collections.STREAMS
+    claim_where = CLAIMABLE
 
     def __init__(self, ctx: ServiceContext[ProberSettings], engine: ProbeEngine) -> None:
-        self.ctx = ctx
-        self.settings = ctx.settings
-        self.log = ctx.log
+        super().__init__(ctx)
         self.db = ctx.db
         self.bus: Bus = ctx.bus
         self.node_id = ctx.node_id
         self.engine = engine
-        self.leases = LeaseStore(
-            db=ctx.db,
-            collection=Collections.STREAMS,
-            node_id=ctx.node_id,
-            lease_s=ctx.settings.monitor_lease_s,
-        )
-        self.monitors: dict[str, StreamMonitor] = {}
-        self._wake = asyncio.Event()
-        self._hinted: set[str] = set()
-        self._endings: set[asyncio.Task[None]] = set()
+
+    @property
+    def lease_s(self) -> float:
+        return self.settings.monitor_lease_s
+
+    @property
+    def max_jobs(self) -> int:
+        return self.settings.max_monitors
+
+    @property
+    def reconcile_s(self) -> float:
+        return min(2.0, self.lease_s / 3)
+
+    @property
+    def claim_delay_s(self) -> float:
+        return 0.0
+
+    @property
+    def monitors(self) -> dict[str, Any]:
+        return self.runs
+
+    async def make_run(self, lease: Lease) -> StreamMonitor:
+        return StreamMonitor(self, lease)
 
     def stats(self) -> dict[str, Any]:
-        return {"monitoring": sorted(self.monitors)}
+        return {"monitoring": sorted(self.runs)}
 
     async def publish(self, event: StreamStatusChanged) -> None:
         try:
@@ -210,136 +263,3 @@ class MonitorNode:
             await self.bus.publish(subject, event)
         except Exception as exc:
             self.log.warning("event_not_sent", stream_id=event.job_id, error=str(exc)[:200])
-
-    async def run(self) -> None:
-        """Serve until the service stops; then hand every stream over (release its lease)."""
-        hints = asyncio.create_task(self._subscribe(), name="hints")
-        try:
-            await self._loop()
-        finally:
-            hints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hints
-            for monitor in list(self.monitors.values()):
-                await self._end(monitor, reason="shutdown")
-            if self._endings:
-                await asyncio.gather(*self._endings, return_exceptions=True)
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        renew_every = self.settings.monitor_lease_s / 3
-        reconcile_s = min(2.0, renew_every)
-        next_renew = loop.time() + renew_every
-        while not self.ctx.stop.is_set():
-            hinted = self._wake.is_set()
-            self._wake.clear()
-            if hinted:
-                await self._check(self._take_hinted())
-            if loop.time() >= next_renew:
-                await self._check(list(self.monitors.values()))
-                next_renew = loop.time() + renew_every
-            await self._claim()
-            self.ctx.node.running_jobs = len(self.monitors)
-            timeout = min(reconcile_s, max(0.0, next_renew - loop.time()))
-            waiters = {
-                asyncio.ensure_future(self._wake.wait()),
-                asyncio.ensure_future(self.ctx.stop.wait()),
-            }
-            _, pending = await asyncio.wait(
-                waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            for waiter in pending:
-                waiter.cancel()
-
-    def _take_hinted(self) -> list[StreamMonitor]:
-        hinted, self._hinted = self._hinted, set()
-        return [m for m in (self.monitors.get(i) for i in hinted) if m is not None]
-
-    async def _check(self, monitors: list[StreamMonitor]) -> None:
-        """Renew these leases in one round trip; stop the monitors whose lease is gone."""
-        if not monitors:
-            return
-        try:
-            lost = await self.leases.renew_many([m.lease for m in monitors])
-        except Exception as exc:
-            self.log.warning("lease_renew_failed", streams=len(monitors), error=str(exc)[:200])
-            return
-        for monitor in monitors:
-            if monitor.lease.job_id in lost:
-                await self._end(monitor, reason="lost")
-
-    async def _claim(self) -> None:
-        while len(self.monitors) < self.settings.max_monitors and not self.ctx.stop.is_set():
-            try:
-                lease = await self.leases.claim(where=CLAIMABLE)
-            except Exception as exc:
-                self.log.warning("claim_failed", error=str(exc).splitlines()[0][:200])
-                return
-            if lease is None:
-                return
-            monitor = StreamMonitor(self, lease)
-            self.monitors[monitor.stream_id] = monitor
-            monitor.task = asyncio.create_task(monitor.run(), name=f"monitor-{monitor.stream_id}")
-            self.log.info("stream_monitor_started", stream_id=monitor.stream_id)
-
-    def lost(self, monitor: StreamMonitor) -> None:
-        """Called by a monitor whose write found its lease gone."""
-        task = asyncio.create_task(self._end(monitor, reason="lost"))
-        self._endings.add(task)
-        task.add_done_callback(self._endings.discard)
-
-    async def _end(self, monitor: StreamMonitor, *, reason: str) -> None:
-        if self.monitors.get(monitor.stream_id) is not monitor:
-            return
-        del self.monitors[monitor.stream_id]
-        if monitor.task is not None and monitor.task is not asyncio.current_task():
-            monitor.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await monitor.task
-        streams = self.db[Collections.STREAMS]
-        try:
-            if reason != "shutdown":
-                # Stopped (not updated or taken over): monitoring ends, so does the status.
-                ended = await streams.update_one(
-                    {"_id": monitor.lease.job_id, "active": False, "status": {"$exists": True}},
-                    {"$unset": {"status": ""}},
-                )
-                if ended.matched_count:
-                    await self.publish(
-                        StreamStatusChanged(
-                            job_id=monitor.stream_id,
-                            tenant=monitor.tenant,
-                            node=self.node_id,
-                            state="unmonitored",
-                            since=utcnow(),
-                        )
-                    )
-            await self.leases.release(monitor.lease.job_id)
-        except Exception as exc:
-            self.log.warning("monitor_end_failed", stream_id=monitor.stream_id, error=str(exc))
-        self.log.info("stream_monitor_stopped", stream_id=monitor.stream_id, reason=reason)
-        self.ctx.node.running_jobs = len(self.monitors)
-        self._wake.set()  # the stream may be claimable again (update, restart)
-
-    async def _subscribe(self) -> None:
-        bus = self.bus
-        while not await bus.wait_connected(timeout=1.0):
-            if self.ctx.stop.is_set():
-                return
-
-        async def on_hint(msg: Any) -> None:
-            try:
-                command = JobCommand.model_validate_json(msg.data)
-            except ValidationError:
-                self.log.warning("hint_invalid", subject=msg.subject)
-                return
-            if command.module == "stream":
-                self._hinted.add(command.job_id)
-                self._wake.set()
-
-        sub = await bus.nc.subscribe(bus.subjects.commands("prober"), cb=on_hint)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()

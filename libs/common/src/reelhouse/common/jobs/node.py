@@ -62,21 +62,42 @@ class JobNode(ABC):
     """The service whose command subject carries the hints (``recorder``, ``restreamer``)."""
     collection: str
     """The jobs' collection."""
+    claim_where: dict[str, Any] | None = None
+    """Extra conditions a claimable document must meet (the prober: rows with a URL)."""
 
     def __init__(self, ctx: ServiceContext[Any]) -> None:
         self.ctx = ctx
-        self.settings: WorkerSettings = ctx.settings
+        self.settings = ctx.settings
         self.log = ctx.log
         self.leases = LeaseStore(
-            db=ctx.db,
-            collection=self.collection,
-            node_id=ctx.node_id,
-            lease_s=self.settings.lease_s,
+            db=ctx.db, collection=self.collection, node_id=ctx.node_id, lease_s=self.lease_s
         )
         self.runs: dict[str, JobRun] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._hinted: set[str] = set()
+
+    # Worker services read these from WorkerSettings; another service may map its own settings.
+    @property
+    def lease_s(self) -> float:
+        return float(self.settings.lease_s)
+
+    @property
+    def max_jobs(self) -> int:
+        return int(self.settings.max_jobs)
+
+    @property
+    def reconcile_s(self) -> float:
+        return float(self.settings.reconcile_s)
+
+    @property
+    def claim_delay_s(self) -> float:
+        return float(self.settings.claim_delay_s)
+
+    async def prepare(self) -> None:
+        """Before the first claim (workers create their storage folder)."""
+        if isinstance(self.settings, WorkerSettings):
+            self.settings.storage_root.mkdir(parents=True, exist_ok=True)
 
     @abstractmethod
     async def make_run(self, lease: Lease) -> JobRun:
@@ -84,7 +105,7 @@ class JobNode(ABC):
 
     async def run(self) -> None:
         """Serve until the service is asked to stop; then stop every FFmpeg gracefully."""
-        self.settings.storage_root.mkdir(parents=True, exist_ok=True)
+        await self.prepare()
         hints = asyncio.create_task(self._subscribe(), name="hints")
         try:
             await self._loop()
@@ -98,7 +119,7 @@ class JobNode(ABC):
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        renew_every = self.settings.lease_s / 3
+        renew_every = self.lease_s / 3
         next_renew = loop.time() + renew_every
         while not self.ctx.stop.is_set():
             hinted = self._wake.is_set()
@@ -112,7 +133,7 @@ class JobNode(ABC):
                 await self._claim_delay()
             await self._claim()
             self.ctx.node.running_jobs = len(self.runs)
-            timeout = min(self.settings.reconcile_s, max(0.0, next_renew - loop.time()))
+            timeout = min(self.reconcile_s, max(0.0, next_renew - loop.time()))
             waiters = {
                 asyncio.ensure_future(self._wake.wait()),
                 asyncio.ensure_future(self.ctx.stop.wait()),
@@ -124,15 +145,15 @@ class JobNode(ABC):
                 waiter.cancel()
 
     async def _claim_delay(self) -> None:
-        load = len(self.runs) / self.settings.max_jobs
-        if load > 0 and self.settings.claim_delay_s > 0:
+        load = len(self.runs) / self.max_jobs
+        if load > 0 and self.claim_delay_s > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ctx.stop.wait(), self.settings.claim_delay_s * load)
+                await asyncio.wait_for(self.ctx.stop.wait(), self.claim_delay_s * load)
 
     async def _claim(self) -> None:
-        while len(self.runs) < self.settings.max_jobs and not self.ctx.stop.is_set():
+        while len(self.runs) < self.max_jobs and not self.ctx.stop.is_set():
             try:
-                lease = await self.leases.claim()
+                lease = await self.leases.claim(where=self.claim_where)
             except Exception as exc:
                 self.log.warning("claim_failed", error=str(exc).splitlines()[0][:200])
                 return
@@ -202,6 +223,11 @@ class JobNode(ABC):
         for run in runs:
             if run.lease.job_id in lost:
                 self._begin_stop(run, "job stopped, changed or restarted")
+
+    def stop_run(self, run: JobRun, reason: str) -> None:
+        """Stop one run now (it found out itself that its job is no longer its own)."""
+        if not run.stopping:
+            self._begin_stop(run, reason)
 
     def _begin_stop(self, run: JobRun, reason: str) -> None:
         async def stop() -> None:
