@@ -19,7 +19,7 @@ from support.media import (
     ffprobe,
 )
 from support.seeds import restream_payload
-from support.stack import Stack, running_stack
+from support.stack import TOKEN, Stack, running_stack
 from support.wait import eventually
 
 from reelhouse.common.mongo import Collections
@@ -317,3 +317,33 @@ async def test_rejected_destination_is_not_hammered_and_says_why(stack, db, srt_
             await stop_and_wait(stack, job["id"], restreamer.pid)
     finally:
         await receiver.stop()
+
+
+async def test_hls_destination_is_playable_through_the_api(stack, db, srt_source, tmp_path):
+    restreamer = await stack.start_restreamer()
+    await restreamer_ready(db)
+    payload = body(1, srt_source.url, {"output_type": "OUTPUT_TYPE_HLS", "output_stream_url": ""})
+    job = await stack.api_ok("restream/create", payload)
+    token = {"token": TOKEN}
+
+    async def playlist_with_two_segments() -> list[str] | None:
+        r = await stack.client.get(f"/api/restream/hls/{job['id']}/index.m3u8", params=token)
+        if r.status_code != 200:
+            return None
+        names = [line for line in r.text.splitlines() if line and not line.startswith("#")]
+        return names if len(names) >= 2 else None
+
+    names = await eventually(playlist_with_two_segments, timeout=40, what="an HLS playlist")
+    segment = names[-1].split("?")[0]
+    r = await stack.client.get(f"/api/restream/hls/{job['id']}/{segment}", params=token)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("video/mp2t")
+    saved = tmp_path / segment
+    saved.write_bytes(r.content)
+    video, audio, duration = await media(saved)
+    assert (video["codec_name"], audio["codec_name"]) == ("h264", "aac")
+    assert duration > 0.5
+    row = await stat_row(stack, job["id"])
+    assert row is not None
+    assert row["destinations"][0]["output_type"] == "OUTPUT_TYPE_HLS"
+    await stop_and_wait(stack, job["id"], restreamer.pid)
