@@ -96,10 +96,15 @@ async def test_rtmp_source_serves_h264_aac_to_successive_clients(
     probe = await assert_live_av(rtmp_source.url)
     assert probe["format"]["format_name"] == "flv"
     # The RTMP server also exits when its client leaves; keep-serving brings it back.
+    # Running is not yet listening: wait for the relaunched server's LISTEN socket.
     await wait_until(
-        lambda: rtmp_source.launches >= 2 and rtmp_source.is_running,
+        lambda: (
+            rtmp_source.launches >= 2
+            and rtmp_source.is_running
+            and port_in_use(rtmp_source.port, "tcp", pid=rtmp_source.pid)
+        ),
         timeout=10,
-        message="rtmp relaunch",
+        message="rtmp relaunch listening",
     )
     await assert_live_av(rtmp_source.url)
 

@@ -34,6 +34,7 @@ class Stack:
     tmp: Path
     recorders: list[ServiceProcess] = field(default_factory=list)
     restreamers: list[ServiceProcess] = field(default_factory=list)
+    janitors: list[ServiceProcess] = field(default_factory=list)
 
     async def call(self, method: str, body: Any = None, *, verb: str = "POST") -> httpx.Response:
         """``/api/recording/<method>`` with the token."""
@@ -70,6 +71,18 @@ class Stack:
         self.restreamers.append(proc)
         return proc
 
+    async def start_janitor(self, **env: str) -> ServiceProcess:
+        """A janitor subprocess on this test's infrastructure."""
+        n = len(self.janitors) + 1
+        proc = ServiceProcess(
+            "janitor",
+            {**self.env, "REELHOUSE_NODE_ID": f"janitor-{n}", **env},
+            self.tmp / f"janitor-{n}.log",
+        )
+        await proc.start()
+        self.janitors.append(proc)
+        return proc
+
     @property
     def storage_root(self) -> Path:
         return Path(self.env["REELHOUSE_STORAGE_ROOT"])
@@ -92,7 +105,7 @@ async def running_stack(service_env: dict[str, str], tmp: Path) -> AsyncIterator
         try:
             yield stack
         finally:
-            for proc in [*stack.recorders, *stack.restreamers]:
+            for proc in [*stack.recorders, *stack.restreamers, *stack.janitors]:
                 with contextlib.suppress(Exception):
                     await proc.terminate(timeout=20)
                 await proc.kill()

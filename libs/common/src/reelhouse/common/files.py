@@ -78,8 +78,15 @@ def hls_segments(playlist: Path) -> list[Path]:
     return segments
 
 
-def delete_file_record_from_disk(root: Path, record: dict[str, Any]) -> int:
-    """Delete a file record's file (and an HLS playlist's segments); returns files removed."""
+def delete_file_record_from_disk(
+    root: Path, record: dict[str, Any], *, archive_root: Path | None = None
+) -> int:
+    """Delete a file record's file (and an HLS playlist's segments); returns files removed.
+
+    The file must be under ``root``, or under ``archive_root`` when given (archived files).
+    """
+    if archive_root is not None and is_under(archive_root, record["file_path"]):
+        root = archive_root
     path = checked_path(root, record["file_path"])
     targets = [path]
     if path.suffix == ".m3u8":

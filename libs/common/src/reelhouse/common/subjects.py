@@ -5,6 +5,7 @@ Scheme (``<p>`` is the deployment's subject prefix, default ``reelhouse``)::
     <p>.cmd.<service>.<verb>               command hint, queue group = service name
                                            verb: start | stop | reload; job id in the payload
     <p>.req.prober.probe                   request/reply (NATS micro service)
+    <p>.req.janitor.cleanup                request/reply: run a janitor pass now (queue group)
     <p>.stats.<module>.<job_id>            progress, about once a second per running job
     <p>.evt.<module>.<job_id>.<event>      events; kept in a JetStream stream by age
 
@@ -71,6 +72,10 @@ class Subjects:
     def probe(self) -> str:
         """The prober's request subject."""
         return f"{self.prefix}.req.prober.probe"
+
+    def janitor_cleanup(self) -> str:
+        """The janitor's request subject: run a pass now, reply with its report."""
+        return f"{self.prefix}.req.janitor.cleanup"
 
     def probe_service_name(self) -> str:
         """The prober's NATS micro service name (``$SRV.PING.<name>`` finds its replicas)."""

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from reelhouse.api.auth import resolve_bootstrap_token
+from reelhouse.api.downloads import resolve_download_secret
 from reelhouse.api.errors import install_error_handlers
-from reelhouse.api.routes import health, nodes, recordings, restreams, streams
+from reelhouse.api.routes import files, health, nodes, recordings, restreams, storage, streams
 from reelhouse.api.settings import ApiSettings
 from reelhouse.api.state import AppState
 from reelhouse.api.stats import LiveStats
@@ -39,6 +40,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     """Build the app for ``settings`` (tests build their own)."""
     node_id = settings.resolved_node_id("api")
     bootstrap_token = resolve_bootstrap_token(settings)
+    download_secret = resolve_download_secret(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +57,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         state.tool_versions = {b: await tool_version(b) for b in ("ffmpeg", "ffprobe")}
         app.state.reelhouse = state
         app.state.bootstrap_token = bootstrap_token
+        app.state.download_secret = download_secret
         tasks = [
             asyncio.create_task(_ensure_indexes(state, stop), name="indexes"),
             asyncio.create_task(node.run(stop), name="heartbeat"),
@@ -83,6 +86,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(nodes.router)
     app.include_router(recordings.router)
+    app.include_router(files.router)
     app.include_router(restreams.router)
     app.include_router(streams.router)
+    app.include_router(storage.router)
     return app

@@ -39,3 +39,14 @@ class ApiSettings(CommonSettings):
         le=60,
         description="Default getStreamInfo deadline, seconds (the API waits one second more).",
     )
+    download_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key that signs download URLs. Unset: one is generated and kept in "
+        "`download-secret` next to REELHOUSE_BOOTSTRAP_TOKEN_FILE (mode 0600).",
+    )
+    download_url_ttl_s: int = Field(
+        3600, ge=1, le=7 * 24 * 3600, description="Seconds a signed download URL stays valid."
+    )
+    archive_root: Path = Field(
+        Path("data/archive"), description="Where `archiveFile` moves recorded files."
+    )

@@ -72,6 +72,10 @@ class RecordingIn(BaseModel):
     modify_video: ModifyVideo = Field(default_factory=ModifyVideo)
     overlay: Overlay = Field(default_factory=Overlay)
     delete_after: Annotated[StrictInt, Field(ge=0, le=36500)] = 0
+    max_files: Annotated[StrictInt, Field(ge=0)] = 0
+    """Keep at most this many files of the job (oldest go first; 0: no limit)."""
+    max_bytes: Annotated[StrictInt, Field(ge=0)] = 0
+    """Keep at most this many bytes of the job's files (oldest go first; 0: no limit)."""
     active: StrictBool = False
 
     @field_validator("recording_mode_settings")

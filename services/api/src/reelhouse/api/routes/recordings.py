@@ -39,7 +39,7 @@ MODULE = "recording"
 _JOB_FIELDS = (
     "recording_name", "recording_type", "input", "output_format", "recording_mode",
     "recording_mode_settings", "transcoding", "modify_audio", "modify_video", "overlay",
-    "delete_after", "active",
+    "delete_after", "max_files", "max_bytes", "active",
 )  # fmt: skip
 KIND = JobKind(
     module=MODULE,
@@ -135,10 +135,11 @@ async def remove(state: State, principal: Principal, body: IdBody) -> dict[str, 
     root = state.settings.storage_root
     async for record in db[Collections.FILES].find({"entity_id": body.id, "tenant": tenant}):
         try:
-            delete_file_record_from_disk(root, record)
+            delete_file_record_from_disk(root, record, archive_root=state.settings.archive_root)
         except Exception as exc:
             log.warning("file_not_deleted", file_id=str(record["_id"]), error=str(exc))
     delete_job_dir(root, body.id)
+    delete_job_dir(state.settings.archive_root, body.id)
     await db[Collections.FILES].delete_many({"entity_id": body.id, "tenant": tenant})
     await jobs.delete_job(db, KIND, tenant, loaded)
     state.live_stats.forget(MODULE, body.id)
@@ -163,7 +164,9 @@ async def remove_file(state: State, principal: Principal, body: RemoveFileBody) 
             "close) before removing it",
             field="file_id",
         )
-    delete_file_record_from_disk(state.settings.storage_root, record)
+    delete_file_record_from_disk(
+        state.settings.storage_root, record, archive_root=state.settings.archive_root
+    )
     await db[Collections.FILES].delete_one({"_id": record["_id"]})
     log.info("recording_file_removed", job_id=body.record_id, file_id=body.file_id)
     await _event(state, tenant, body.record_id, "file_deleted", file=present_file(record))

@@ -1,0 +1,287 @@
+"""The janitor's pass: retention, purge of soft-deleted records, vanished files, orphans.
+
+Safe with several janitors at once (docs/DECISIONS.md "Retention and storage (janitor)"):
+
+- A retention delete first *claims* the record: one ``find_one_and_update`` from its current
+  status (``ready``/``failed``) to ``deleted``. Only the janitor whose update matched removes the
+  file (and an HLS playlist's segments) and then the record, so each file is deleted once.
+- A purge of a record left ``deleted`` (a janitor died between claim and removal, or something
+  soft-deleted it) is a ``find_one_and_delete``: again one winner, whose disk delete is
+  idempotent anyway.
+- Orphans are unlinked with ``FileNotFoundError`` ignored; only a successful unlink is reported
+  as removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from reelhouse.common.bus import Bus
+from reelhouse.common.contracts.base import utcnow
+from reelhouse.common.contracts.messages import JobEvent
+from reelhouse.common.contracts.storage import Orphan, PassReport, RemovedFile
+from reelhouse.common.files import (
+    delete_file_record_from_disk,
+    hls_segments,
+    is_under,
+    present_file,
+)
+from reelhouse.common.logging import get_logger
+from reelhouse.common.mongo import Collections
+
+MODULE = "recording"
+DELETABLE = ("ready", "failed")
+"""Statuses retention may delete; ``recording`` and ``processing`` files are never touched."""
+COUNTED_OUT = ("deleted", "archived")
+"""Statuses that do not count against a job's ``max_files``/``max_bytes``."""
+
+_JOB_DIR = re.compile(r"^[0-9a-f]{24}$")
+
+log = get_logger("reelhouse.janitor")
+
+
+@dataclass
+class RetentionRules:
+    delete_after_days: int = 0
+    max_files: int = 0
+    max_bytes: int = 0
+
+    @classmethod
+    def of(cls, job: dict[str, Any]) -> RetentionRules:
+        def num(key: str) -> int:
+            value = job.get(key) or 0
+            return value if isinstance(value, int) and value > 0 else 0
+
+        return cls(num("delete_after"), num("max_files"), num("max_bytes"))
+
+    @property
+    def any(self) -> bool:
+        return bool(self.delete_after_days or self.max_files or self.max_bytes)
+
+
+def select_for_deletion(
+    files: list[dict[str, Any]], rules: RetentionRules, now: datetime
+) -> list[tuple[dict[str, Any], str]]:
+    """Which of one job's files (oldest first, none deleted/archived) go, and why.
+
+    Age first; then the oldest deletable files until at most ``max_files`` remain; then until the
+    remaining sizes sum to at most ``max_bytes``. Files being written count but are never chosen.
+    """
+    chosen: list[tuple[dict[str, Any], str]] = []
+    kept = list(files)
+    if rules.delete_after_days:
+        cutoff = now - timedelta(days=rules.delete_after_days)
+        old = [f for f in kept if f.get("status") in DELETABLE and f["created"] < cutoff]
+        chosen += [(f, "delete_after") for f in old]
+        gone = {id(f) for f in old}
+        kept = [f for f in kept if id(f) not in gone]
+    if rules.max_files:
+        excess = len(kept) - rules.max_files
+        for f in [f for f in kept if f.get("status") in DELETABLE][: max(excess, 0)]:
+            chosen.append((f, "max_files"))
+            kept.remove(f)
+    if rules.max_bytes:
+        total = sum(int(f.get("size_bytes") or 0) for f in kept)
+        for f in [f for f in kept if f.get("status") in DELETABLE]:
+            if total <= rules.max_bytes:
+                break
+            chosen.append((f, "max_bytes"))
+            total -= int(f.get("size_bytes") or 0)
+    return chosen
+
+
+class Janitor:
+    """One janitor's passes over the files of every recording job."""
+
+    def __init__(
+        self,
+        *,
+        db: AsyncDatabase,
+        storage_root: Path,
+        node_id: str,
+        bus: Bus | None = None,
+        deleted_grace_s: float = 3600.0,
+        orphan_grace_s: float = 3600.0,
+        remove_orphans: bool = False,
+    ) -> None:
+        self.db = db
+        self.root = Path(storage_root)
+        self.node_id = node_id
+        self.bus = bus
+        self.deleted_grace_s = deleted_grace_s
+        self.orphan_grace_s = orphan_grace_s
+        self.remove_orphans = remove_orphans
+        self._lock = asyncio.Lock()
+
+    async def run_pass(self, now: datetime | None = None) -> PassReport:
+        """One whole pass at ``now`` (default: the clock); one at a time per instance."""
+        async with self._lock:
+            now = now or utcnow()
+            report = PassReport(node=self.node_id, started=utcnow())
+            await self._mark_missing(report)
+            await self._retention(report, now)
+            await self._purge_deleted(report, now)
+            await self._orphans(report, now)
+            report.finished = utcnow()
+            log.info(
+                "janitor_pass",
+                deleted=len(report.deleted),
+                missing=len(report.missing),
+                orphans=len(report.orphans),
+                errors=len(report.errors),
+            )
+            return report
+
+    # -- vanished files -------------------------------------------------------------------
+
+    async def _mark_missing(self, report: PassReport) -> None:
+        files = self.db[Collections.FILES]
+        async for doc in files.find({"status": "ready"}, {"file_path": 1}):
+            path = doc.get("file_path") or ""
+            if not is_under(self.root, path):
+                report.errors.append(f"file {doc['_id']}: path outside the storage root")
+                continue
+            if await asyncio.to_thread(os.path.exists, path):
+                continue
+            result = await files.update_one(
+                {"_id": doc["_id"], "status": "ready"},
+                {"$set": {"status": "failed", "failure_reason": "missing", "modified": utcnow()}},
+            )
+            if result.modified_count:
+                report.missing.append(str(doc["_id"]))
+                log.warning("file_missing", file_id=str(doc["_id"]), path=path)
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def _retention(self, report: PassReport, now: datetime) -> None:
+        projection = {"delete_after": 1, "max_files": 1, "max_bytes": 1, "tenant": 1}
+        async for job in self.db[Collections.RECORDINGS].find({}, projection):
+            rules = RetentionRules.of(job)
+            if not rules.any:
+                continue
+            job_id = str(job["_id"])
+            query = {"entity_id": job_id, "status": {"$nin": list(COUNTED_OUT)}}
+            files = [f async for f in self.db[Collections.FILES].find(query).sort("created", 1)]
+            for record, reason in select_for_deletion(files, rules, now):
+                await self._delete(report, record, reason, now)
+
+    async def _delete(
+        self, report: PassReport, record: dict[str, Any], reason: str, now: datetime
+    ) -> None:
+        files = self.db[Collections.FILES]
+        claimed = await files.find_one_and_update(
+            {"_id": record["_id"], "status": record["status"]},
+            {"$set": {"status": "deleted", "deleted_at": now, "deleted_by": self.node_id,
+                      "delete_reason": reason, "modified": utcnow()}},
+            return_document=ReturnDocument.AFTER,
+        )  # fmt: skip
+        if claimed is None:  # another janitor (or the API) got there first
+            return
+        try:
+            await asyncio.to_thread(delete_file_record_from_disk, self.root, claimed)
+        except Exception as exc:
+            # Left `deleted`: the purge retries it after the grace period.
+            report.errors.append(f"file {record['_id']}: {exc}")
+            return
+        await files.delete_one({"_id": claimed["_id"], "deleted_by": self.node_id})
+        await self._removed(report, claimed, reason)
+
+    async def _purge_deleted(self, report: PassReport, now: datetime) -> None:
+        files = self.db[Collections.FILES]
+        cutoff = now - timedelta(seconds=self.deleted_grace_s)
+        query = {
+            "status": "deleted",
+            "$or": [{"deleted_at": {"$lt": cutoff}},
+                    {"deleted_at": {"$exists": False}, "modified": {"$lt": cutoff}}],
+        }  # fmt: skip
+        ids = [doc["_id"] async for doc in files.find(query, {"_id": 1})]
+        for file_id in ids:
+            record = await files.find_one_and_delete({"_id": file_id, "status": "deleted"})
+            if record is None:
+                continue
+            try:
+                await asyncio.to_thread(delete_file_record_from_disk, self.root, record)
+            except Exception as exc:
+                report.errors.append(f"file {file_id}: {exc}")
+            await self._removed(report, record, "purge")
+
+    async def _removed(self, report: PassReport, record: dict[str, Any], reason: str) -> None:
+        job_id = str(record.get("entity_id", ""))
+        report.deleted.append(
+            RemovedFile(
+                id=str(record["_id"]),
+                job_id=job_id,
+                file_name=str(record.get("file_name", "")),
+                size_bytes=int(record.get("size_bytes") or 0),
+                reason=reason,  # type: ignore[arg-type]
+            )
+        )
+        log.info("file_deleted", file_id=str(record["_id"]), job_id=job_id, reason=reason)
+        if self.bus is None or not _JOB_DIR.match(job_id):
+            return
+        try:
+            event = JobEvent(
+                type="file_deleted",
+                module=MODULE,
+                job_id=job_id,
+                tenant=str(record.get("tenant", "")),
+                node=self.node_id,
+                reason=reason,
+                file=present_file(record),
+            )
+            await self.bus.publish(self.bus.subjects.event(MODULE, job_id, "file_deleted"), event)
+        except Exception as exc:
+            log.warning("event_not_sent", job_id=job_id, event="file_deleted", error=str(exc))
+
+    # -- orphans --------------------------------------------------------------------------
+
+    async def _orphans(self, report: PassReport, now: datetime) -> None:
+        known: dict[str, set[str]] = {}
+        async for doc in self.db[Collections.FILES].find({}, {"entity_id": 1, "file_path": 1}):
+            known.setdefault(str(doc.get("entity_id")), set()).add(str(doc.get("file_path")))
+        found = await asyncio.to_thread(self._scan, known, now)
+        for path, size in found:
+            removed = False
+            if self.remove_orphans:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed = True
+            report.orphans.append(Orphan(path=str(path), size_bytes=size, removed=removed))
+            log.warning("orphan_file", path=str(path), size_bytes=size, removed=removed)
+
+    def _scan(self, known: dict[str, set[str]], now: datetime) -> list[tuple[Path, int]]:
+        """Unrecorded, visible, old-enough files in ``<root>/<job id>/`` folders."""
+        root = self.root.resolve()
+        if not root.is_dir():
+            return []
+        cutoff = now.timestamp() - self.orphan_grace_s
+        found = []
+        for folder in sorted(root.iterdir()):
+            if not _JOB_DIR.match(folder.name) or not folder.is_dir() or folder.is_symlink():
+                continue
+            names = known.get(folder.name, set())
+            listed = {str(Path(p).resolve()) for p in names}
+            for playlist in [Path(p) for p in names if p.endswith(".m3u8")]:
+                listed |= {str(s.resolve()) for s in hls_segments(playlist)}
+            for entry in sorted(folder.iterdir()):
+                if entry.name.startswith(".") or not entry.is_file() or entry.is_symlink():
+                    continue
+                if str(entry.resolve()) in listed:
+                    continue
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:
+                    continue
+                if stat.st_mtime <= cutoff:
+                    found.append((entry, stat.st_size))
+        return found
