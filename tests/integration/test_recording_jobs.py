@@ -197,16 +197,22 @@ async def test_kill_9_of_the_recorder_leaves_a_playable_file_and_another_takes_o
     await eventually(taken_over, timeout=30, what="recorder-2 to take the job over")
     assert ffmpeg_children(second.pid)
     await wait_recorded(stack, job_id, 3.0)
+    # Both parts are on the job while the session runs; the dead node's part was finished.
+    parts = (await job(stack, job_id))["recordedFiles"]
+    assert len(parts) == 2, parts
+    first_part = await probe(parts[0]["file_path"])
+    video, _audio = av_streams(first_part)
+    assert video["codec_name"] == "h264"
+    assert duration_s(first_part) >= 4.0  # at most the last GOP (1 s) lost of >= 5 s
+    # The session ends with the stop: recorder-2 joins both parts into one file.
     final = await stop_and_wait(stack, job_id)
     files = final["recordedFiles"]
-    assert len(files) == 2, files
-    assert [f["status"] for f in files] == ["ready", "ready"]
-    first_part = await probe(files[0]["file_path"])
-    second_part = await probe(files[1]["file_path"])
-    for info in (first_part, second_part):
-        video, _audio = av_streams(info)
-        assert video["codec_name"] == "h264"
-    assert duration_s(first_part) >= 4.0  # at most the last GOP (1 s) lost of >= 5 s
+    assert len(files) == 1, files
+    assert files[0]["status"] == "ready"
+    joined = await probe(files[0]["file_path"])
+    assert duration_s(joined) >= duration_s(first_part) + 2.5
+    stored = await db[Collections.FILES].find_one({"entity_id": job_id})
+    assert stored["integrity"]["parts"] == 2
 
 
 async def test_source_drop_of_10_s_resumes_by_itself_into_a_second_part(
@@ -233,14 +239,76 @@ async def test_source_drop_of_10_s_resumes_by_itself_into_a_second_part(
 
     await eventually(second_part_running, timeout=30, what="a second part recording")
     await wait_recorded(stack, job_id, 2.0)
+    first_part = (await job(stack, job_id))["recordedFiles"][0]
+    assert duration_s(await probe(first_part["file_path"])) >= 2.0
     final = await stop_and_wait(stack, job_id)
     files = final["recordedFiles"]
-    assert len(files) == 2
-    for record in files:
-        assert record["status"] == "ready"
-        info = await probe(record["file_path"])
+    assert len(files) == 1  # seamless (the default): one file for the session
+    assert files[0]["status"] == "ready"
+    av_streams(await probe(files[0]["file_path"]))
+    stored = await db[Collections.FILES].find_one({"entity_id": job_id})
+    assert stored["integrity"]["parts"] == 2
+    (gap,) = stored["integrity"]["gaps"]
+    assert gap["duration_ms"] >= 9_000  # the source was away 10 s; the gap is reported
+
+
+async def test_seamless_session_with_two_source_drops_is_one_file_with_two_gaps(
+    stack, db, media_source_factory
+):
+    source = await media_source_factory("srt")
+    await stack.start_recorder()
+    await recorder_ready(stack, db)
+    async with Events(stack.env["REELHOUSE_NATS_URL"], stack.env["REELHOUSE_SUBJECT_PREFIX"]) as ev:
+        job_id = (await stack.ok("create", job_body(source.url)))["id"]
+        live = []
+        for part in (1, 2, 3):
+
+            async def recording_part(n: int = part) -> bool:
+                j = await job(stack, job_id)
+                return (j["runtime"] or {}).get("state") == "running" and len(
+                    j["recordedFiles"]
+                ) == n
+
+            await eventually(recording_part, timeout=40, what=f"part {part} recording")
+            before = await out_time_s(stack, job_id)
+            await wait_recorded(stack, job_id, before + 3.0)
+            live.append(await out_time_s(stack, job_id))
+            if part < 3:
+                await source.stop()
+
+                async def retrying() -> bool:
+                    state = ((await job(stack, job_id))["runtime"] or {}).get("state")
+                    return state == "retrying"
+
+                await eventually(retrying, timeout=30, what="the job retrying")
+                await asyncio.sleep(3)  # the scenario itself: the source stays away 3 s more
+                await source.start()
+        final = await stop_and_wait(stack, job_id)
+        files = final["recordedFiles"]
+        assert len(files) == 1, files
+        assert files[0]["status"] == "ready"
+        info = await probe(files[0]["file_path"])
         av_streams(info)
-    assert duration_s(await probe(files[0]["file_path"])) >= 2.0
+        # The joined file holds the three live periods (at most a GOP lost at each cut).
+        assert duration_s(info) >= sum(live) - 3.0, (duration_s(info), live)
+        stored = await db[Collections.FILES].find_one({"entity_id": job_id})
+        assert stored["integrity"]["parts"] == 3
+        assert len(stored["integrity"]["gaps"]) == 2
+        report = stored["integrity"]
+        gaps_ms = sum(g["duration_ms"] for g in report["gaps"])
+        assert all(g["duration_ms"] >= 3000 for g in report["gaps"])
+        # The wall clock from the first media to the last spans the media and the gaps.
+        span = report["duration_ms"] + gaps_ms
+        assert abs(report["expected_ms"] - span) <= 2000, report["periods"]
+
+        async def joined_events() -> bool:
+            types = ev.types(job_id)
+            return "processing_complete" in types and "file_ready" in types
+
+        await eventually(joined_events, timeout=10, what="processing_complete and file_ready")
+        assert ev.types(job_id).index("processing_started") < ev.types(job_id).index(
+            "processing_complete"
+        )
 
 
 async def test_update_restarts_a_running_job_and_remove_file_and_remove_delete(

@@ -30,4 +30,4 @@ class Events:
         await self.nc.close()
 
     def types(self, job_id: str) -> list[str]:
-        return [e["type"] for e in self.received if e["job_id"] == job_id]
+        return [e["type"] for e in self.received if e.get("job_id") == job_id]

@@ -12,6 +12,7 @@
      ├── Unavailable                503 UNAVAILABLE        (a dependency is down or busy)
      ├── UpstreamError              502 UPSTREAM_ERROR     (a source refused us or is invalid)
      ├── UpstreamTimeout            504 UPSTREAM_TIMEOUT   (a source or service missed its deadline)
+     ├── InsufficientStorage        507 INSUFFICIENT_STORAGE (the disk is past its critical level)
      └── InternalError              500 INTERNAL_ERROR
 
 Routes and services raise these; the API's single exception handler turns them into::
@@ -105,6 +106,13 @@ class UpstreamTimeout(ReelhouseError):
 
     code = "UPSTREAM_TIMEOUT"
     status = 504
+
+
+class InsufficientStorage(ReelhouseError):
+    """The storage filesystem is past its critical watermark: nothing new may record."""
+
+    code = "INSUFFICIENT_STORAGE"
+    status = 507
 
 
 class InternalError(ReelhouseError):

@@ -18,6 +18,8 @@ from typing import Literal, TypeVar
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from reelhouse.common.storage import DiskState, disk_state
+
 ENV_PREFIX = "REELHOUSE_"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -55,6 +57,28 @@ class CommonSettings(BaseSettings):
     mongodb_timeout_ms: int = Field(
         3000, gt=0, description="Server selection timeout for MongoDB operations, milliseconds."
     )
+    disk_warning_pct: float = Field(
+        85.0,
+        gt=0,
+        le=100,
+        description="Used share of the storage filesystem, %, at which a `disk_warning` event is "
+        "published.",
+    )
+    disk_critical_pct: float = Field(
+        95.0,
+        gt=0,
+        le=100,
+        description="Used share of the storage filesystem, %, at which recordings are refused "
+        "(507) and recorders stop claiming.",
+    )
+
+    def disk_state(self) -> DiskState:
+        """The storage root's disk against this deployment's watermarks."""
+        return disk_state(
+            self.storage_root,
+            warning_pct=self.disk_warning_pct,
+            critical_pct=self.disk_critical_pct,
+        )
 
     @field_validator("subject_prefix")
     @classmethod

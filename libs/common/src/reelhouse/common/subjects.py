@@ -8,6 +8,7 @@ Scheme (``<p>`` is the deployment's subject prefix, default ``reelhouse``)::
     <p>.req.janitor.cleanup                request/reply: run a janitor pass now (queue group)
     <p>.stats.<module>.<job_id>            progress, about once a second per running job
     <p>.evt.<module>.<job_id>.<event>      events; kept in a JetStream stream by age
+    <p>.evt.storage.<event>                storage-wide events of no job (``disk_warning``)
 
 ``<module>`` is ``recording``, ``restream`` or ``stream``. Job ids are 24-hex ObjectId strings; user
 text (names, URLs) never goes into a subject.
@@ -97,6 +98,10 @@ class Subjects:
             f"{self.prefix}.evt.{_check('module', module, MODULES)}.{_job(job_id)}."
             f"{_check('event', event, EVENTS)}"
         )
+
+    def storage_event(self, event: Event) -> str:
+        """A storage-wide event of no job, e.g. ``reelhouse.evt.storage.disk_warning``."""
+        return f"{self.prefix}.evt.storage.{_check('event', event, EVENTS)}"
 
     def all_events(self) -> str:
         """Wildcard for every event (what the JetStream events stream captures)."""

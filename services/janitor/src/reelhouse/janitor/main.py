@@ -29,6 +29,8 @@ def make_janitor(ctx: ServiceContext[JanitorSettings]) -> Janitor:
         deleted_grace_s=s.deleted_grace_s,
         orphan_grace_s=s.orphan_grace_s,
         remove_orphans=s.remove_orphans,
+        disk_warning_pct=s.disk_warning_pct,
+        disk_critical_pct=s.disk_critical_pct,
     )
 
 

@@ -1,4 +1,6 @@
-"""The janitor's pass: retention, purge of soft-deleted records, vanished files, orphans.
+"""The janitor's pass: retention, purge of soft-deleted records, vanished files, orphans, and
+the disk watermarks (a ``disk_warning`` event on ``<p>.evt.storage.disk_warning`` each time the
+storage disk enters the warning or the critical level; docs/DECISIONS.md "Disk watermarks").
 
 Safe with several janitors at once (docs/DECISIONS.md "Retention and storage (janitor)"):
 
@@ -28,7 +30,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
-from reelhouse.common.contracts.messages import JobEvent
+from reelhouse.common.contracts.messages import DiskWarning, JobEvent
 from reelhouse.common.contracts.storage import Orphan, PassReport, RemovedFile
 from reelhouse.common.files import (
     delete_file_record_from_disk,
@@ -38,6 +40,7 @@ from reelhouse.common.files import (
 )
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections
+from reelhouse.common.storage import DiskLevel, disk_state
 
 MODULE = "recording"
 DELETABLE = ("ready", "failed")
@@ -113,6 +116,8 @@ class Janitor:
         deleted_grace_s: float = 3600.0,
         orphan_grace_s: float = 3600.0,
         remove_orphans: bool = False,
+        disk_warning_pct: float = 85.0,
+        disk_critical_pct: float = 95.0,
     ) -> None:
         self.db = db
         self.root = Path(storage_root)
@@ -121,6 +126,10 @@ class Janitor:
         self.deleted_grace_s = deleted_grace_s
         self.orphan_grace_s = orphan_grace_s
         self.remove_orphans = remove_orphans
+        self.disk_warning_pct = disk_warning_pct
+        self.disk_critical_pct = disk_critical_pct
+        self.disk_level: DiskLevel = "ok"
+        """The level of the last pass; an event goes out only when it changes."""
         self._lock = asyncio.Lock()
 
     async def run_pass(self, now: datetime | None = None) -> PassReport:
@@ -132,6 +141,7 @@ class Janitor:
             await self._retention(report, now)
             await self._purge_deleted(report, now)
             await self._orphans(report, now)
+            await self._disk(report)
             report.finished = utcnow()
             log.info(
                 "janitor_pass",
@@ -242,6 +252,48 @@ class Janitor:
             await self.bus.publish(self.bus.subjects.event(MODULE, job_id, "file_deleted"), event)
         except Exception as exc:
             log.warning("event_not_sent", job_id=job_id, event="file_deleted", error=str(exc))
+
+    # -- disk watermarks -------------------------------------------------------------------
+
+    async def _disk(self, report: PassReport) -> None:
+        """Publish ``disk_warning`` when the level rises to warning/critical (once per change)."""
+        try:
+            disk = await asyncio.to_thread(
+                disk_state,
+                self.root,
+                warning_pct=self.disk_warning_pct,
+                critical_pct=self.disk_critical_pct,
+            )
+        except OSError as exc:
+            report.errors.append(f"disk check: {exc}")
+            return
+        previous, self.disk_level = self.disk_level, disk.level
+        if disk.level == previous:
+            return
+        (log.info if disk.level == "ok" else log.warning)(
+            "disk_level_changed",
+            level=disk.level,
+            previous=previous,
+            used_pct=round(disk.used_pct, 1),
+            free_bytes=disk.free,
+        )
+        if disk.level == "ok" or self.bus is None:
+            return
+        event = DiskWarning(
+            node=self.node_id,
+            level=disk.level,
+            used_pct=round(disk.used_pct, 2),
+            warning_pct=disk.warning_pct,
+            critical_pct=disk.critical_pct,
+            total_bytes=disk.total,
+            free_bytes=disk.free,
+            reason=disk.describe(),
+        )
+        try:
+            await self.bus.publish(self.bus.subjects.storage_event("disk_warning"), event)
+        except Exception as exc:
+            self.disk_level = previous  # try again on the next pass
+            log.warning("event_not_sent", event="disk_warning", error=str(exc))
 
     # -- orphans --------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,12 +25,13 @@ from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.contracts.recording import FILE_EXTENSIONS, RecordingIn
 from reelhouse.common.ffmpeg.command import build_recording_args
-from reelhouse.common.ffmpeg.probe import probe_file
+from reelhouse.common.ffmpeg.probe import FileFacts, probe_file
 from reelhouse.common.ffmpeg.progress import ProgressSnapshot
 from reelhouse.common.files import (
     FILE_TIME_FORMAT,
     FILE_VISIBILITY_PUBLIC,
     MODULE_RECORDINGS,
+    checked_path,
     file_name,
     hls_segments,
     job_dir,
@@ -49,6 +51,43 @@ def recording_config(job: dict[str, Any], input_doc: dict[str, Any]) -> Recordin
     fields = {k: v for k, v in job.items() if k in RecordingIn.model_fields and k != "input"}
     inp = {k: v for k, v in input_doc.items() if k not in _INPUT_STORED_ONLY}
     return RecordingIn.model_validate({**fields, "input": inp})
+
+
+GAP_MIN_MS = 1000
+"""Time between two parts of a session below which it is not reported as a gap."""
+
+
+def integrity_report(parts: list[dict[str, Any]], facts: FileFacts) -> dict[str, Any]:
+    """What the joined file holds against what the wall clock says, and where the gaps are.
+
+    Each part's media ends when its file was last written and began its media duration
+    earlier; the time between one part's end and the next one's beginning that no media
+    covers is a gap (reported from one second).
+    """
+
+    def began(part: dict[str, Any]) -> datetime:
+        if part.get("duration_ms"):
+            return part["part_ended_at"] - timedelta(milliseconds=part["duration_ms"])
+        return part["part_started_at"]
+
+    periods = [{"from": began(p), "to": p["part_ended_at"], "duration_ms": p.get("duration_ms")}
+               for p in parts]  # fmt: skip
+    gaps = []
+    for index, (prev, nxt) in enumerate(itertools.pairwise(periods)):
+        gap_ms = int((nxt["from"] - prev["to"]).total_seconds() * 1000)
+        if gap_ms >= GAP_MIN_MS:
+            gaps.append({"after_part": index + 1, "from": prev["to"], "to": nxt["from"],
+                         "duration_ms": gap_ms})  # fmt: skip
+    expected = periods[-1]["to"] - periods[0]["from"]
+    return {
+        "parts": len(parts),
+        "duration_ms": facts.duration_ms,
+        "expected_ms": int(expected.total_seconds() * 1000),
+        "gaps": gaps,
+        "periods": periods,
+        "streams": list(facts.streams),
+        "checked_at": utcnow(),
+    }
 
 
 class RecordingRun(SupervisedRun):
@@ -76,6 +115,7 @@ class RecordingRun(SupervisedRun):
             config.recording_mode == "RECORDING_MODE_SPLIT_BY_TIME"
             and config.output_format != "m3u8"
         )
+        self._seamless = config.is_seamless  # parts of a session are joined when it ends
         self._part = 0
         self._part_path: Path | None = None  # infinity mode: the current part's file
         self._part_started = utcnow()  # wall-clock start of the current part
@@ -104,6 +144,8 @@ class RecordingRun(SupervisedRun):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
         await self._sweep()
+        if self._seamless and await self._session_ended(self.lease.generation):
+            await self._join_session(self.lease.generation)
 
     def _runtime_extra(self) -> dict[str, Any]:
         return {"part": self._part}
@@ -148,7 +190,7 @@ class RecordingRun(SupervisedRun):
 
     async def _before_progress(self, snapshot: ProgressSnapshot) -> None:
         if not self._split and self._part_record is None and self._part_path is not None:
-            await self._open_part_record()
+            await self._open_part_record(snapshot)
 
     async def _on_exit(self, returncode: int, stderr_tail: list[str]) -> None:
         if self._split:
@@ -161,7 +203,7 @@ class RecordingRun(SupervisedRun):
 
     def _record(self, path: Path, *, status: str) -> dict[str, Any]:
         now = utcnow()
-        return {
+        record = {
             "_id": ObjectId(),
             "tenant": self.tenant,
             "file_name": path.name,
@@ -179,6 +221,11 @@ class RecordingRun(SupervisedRun):
             "created": now,
             "modified": now,
         }
+        if self._seamless:
+            # A part of the session ``generation``: stays "recording" until the session ends.
+            record.update(seamless=True, session=self.lease.generation,
+                          part_started_at=self._part_started)  # fmt: skip
+        return record
 
     async def _job_exists(self) -> bool:
         return (
@@ -188,9 +235,13 @@ class RecordingRun(SupervisedRun):
             == 1
         )
 
-    async def _open_part_record(self) -> None:
+    async def _open_part_record(self, snapshot: ProgressSnapshot) -> None:
         assert self._part_path is not None
         record = self._record(self._part_path, status="recording")
+        if self._seamless:
+            # When the media began (FFmpeg reports progress after probing the source).
+            began = utcnow() - timedelta(seconds=snapshot.out_time_s or 0)
+            record["part_started_at"] = max(self._part_started, began)
         try:
             if not await self._job_exists():
                 return
@@ -224,20 +275,27 @@ class RecordingRun(SupervisedRun):
             if record_id is not None:
                 await files.delete_one({"_id": record_id})
             return
-        status = "ready"
+        now = utcnow()
+        status = "recording" if self._seamless else "ready"
+        closed: dict[str, Any] = {"status": status, "size_bytes": size, "duration_ms": duration,
+                                  "modified": now}  # fmt: skip
+        if self._seamless:
+            mtime = datetime.fromtimestamp((await asyncio.to_thread(os.stat, path)).st_mtime, UTC)
+            closed["part_ended_at"] = min(now, mtime)
         if record_id is None:
             if not await self._job_exists():
                 return
             record = self._record(path, status=status)
-            record.update(size_bytes=size, duration_ms=duration)
+            record.update(closed)
+            if self._seamless:
+                record["part_started_at"] = closed["part_ended_at"] - timedelta(
+                    milliseconds=duration or 0
+                )
             await files.insert_one(record)
         else:
             record = await files.find_one_and_update(
-                {"_id": record_id},
-                {"$set": {"status": status, "size_bytes": size, "duration_ms": duration,
-                          "modified": utcnow()}},
-                return_document=True,
-            )  # fmt: skip
+                {"_id": record_id}, {"$set": closed}, return_document=True
+            )
             if record is None:  # removed meanwhile
                 return
         self._log.info("file_closed", file=path.name, size_bytes=size, duration_ms=duration)
@@ -272,10 +330,113 @@ class RecordingRun(SupervisedRun):
     async def _recover_previous_parts(self) -> None:
         """Finalise records a dead owner left in status ``recording``; register stray files."""
         cursor = self._db[Collections.FILES].find({"entity_id": self.job_id, "status": "recording"})
+        ended_sessions: set[int] = set()
         async for record in cursor:
+            if record.get("seamless") and record.get("session") != self.lease.generation:
+                ended_sessions.add(int(record.get("session", 0)))
+            if record.get("part_ended_at") is not None:
+                continue  # a closed part of a session: joined when its session ends
             self._log.info("file_recovered", file=record["file_name"], node=record.get("node"))
             await self._close_part(Path(record["file_path"]), record["_id"])
         await self._sweep()
+        for session in sorted(ended_sessions):  # restarted or updated while its owner was dead
+            await self._join_session(session)
+
+    # -- seamless sessions --------------------------------------------------------------------
+
+    async def _session_ended(self, session: int) -> bool:
+        """Whether ``session`` is over (stopped, restarted or updated), not just handed over."""
+        doc = await self._db[Collections.RECORDINGS].find_one(
+            {"_id": self.lease.job_id}, {"active": 1, "generation": 1}
+        )
+        if doc is None:
+            return False  # being removed: its files go with it
+        return not doc.get("active") or int(doc.get("generation", 0)) != session
+
+    async def _join_session(self, session: int) -> None:
+        """Join the parts of an ended session, without re-encoding, into one fast-start file.
+
+        The joined file takes the first part's name and record (status ``processing`` while
+        FFmpeg copies, then ``ready`` with an integrity report: real and expected duration and
+        the gaps between parts). If the join fails, the parts become ``ready`` one by one.
+        """
+        files = self._db[Collections.FILES]
+        query = {"entity_id": self.job_id, "session": session, "seamless": True,
+                 "status": "recording", "part_ended_at": {"$exists": True}}  # fmt: skip
+        parts = sorted([doc async for doc in files.find(query)], key=lambda d: d["part_started_at"])
+        if not parts:
+            return
+        ids = [p["_id"] for p in parts]
+        started = utcnow()
+        await files.update_many(
+            {"_id": {"$in": ids}},
+            {"$set": {"status": "processing", "processing_started_at": started,
+                      "modified": started}},
+        )  # fmt: skip
+        first = parts[0]
+        await self._event(
+            "processing_started", file=present_file({**first, "status": "processing"})
+        )
+        paths = [checked_path(self._settings.storage_root, p["file_path"]) for p in parts]
+        joined = self._dir / f".join-{first['_id']}.{self._ext}"
+        listing = self._dir / f".join-{first['_id']}.txt"
+        error = await self._concat(paths, listing, joined)
+        if error is not None:
+            self._log.warning("session_join_failed", session=session, error=error)
+            now = utcnow()
+            await files.update_many(
+                {"_id": {"$in": ids}},
+                {"$set": {"status": "ready", "ready_at": now, "modified": now,
+                          "integrity": {"parts": len(parts), "join_failed": error}}},
+            )  # fmt: skip
+            await self._event("processing_failed", reason=error,
+                              file=present_file({**first, "status": "ready"}))  # fmt: skip
+            return
+        facts = await probe_file(joined)
+        final = Path(first["file_path"])
+        for path in paths:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(path.unlink)
+        await asyncio.to_thread(joined.rename, final)
+        now = utcnow()
+        record = await files.find_one_and_update(
+            {"_id": first["_id"]},
+            {"$set": {"status": "ready", "size_bytes": facts.size_bytes,
+                      "duration_ms": facts.duration_ms, "ready_at": now, "modified": now,
+                      "integrity": integrity_report(parts, facts)}},
+            return_document=True,
+        )  # fmt: skip
+        await files.delete_many({"_id": {"$in": ids[1:]}})
+        self._log.info("session_joined", session=session, parts=len(parts), file=final.name,
+                       duration_ms=facts.duration_ms)  # fmt: skip
+        if record is not None:
+            await self._event("processing_complete", file=present_file(record))
+            await self._event("file_ready", file=present_file(record))
+
+    async def _concat(self, paths: list[Path], listing: Path, out: Path) -> str | None:
+        """Copy ``paths`` one after the other into ``out``; None, or FFmpeg's error."""
+
+        def quoted(path: Path) -> str:
+            return "file '" + str(path).replace("'", "'\\''") + "'"
+
+        await asyncio.to_thread(listing.write_text, "\n".join(map(quoted, paths)) + "\n")
+        faststart = ["-movflags", "+faststart"] if self._ext == "mp4" else []
+        argv = [
+            self._settings.ffmpeg_path, "-hide_banner", "-nostdin", "-loglevel", "error",
+            "-protocol_whitelist", "file", "-f", "concat", "-safe", "0", "-i", str(listing),
+            "-map", "0", "-c", "copy", *faststart, "-y", str(out),
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await proc.communicate()
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(listing.unlink)
+        if proc.returncode != 0:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(out.unlink)
+            return err.decode(errors="replace").strip()[-500:] or f"ffmpeg rc {proc.returncode}"
+        return None
 
     # -- split mode ---------------------------------------------------------------------------
 

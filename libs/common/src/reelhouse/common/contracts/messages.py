@@ -44,8 +44,9 @@ class ProcessData(BaseModel):
 
 DestinationStatus = Literal["starting", "sending", "down", "retrying"]
 FailureKind = Literal[
-    "connection_refused", "timeout", "auth_rejected", "not_found", "protocol_error", "unknown"
-]
+    "connection_refused", "timeout", "auth_rejected", "not_found", "disk_full", "protocol_error",
+    "unknown",
+]  # fmt: skip
 
 
 class DestinationState(BaseModel):
@@ -97,3 +98,22 @@ class JobEvent(BusMessage):
     delay_s: float | None = None
     file: dict[str, Any] | None = None
     """For file events: the file record as the API shows it."""
+
+
+class DiskWarning(BusMessage):
+    """The storage disk entered a watermark level, on ``<p>.evt.storage.disk_warning``.
+
+    Published by the janitor once per level change (``warning`` or ``critical``; a return to
+    ``ok`` is only logged). No job: ``job_id`` is absent.
+    """
+
+    type: Literal["disk_warning"] = "disk_warning"
+    node: str
+    level: Literal["warning", "critical"]
+    used_pct: float
+    warning_pct: float
+    critical_pct: float
+    total_bytes: int
+    free_bytes: int
+    reason: str
+    timestamp: Timestamp = Field(default_factory=utcnow)

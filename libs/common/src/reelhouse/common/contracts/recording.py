@@ -77,6 +77,9 @@ class RecordingIn(BaseModel):
     max_bytes: Annotated[StrictInt, Field(ge=0)] = 0
     """Keep at most this many bytes of the job's files (oldest go first; 0: no limit)."""
     active: StrictBool = False
+    seamless: StrictBool | None = None
+    """Join the parts of one session (source drops, failovers) into one file when it ends.
+    Default (None): on for RECORDING_MODE_INFINITY, except m3u8; split-by-time never joins."""
 
     @field_validator("recording_mode_settings")
     @classmethod
@@ -102,6 +105,13 @@ class RecordingIn(BaseModel):
             output_format=self.output_format,
         )
         return self
+
+    @property
+    def is_seamless(self) -> bool:
+        """Whether the parts of a session are joined into one file when the session ends."""
+        if self.recording_mode != "RECORDING_MODE_INFINITY" or self.output_format == "m3u8":
+            return False
+        return True if self.seamless is None else self.seamless
 
     def config(self) -> dict[str, Any]:
         """The job's stored configuration (everything but the input, which is its own document)."""

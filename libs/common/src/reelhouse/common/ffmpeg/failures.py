@@ -10,6 +10,8 @@ FFmpeg reports a failed output on stderr in a few recognisable shapes (as printe
 * ``[srt @ 0x..] Connection setup failure: connection timed out``
 * ``...processAsyncConnectRequest: REJECT reported from HS processing: Password required or
   unexpected`` (libsrt's own log line when the passphrase does not match)
+* ``[hls @ 0x..] ... No space left on device`` / ``av_interleaved_write_frame(): No space left on
+  device`` (ENOSPC: the storage is full; ``disk_full``, checked before ``protocol_error``)
 
 :func:`classify` maps one line (or several) to a :data:`FailureKind`. Stream-key and
 authentication rejections are told apart because retrying them at the usual pace only hammers the
@@ -42,6 +44,7 @@ _RULES: tuple[tuple[FailureKind, re.Pattern[str]], ...] = (
         re.compile(r"timed out|timeout|no route to host|network is unreachable", re.I),
     ),
     ("not_found", re.compile(r"\b404\b|not found|no such stream|unknown stream", re.I)),
+    ("disk_full", re.compile(r"no space left on device|enospc|disk quota exceeded", re.I)),
     (
         "protocol_error",
         re.compile(

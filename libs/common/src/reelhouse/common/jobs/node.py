@@ -99,6 +99,11 @@ class JobNode(ABC):
         if isinstance(self.settings, WorkerSettings):
             self.settings.storage_root.mkdir(parents=True, exist_ok=True)
 
+    async def can_claim(self) -> bool:
+        """Whether this node may claim another job now (the recorder: not while the disk is
+        critical). Consulted before each claim; running jobs are not affected."""
+        return True
+
     @abstractmethod
     async def make_run(self, lease: Lease) -> JobRun:
         """The run of a freshly claimed job; raise :class:`InvalidJob` if it cannot be run."""
@@ -152,6 +157,8 @@ class JobNode(ABC):
 
     async def _claim(self) -> None:
         while len(self.runs) < self.max_jobs and not self.ctx.stop.is_set():
+            if not await self.can_claim():
+                return
             try:
                 lease = await self.leases.claim(where=self.claim_where)
             except Exception as exc:

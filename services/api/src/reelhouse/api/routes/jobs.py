@@ -3,6 +3,10 @@
 A job document links its ``input`` (and, for restreams, ``output``) documents by id lists; the API
 presents them populated, in list order. Desired-state changes are followed by a hint to the
 module's workers (ARCHITECTURE §2); the API never writes ``runtime``, it only presents it.
+
+Activating a job that writes to the storage (every recording; a restream with an HLS output) is
+refused with 507 ``INSUFFICIENT_STORAGE`` while the storage disk is past its critical watermark
+(docs/DECISIONS.md "Disk watermarks"): after validation, before anything is stored.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.listing import ListQuery
 from reelhouse.common.contracts.messages import DEFAULT_TENANT, JobCommand, JobStats
-from reelhouse.common.errors import NotFound
+from reelhouse.common.errors import InsufficientStorage, NotFound
 from reelhouse.common.logging import get_logger
 from reelhouse.common.subjects import Module, Service, Verb
 
@@ -42,6 +46,47 @@ class JobKind:
     """Job fields shown in responses, in order (besides ids, timestamps, runtime)."""
     links: dict[str, str]
     """Job field holding a list of ids → the collection of those documents."""
+    writes_files: bool = False
+    """Every active job writes to the storage (recordings); otherwise only jobs with an output
+    of a :data:`FILE_OUTPUT_TYPES` type do (a restream's HLS)."""
+
+
+FILE_OUTPUT_TYPES = frozenset({"OUTPUT_TYPE_HLS"})
+"""Output types written under the storage root: refused while the disk is critical."""
+
+
+def _writes_files(kind: JobKind, output_types: list[str]) -> bool:
+    return kind.writes_files or any(t in FILE_OUTPUT_TYPES for t in output_types)
+
+
+async def check_disk(state: AppState, kind: JobKind, job_id: str | None = None) -> None:
+    """Raise 507 ``INSUFFICIENT_STORAGE`` if the storage disk is past its critical level."""
+    disk = await asyncio.to_thread(state.settings.disk_state)
+    if disk.level != "critical":
+        return
+    log.warning(
+        f"{kind.module}_refused_disk_critical",
+        job_id=job_id,
+        used_pct=round(disk.used_pct, 1),
+        critical_pct=disk.critical_pct,
+    )
+    raise InsufficientStorage(
+        f"cannot activate the {kind.module}: {disk.describe()}. Free space under the storage "
+        "root (or raise REELHOUSE_DISK_CRITICAL_PCT) and try again."
+    )
+
+
+async def _stored_output_types(db: AsyncDatabase, kind: JobKind, job: dict[str, Any]) -> list[str]:
+    collection = kind.links.get("output")
+    ids = job.get("output") or []
+    if collection is None or not ids:
+        return []
+    found = db[collection].find({"_id": {"$in": ids}}, {"output_type": 1})
+    return [str(doc.get("output_type", "")) async for doc in found]
+
+
+def _linked_output_types(linked: dict[str, list[BaseModel]]) -> list[str]:
+    return [str(getattr(m, "output_type", "")) for m in linked.get("output", [])]
 
 
 def tenant_of(_principal: str) -> str:
@@ -156,6 +201,8 @@ async def create_job(
     The linked documents go first and are removed again if the job cannot be stored, so a
     failed create leaves nothing behind.
     """
+    if config.get("active") and _writes_files(kind, _linked_output_types(linked)):
+        await check_disk(state, kind)
     db, now, job_id = state.db, utcnow(), ObjectId()
     docs = {
         field: [
@@ -228,6 +275,8 @@ async def update_job(
     """
     db, now = state.db, utcnow()
     job = await load(db, kind, tenant, job_id)
+    if config.get("active") and _writes_files(kind, _linked_output_types(linked)):
+        await check_disk(state, kind, job_id)
     ids: dict[str, list[ObjectId]] = {}
     left_over: list[tuple[str, list[ObjectId]]] = []
     for field, models in linked.items():
@@ -254,7 +303,9 @@ async def set_active(
     state: AppState, kind: JobKind, tenant: str, job_id: str, *, active: bool
 ) -> None:
     """start (``active``, new generation, start hint) or stop (inactive, stop hint)."""
-    await load(state.db, kind, tenant, job_id)
+    job = await load(state.db, kind, tenant, job_id)
+    if active and _writes_files(kind, await _stored_output_types(state.db, kind, job)):
+        await check_disk(state, kind, job_id)
     change: dict[str, Any] = {"$set": {"active": active, "modified": utcnow()}}
     if active:
         change["$inc"] = {"generation": 1}

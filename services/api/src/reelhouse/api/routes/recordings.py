@@ -47,6 +47,7 @@ KIND = JobKind(
     collection=Collections.RECORDINGS,
     fields=_JOB_FIELDS,
     links={"input": Collections.INPUTS},
+    writes_files=True,
 )
 
 
