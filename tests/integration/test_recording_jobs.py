@@ -10,6 +10,8 @@ import asyncio
 import itertools
 import os
 import signal
+import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -404,3 +406,47 @@ async def test_rtmp_and_udp_inputs_record(stack, db, media_source_factory, kind,
     video, audio = av_streams(await probe(record["file_path"]))
     assert video["codec_name"] == "h264"
     assert audio["codec_name"] == "aac"
+
+
+async def test_a_full_disk_fails_the_job_visibly_without_a_restart_storm(
+    stack, db, srt_source, tmp_path
+):
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]
+    if subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("needs to mount a 1 MiB tmpfs (root)")
+    try:
+        await stack.start_recorder(
+            REELHOUSE_STORAGE_ROOT=str(small), REELHOUSE_DISK_FULL_RETRY_S="30"
+        )
+        await recorder_ready(stack, db)
+        async with Events(
+            stack.env["REELHOUSE_NATS_URL"], stack.env["REELHOUSE_SUBJECT_PREFIX"]
+        ) as ev:
+            job_id = (await stack.ok("create", job_body(srt_source.url)))["id"]
+
+            async def failed_event() -> dict[str, Any] | None:
+                for e in ev.received:
+                    if e.get("job_id") == job_id and e["type"] == "job_failed":
+                        return e
+                return None
+
+            event = await eventually(failed_event, timeout=60, what="job_failed (disk full)")
+            assert "disk full" in event["reason"]
+
+            async def degraded() -> dict[str, Any] | None:
+                rt = (await job(stack, job_id))["runtime"] or {}
+                return rt if rt.get("state") == "retrying" and rt.get("degraded") else None
+
+            runtime = await eventually(degraded, timeout=20, what="runtime.degraded")
+            assert "No space left on device" in runtime["degraded"]
+            restarts = runtime["restarts"]
+            seen = time.monotonic()
+            await eventually(lambda: time.monotonic() - seen > 8, timeout=10, what="8 s")
+            later = (await job(stack, job_id))["runtime"]
+            assert later["restarts"] == restarts  # waiting 30 s, not a restart storm
+            assert ev.types(job_id).count("job_failed") == 1
+            await stop_and_wait(stack, job_id)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)

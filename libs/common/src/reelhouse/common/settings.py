@@ -134,6 +134,11 @@ class WorkerSettings(CommonSettings):
         gt=0,
         description="Seconds between FFmpeg progress reports (the stats rate; each is parsed).",
     )
+    disk_full_retry_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds before a job whose disk filled up tries again (no restart storm).",
+    )
     ffmpeg_path: str = Field("ffmpeg", description="The ffmpeg binary (path or name on PATH).")
 
 

@@ -25,8 +25,10 @@ from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.contracts.recording import FILE_EXTENSIONS, RecordingIn
 from reelhouse.common.ffmpeg.command import build_recording_args
+from reelhouse.common.ffmpeg.failures import classify_lines
 from reelhouse.common.ffmpeg.probe import FileFacts, probe_file
 from reelhouse.common.ffmpeg.progress import ProgressSnapshot
+from reelhouse.common.ffmpeg.supervisor import SupervisorState
 from reelhouse.common.files import (
     FILE_TIME_FORMAT,
     FILE_VISIBILITY_PUBLIC,
@@ -125,6 +127,7 @@ class RecordingRun(SupervisedRun):
         self._list_offset = 0
         self._opened: set[str] = set()  # split mode: segment names announced as opened
         self._watch_task: asyncio.Task[None] | None = None
+        self._degraded: str | None = None  # why the job cannot record right now (disk full)
         super().__init__(lease=lease, leases=leases, bus=bus, settings=settings, node_id=node_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -148,7 +151,11 @@ class RecordingRun(SupervisedRun):
             await self._join_session(self.lease.generation)
 
     def _runtime_extra(self) -> dict[str, Any]:
-        return {"part": self._part}
+        return {"part": self._part, "degraded": self._degraded}
+
+    async def _state_changed(self, state: SupervisorState) -> None:
+        if state is SupervisorState.RUNNING:
+            self._degraded = None
 
     # -- FFmpeg arguments: one new part per (re)start -----------------------------------------
 
@@ -193,6 +200,14 @@ class RecordingRun(SupervisedRun):
             await self._open_part_record(snapshot)
 
     async def _on_exit(self, returncode: int, stderr_tail: list[str]) -> None:
+        if not self._stopping and classify_lines(stderr_tail) == "disk_full":
+            # Retrying at the usual pace would only fail again: wait, and say why, once.
+            self.supervisor.delay_next_retry(self._settings.disk_full_retry_s)
+            if self._degraded is None:
+                line = next((x for x in reversed(stderr_tail) if "space" in x.lower()), "")
+                self._degraded = f"disk full: {line.strip()[-300:]}"
+                self._log.error("recording_disk_full", detail=self._degraded)
+                await self._event("job_failed", state="retrying", reason=self._degraded)
         if self._split:
             await self._drain_segment_list()
         elif self._part_path is not None:
