@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -243,6 +245,50 @@ async def test_orphans_are_reported_and_removed_only_when_allowed(db, settings_e
     assert [(Path(o.path).name, o.removed) for o in removed.orphans] == [("stray.mp4", True)]
     assert _on_disk(root, job) == {"known.mp4", ".part-2026.csv", "fresh.mp4"}
     assert (root / "not-a-job" / "x.mp4").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs) to fill; needs root, as CI has here."""
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)]
+    if subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("needs to mount a 4 MiB tmpfs (root)")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+async def test_eviction_at_critical_deletes_oldest_first_and_keeps_each_jobs_newest(db, small_disk):
+    size = 700 * 1024  # five files: about 3.4 of 4 MiB, 85 %
+    a, b = await _job(db, name="a"), await _job(db, name="b")
+    for job, name, age in ((a, "a1", 5), (a, "a2", 4), (b, "b1", 3), (b, "b2", 2), (a, "a3", 1)):
+        await _file(db, small_disk, job, f"{name}.mp4", age_days=age, size=size)
+    await _file(db, small_disk, a, "live.mp4", age_days=9, size=10, status="recording")
+    used = shutil.disk_usage(small_disk)
+    assert used.used / used.total > 0.8
+
+    off = await _janitor(db, small_disk, disk_critical_pct=60).run_pass(now=NOW)
+    assert off.deleted == []  # eviction is off by default
+
+    report = await _janitor(
+        db, small_disk, disk_critical_pct=60, evict_when_critical=True
+    ).run_pass(now=NOW)
+    # Oldest first, and only until the disk is below 60 %: a1 and a2 (three files left, ~51 %).
+    assert [(f.file_name, f.reason) for f in report.deleted] == [
+        ("a1.mp4", "evicted"), ("a2.mp4", "evicted")
+    ]  # fmt: skip
+    used = shutil.disk_usage(small_disk)
+    assert used.used / used.total < 0.6
+    assert await _names(db, a) == {"a3.mp4", "live.mp4"} == _on_disk(small_disk, a)
+
+    # However low the level: each job keeps its newest ready file; files being written stay.
+    low = await _janitor(db, small_disk, disk_critical_pct=1, evict_when_critical=True).run_pass(
+        now=NOW
+    )
+    assert [f.file_name for f in low.deleted] == ["b1.mp4"]
+    assert await _names(db, b) == {"b2.mp4"}
+    assert await _names(db, a) == {"a3.mp4", "live.mp4"}
 
 
 @pytest.fixture

@@ -67,15 +67,27 @@ def checked_path(root: Path, path: Path | str) -> Path:
     return Path(path).resolve()
 
 
-def hls_segments(playlist: Path) -> list[Path]:
-    """Segment files a local HLS playlist lists (plain names next to it only)."""
-    segments = []
+def hls_entries(playlist: Path) -> list[tuple[Path, float]]:
+    """Segment files a local HLS playlist lists (plain names next to it only), each with its
+    ``#EXTINF`` duration in seconds (0 when missing)."""
+    entries = []
+    duration = 0.0
     with contextlib.suppress(OSError):
         for line in playlist.read_text(errors="replace").splitlines():
             line = line.strip()
-            if line and not line.startswith("#") and "/" not in line and ".." not in line:
-                segments.append(playlist.parent / line)
-    return segments
+            if line.startswith("#EXTINF:"):
+                with contextlib.suppress(ValueError):
+                    duration = float(line[len("#EXTINF:") :].split(",", 1)[0])
+            elif line and not line.startswith("#"):
+                if "/" not in line and ".." not in line:
+                    entries.append((playlist.parent / line, duration))
+                duration = 0.0
+    return entries
+
+
+def hls_segments(playlist: Path) -> list[Path]:
+    """Segment files a local HLS playlist lists (plain names next to it only)."""
+    return [path for path, _ in hls_entries(playlist)]
 
 
 def delete_file_record_from_disk(
@@ -106,7 +118,10 @@ def delete_job_dir(root: Path, job_id: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-_FILE_HIDDEN = frozenset({"_id", "tenant", "node", "part", "modified"})
+_FILE_HIDDEN = frozenset(
+    {"_id", "tenant", "node", "part", "modified", "hls_from", "status_before", "reprocess_node",
+     "reprocess_until"}
+)  # fmt: skip
 
 
 def present_file(doc: dict[str, Any]) -> dict[str, Any]:

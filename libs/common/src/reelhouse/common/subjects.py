@@ -24,7 +24,7 @@ Service = Literal["api", "recorder", "restreamer", "prober", "janitor"]
 Verb = Literal["start", "stop", "reload"]
 Module = Literal["recording", "restream", "stream"]
 Event = Literal[
-    "job_started", "job_stopped", "job_failed", "job_retrying",
+    "job_started", "job_stopped", "job_failed", "job_retrying", "job_paused", "job_resumed",
     "file_opened", "file_closed", "file_ready", "file_failed", "file_deleted", "file_archived",
     "processing_started", "processing_progress", "processing_complete", "processing_failed",
     "quota_exceeded", "disk_warning", "stream_status", "config_reloaded",

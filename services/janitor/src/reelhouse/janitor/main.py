@@ -31,6 +31,7 @@ def make_janitor(ctx: ServiceContext[JanitorSettings]) -> Janitor:
         remove_orphans=s.remove_orphans,
         disk_warning_pct=s.disk_warning_pct,
         disk_critical_pct=s.disk_critical_pct,
+        evict_when_critical=s.evict_when_critical,
     )
 
 

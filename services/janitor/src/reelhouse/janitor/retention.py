@@ -10,6 +10,10 @@ Safe with several janitors at once (docs/DECISIONS.md "Retention and storage (ja
 - A purge of a record left ``deleted`` (a janitor died between claim and removal, or something
   soft-deleted it) is a ``find_one_and_delete``: again one winner, whose disk delete is
   idempotent anyway.
+- Eviction (``evict_when_critical``): while the disk is critical, the oldest expendable files go,
+  through the same claim, reason ``evicted``: ``ready``/``failed`` files only (never one being
+  written, processed or archived), and never a job's newest ``ready`` file, so every job keeps
+  its latest recording; it stops as soon as the disk is below the critical level.
 - Orphans are unlinked with ``FileNotFoundError`` ignored; only a successful unlink is reported
   as removed.
 """
@@ -118,6 +122,7 @@ class Janitor:
         remove_orphans: bool = False,
         disk_warning_pct: float = 85.0,
         disk_critical_pct: float = 95.0,
+        evict_when_critical: bool = False,
     ) -> None:
         self.db = db
         self.root = Path(storage_root)
@@ -128,6 +133,7 @@ class Janitor:
         self.remove_orphans = remove_orphans
         self.disk_warning_pct = disk_warning_pct
         self.disk_critical_pct = disk_critical_pct
+        self.evict_when_critical = evict_when_critical
         self.disk_level: DiskLevel = "ok"
         """The level of the last pass; an event goes out only when it changes."""
         self._lock = asyncio.Lock()
@@ -141,6 +147,8 @@ class Janitor:
             await self._retention(report, now)
             await self._purge_deleted(report, now)
             await self._orphans(report, now)
+            if self.evict_when_critical:
+                await self._evict(report, now)
             await self._disk(report)
             report.finished = utcnow()
             log.info(
@@ -165,7 +173,14 @@ class Janitor:
                 continue
             result = await files.update_one(
                 {"_id": doc["_id"], "status": "ready"},
-                {"$set": {"status": "failed", "failure_reason": "missing", "modified": utcnow()}},
+                {
+                    "$set": {
+                        "status": "failed",
+                        "failure_reason": "missing",
+                        "failed_at": utcnow(),
+                        "modified": utcnow(),
+                    }
+                },
             )
             if result.modified_count:
                 report.missing.append(str(doc["_id"]))
@@ -254,6 +269,36 @@ class Janitor:
             log.warning("event_not_sent", job_id=job_id, event="file_deleted", error=str(exc))
 
     # -- disk watermarks -------------------------------------------------------------------
+
+    def _disk_now(self) -> Any:
+        return disk_state(
+            self.root, warning_pct=self.disk_warning_pct, critical_pct=self.disk_critical_pct
+        )
+
+    async def _evict(self, report: PassReport, now: datetime) -> None:
+        """At the critical level: delete the oldest expendable files until it is left."""
+        try:
+            if (await asyncio.to_thread(self._disk_now)).level != "critical":
+                return
+        except OSError as exc:
+            report.errors.append(f"disk check: {exc}")
+            return
+        files = self.db[Collections.FILES]
+        query = {"status": {"$in": list(DELETABLE)}}
+        candidates = [f async for f in files.find(query).sort("created", 1)]
+        newest: dict[str, Any] = {}  # each job's newest ready file stays
+        for record in candidates:
+            if record["status"] == "ready":
+                newest[record["entity_id"]] = record["_id"]
+        protected = set(newest.values())
+        for record in candidates:
+            if record["_id"] in protected:
+                continue
+            await self._delete(report, record, "evicted", now)
+            if (await asyncio.to_thread(self._disk_now)).level != "critical":
+                return
+        log.warning("eviction_exhausted", evicted=len([d for d in report.deleted
+                                                        if d.reason == "evicted"]))  # fmt: skip
 
     async def _disk(self, report: PassReport) -> None:
         """Publish ``disk_warning`` when the level rises to warning/critical (once per change)."""

@@ -20,3 +20,8 @@ class JanitorSettings(CommonSettings):
     remove_orphans: bool = Field(
         False, description="Delete orphan files (otherwise they are only reported)."
     )
+    evict_when_critical: bool = Field(
+        False,
+        description="At the critical disk level, delete the oldest ready/failed recorded files "
+        "(never a job's newest ready one) until the disk is below it.",
+    )

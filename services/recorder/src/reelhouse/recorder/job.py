@@ -6,6 +6,11 @@ reports progress (the output is open) and finalised (size and duration from the 
 exits. Split mode: the segment muxer's CSV list says when a segment is complete; each listed
 segment becomes a record at once, and a sweep of the job folder after every exit registers a
 segment cut short by a crash.
+
+Seamless jobs (ARCHITECTURE §5 "seamless recording"): every part of one session (source drops,
+failovers, pause/resume) stays ``recording`` until the session ends (stop, restart, update), then
+the parts are joined without re-encoding into one file with an integrity report. An m3u8 session
+is not joined: each part continues the session's playlist after an ``#EXT-X-DISCONTINUITY``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from reelhouse.common.files import (
     MODULE_RECORDINGS,
     checked_path,
     file_name,
+    hls_entries,
     hls_segments,
     job_dir,
     present_file,
@@ -43,6 +49,7 @@ from reelhouse.common.files import (
 from reelhouse.common.jobs.lease import Lease, LeaseStore
 from reelhouse.common.jobs.run import SupervisedRun
 from reelhouse.common.mongo import Collections
+from reelhouse.recorder.processing import ffmpeg_copy
 from reelhouse.recorder.settings import RecorderSettings
 
 _INPUT_STORED_ONLY = {"_id", "tenant", "entity_id", "created", "modified"}
@@ -64,7 +71,8 @@ def integrity_report(parts: list[dict[str, Any]], facts: FileFacts) -> dict[str,
 
     Each part's media ends when its file was last written and began its media duration
     earlier; the time between one part's end and the next one's beginning that no media
-    covers is a gap (reported from one second).
+    covers is a gap (reported from one second), caused by a ``pause`` or an ``interruption``
+    (source drop, FFmpeg restart, failover).
     """
 
     def began(part: dict[str, Any]) -> datetime:
@@ -78,8 +86,9 @@ def integrity_report(parts: list[dict[str, Any]], facts: FileFacts) -> dict[str,
     for index, (prev, nxt) in enumerate(itertools.pairwise(periods)):
         gap_ms = int((nxt["from"] - prev["to"]).total_seconds() * 1000)
         if gap_ms >= GAP_MIN_MS:
+            cause = "pause" if parts[index].get("ended_by") == "pause" else "interruption"
             gaps.append({"after_part": index + 1, "from": prev["to"], "to": nxt["from"],
-                         "duration_ms": gap_ms})  # fmt: skip
+                         "duration_ms": gap_ms, "cause": cause})  # fmt: skip
     expected = periods[-1]["to"] - periods[0]["from"]
     return {
         "parts": len(parts),
@@ -118,6 +127,8 @@ class RecordingRun(SupervisedRun):
             and config.output_format != "m3u8"
         )
         self._seamless = config.is_seamless  # parts of a session are joined when it ends
+        self._hls_continues = self._seamless and self._ext == "m3u8"  # one playlist per session
+        self._hls_from = 0  # continued playlist: segments listed before the current part
         self._part = 0
         self._part_path: Path | None = None  # infinity mode: the current part's file
         self._part_started = utcnow()  # wall-clock start of the current part
@@ -147,8 +158,21 @@ class RecordingRun(SupervisedRun):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
         await self._sweep()
-        if self._seamless and await self._session_ended(self.lease.generation):
+        if not self._seamless:
+            return
+        job = await self._job_state()
+        if job is not None and job.get("paused") and self._part_record is not None:
+            # The gap that follows is a pause, not an interruption (integrity report).
+            await self._db[Collections.FILES].update_one(
+                {"_id": self._part_record}, {"$set": {"ended_by": "pause"}}
+            )
+        if self._ended(job, self.lease.generation):
             await self._join_session(self.lease.generation)
+
+    async def finish_idle(self) -> None:
+        """Under an idle lease (the job is stopped or paused; no FFmpeg runs): finish parts a
+        dead owner left and join the sessions that have ended."""
+        await self._recover_previous_parts()
 
     def _runtime_extra(self) -> dict[str, Any]:
         return {"part": self._part, "degraded": self._degraded}
@@ -173,13 +197,32 @@ class RecordingRun(SupervisedRun):
             self._list_base = None
             self._part_path = None
         else:
-            target = self._dir / file_name(self._slug, now, self._ext)
+            playlist = await self._session_playlist() if self._hls_continues else None
+            target = playlist or self._dir / file_name(self._slug, now, self._ext)
+            self._hls_from = len(await asyncio.to_thread(hls_entries, playlist)) if playlist else 0
             self._part_path = target
             self._segment_list = None
         self._part_record = None
         return build_recording_args(
-            inp=self.config.input, job=self.config, target=target, segment_list=self._segment_list
+            inp=self.config.input,
+            job=self.config,
+            target=target,
+            segment_list=self._segment_list,
+            hls_append=self._hls_from > 0,
+            thumbnail=self._dir / ".thumb-%d.jpg" if self.config.output_format != "mp3" else None,
         )
+
+    async def _session_playlist(self) -> Path | None:
+        """The playlist an earlier part of this m3u8 session wrote (continued, not joined)."""
+        doc = await self._db[Collections.FILES].find_one(
+            {"entity_id": self.job_id, "seamless": True, "session": self.lease.generation,
+             "status": "recording"},
+            sort=[("part_started_at", 1)],
+        )  # fmt: skip
+        if doc is None:
+            return None
+        path = checked_path(self._settings.storage_root, doc["file_path"])
+        return path if await asyncio.to_thread(path.exists) else None
 
     async def _fresh_second(self) -> datetime:
         """Now, moved on to a second no existing file of this job is named after."""
@@ -211,7 +254,10 @@ class RecordingRun(SupervisedRun):
         if self._split:
             await self._drain_segment_list()
         elif self._part_path is not None:
-            await self._close_part(self._part_path, self._part_record)
+            hls_from = self._hls_from if self._hls_continues else None
+            await self._close_part(
+                self._part_path, self._part_record, started=self._part_started, hls_from=hls_from
+            )
         await self._sweep()
 
     # -- file records -------------------------------------------------------------------------
@@ -240,6 +286,8 @@ class RecordingRun(SupervisedRun):
             # A part of the session ``generation``: stays "recording" until the session ends.
             record.update(seamless=True, session=self.lease.generation,
                           part_started_at=self._part_started)  # fmt: skip
+            if self._hls_continues:
+                record["hls_from"] = self._hls_from
         return record
 
     async def _job_exists(self) -> bool:
@@ -268,20 +316,40 @@ class RecordingRun(SupervisedRun):
         self._log.info("file_opened", file=record["file_name"], part=self._part)
         await self._event("file_opened", file=present_file(record))
 
-    async def _facts(self, path: Path) -> tuple[int, int | None, bool]:
-        """Size (an HLS playlist counts its segments), duration, and whether it holds media."""
+    async def _facts(self, path: Path) -> tuple[int, FileFacts]:
+        """Size (an HLS playlist counts its segments) and what ffprobe reads in the file."""
         facts = await probe_file(path)
         size = facts.size_bytes
         if path.suffix == ".m3u8":
             for segment in await asyncio.to_thread(hls_segments, path):
                 with contextlib.suppress(OSError):
                     size += os.stat(segment).st_size
-        return size, facts.duration_ms, bool(facts.streams)
+        return size, facts
 
-    async def _close_part(self, path: Path, record_id: ObjectId | None) -> None:
-        """Finalise one file: size and duration from the file; drop an empty one."""
-        size, duration, has_media = await self._facts(path)
+    async def _close_part(
+        self,
+        path: Path,
+        record_id: ObjectId | None,
+        *,
+        started: datetime | None = None,
+        hls_from: int | None = None,
+    ) -> None:
+        """Finalise one file: size and duration from the file; drop an empty one.
+
+        ``started``: when its media began (wall clock), for the integrity report of a file that
+        becomes ``ready`` now. ``hls_from``: a part that continued a session's playlist after
+        that many segments; its duration is that of its own segments.
+        """
+        size, facts = await self._facts(path)
+        duration, has_media = facts.duration_ms, bool(facts.streams)
         files = self._db[Collections.FILES]
+        if hls_from:
+            mine = (await asyncio.to_thread(hls_entries, path))[hls_from:]
+            if not mine:  # this part wrote no segment: the playlist is the earlier parts'
+                if record_id is not None:
+                    await files.delete_one({"_id": record_id})
+                return
+            duration = int(sum(seconds for _, seconds in mine) * 1000)
         # A killed MKV/AVI has no duration in its header but plays: keep it (duration null).
         if size == 0 or not has_media:
             # Nothing playable was written (the source never delivered): no file to keep.
@@ -293,10 +361,19 @@ class RecordingRun(SupervisedRun):
         now = utcnow()
         status = "recording" if self._seamless else "ready"
         closed: dict[str, Any] = {"status": status, "size_bytes": size, "duration_ms": duration,
-                                  "modified": now}  # fmt: skip
+                                  "closed_at": now, "modified": now}  # fmt: skip
+        mtime = datetime.fromtimestamp((await asyncio.to_thread(os.stat, path)).st_mtime, UTC)
+        ended = min(now, mtime)
         if self._seamless:
-            mtime = datetime.fromtimestamp((await asyncio.to_thread(os.stat, path)).st_mtime, UTC)
-            closed["part_ended_at"] = min(now, mtime)
+            closed["part_ended_at"] = ended
+        else:
+            began = started or ended - timedelta(milliseconds=duration or 0)
+            part = {"part_started_at": min(began, ended), "part_ended_at": ended,
+                    "duration_ms": duration}  # fmt: skip
+            report = integrity_report([part], facts)
+            if started is not None:  # the wall clock's span, against the media's duration
+                report["expected_ms"] = max(0, int((ended - started).total_seconds() * 1000))
+            closed.update(ready_at=now, integrity=report)
         if record_id is None:
             if not await self._job_exists():
                 return
@@ -315,6 +392,8 @@ class RecordingRun(SupervisedRun):
                 return
         self._log.info("file_closed", file=path.name, size_bytes=size, duration_ms=duration)
         await self._event("file_closed", file=present_file(record))
+        if status == "ready":
+            await self._event("file_ready", file=present_file(record))
 
     async def _known_names(self) -> set[str]:
         cursor = self._db[Collections.FILES].find({"entity_id": self.job_id}, {"file_name": 1})
@@ -343,30 +422,47 @@ class RecordingRun(SupervisedRun):
                 await self._close_part(path, None)
 
     async def _recover_previous_parts(self) -> None:
-        """Finalise records a dead owner left in status ``recording``; register stray files."""
-        cursor = self._db[Collections.FILES].find({"entity_id": self.job_id, "status": "recording"})
-        ended_sessions: set[int] = set()
-        async for record in cursor:
-            if record.get("seamless") and record.get("session") != self.lease.generation:
-                ended_sessions.add(int(record.get("session", 0)))
-            if record.get("part_ended_at") is not None:
+        """Finalise records a dead owner left in status ``recording``, register stray files, and
+        join every session that has ended (parts left ``processing`` by a join that died with
+        its node are joined again: the lease says nobody else is at it)."""
+        query = {
+            "entity_id": self.job_id,
+            "reprocess": {"$ne": True},
+            "$or": [{"status": "recording"}, {"status": "processing", "seamless": True}],
+        }
+        sessions: set[int] = set()
+        async for record in self._db[Collections.FILES].find(query):
+            if record.get("seamless"):
+                sessions.add(int(record.get("session", 0)))
+            if record.get("part_ended_at") is not None or record["status"] != "recording":
                 continue  # a closed part of a session: joined when its session ends
             self._log.info("file_recovered", file=record["file_name"], node=record.get("node"))
-            await self._close_part(Path(record["file_path"]), record["_id"])
+            await self._close_part(
+                Path(record["file_path"]),
+                record["_id"],
+                started=record.get("part_started_at") or record.get("created"),
+                hls_from=record.get("hls_from"),
+            )
         await self._sweep()
-        for session in sorted(ended_sessions):  # restarted or updated while its owner was dead
-            await self._join_session(session)
+        job = await self._job_state()
+        for session in sorted(sessions):  # stopped, restarted or updated while nobody ran it
+            if self._ended(job, session):
+                await self._join_session(session)
 
     # -- seamless sessions --------------------------------------------------------------------
 
-    async def _session_ended(self, session: int) -> bool:
-        """Whether ``session`` is over (stopped, restarted or updated), not just handed over."""
-        doc = await self._db[Collections.RECORDINGS].find_one(
-            {"_id": self.lease.job_id}, {"active": 1, "generation": 1}
+    async def _job_state(self) -> dict[str, Any] | None:
+        return await self._db[Collections.RECORDINGS].find_one(
+            {"_id": self.lease.job_id}, {"active": 1, "paused": 1, "generation": 1}
         )
-        if doc is None:
+
+    @staticmethod
+    def _ended(job: dict[str, Any] | None, session: int) -> bool:
+        """Whether ``session`` is over (stopped, restarted or updated), not just handed over or
+        paused."""
+        if job is None:
             return False  # being removed: its files go with it
-        return not doc.get("active") or int(doc.get("generation", 0)) != session
+        return not job.get("active") or int(job.get("generation", 0)) != session
 
     async def _join_session(self, session: int) -> None:
         """Join the parts of an ended session, without re-encoding, into one fast-start file.
@@ -377,7 +473,8 @@ class RecordingRun(SupervisedRun):
         """
         files = self._db[Collections.FILES]
         query = {"entity_id": self.job_id, "session": session, "seamless": True,
-                 "status": "recording", "part_ended_at": {"$exists": True}}  # fmt: skip
+                 "status": {"$in": ["recording", "processing"]}, "reprocess": {"$ne": True},
+                 "part_ended_at": {"$exists": True}}  # fmt: skip
         parts = sorted([doc async for doc in files.find(query)], key=lambda d: d["part_started_at"])
         if not parts:
             return
@@ -393,6 +490,11 @@ class RecordingRun(SupervisedRun):
             "processing_started", file=present_file({**first, "status": "processing"})
         )
         paths = [checked_path(self._settings.storage_root, p["file_path"]) for p in parts]
+        final = Path(first["file_path"])
+        if self._ext == "m3u8":  # one playlist continued by every part: nothing to join
+            _, facts = await self._facts(final)
+            await self._session_ready(session, parts, final, facts)
+            return
         joined = self._dir / f".join-{first['_id']}.{self._ext}"
         listing = self._dir / f".join-{first['_id']}.txt"
         error = await self._concat(paths, listing, joined)
@@ -408,20 +510,29 @@ class RecordingRun(SupervisedRun):
                               file=present_file({**first, "status": "ready"}))  # fmt: skip
             return
         facts = await probe_file(joined)
-        final = Path(first["file_path"])
         for path in paths:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(path.unlink)
         await asyncio.to_thread(joined.rename, final)
+        await self._session_ready(session, parts, final, facts)
+
+    async def _session_ready(
+        self, session: int, parts: list[dict[str, Any]], final: Path, facts: FileFacts
+    ) -> None:
+        """The first part's record becomes the session's ``ready`` file; the others go."""
+        files = self._db[Collections.FILES]
+        size = facts.size_bytes
+        if final.suffix == ".m3u8":
+            size, _ = await self._facts(final)
         now = utcnow()
         record = await files.find_one_and_update(
-            {"_id": first["_id"]},
-            {"$set": {"status": "ready", "size_bytes": facts.size_bytes,
-                      "duration_ms": facts.duration_ms, "ready_at": now, "modified": now,
+            {"_id": parts[0]["_id"]},
+            {"$set": {"status": "ready", "size_bytes": size, "duration_ms": facts.duration_ms,
+                      "ready_at": now, "modified": now,
                       "integrity": integrity_report(parts, facts)}},
             return_document=True,
         )  # fmt: skip
-        await files.delete_many({"_id": {"$in": ids[1:]}})
+        await files.delete_many({"_id": {"$in": [p["_id"] for p in parts[1:]]}})
         self._log.info("session_joined", session=session, parts=len(parts), file=final.name,
                        duration_ms=facts.duration_ms)  # fmt: skip
         if record is not None:
@@ -435,23 +546,16 @@ class RecordingRun(SupervisedRun):
             return "file '" + str(path).replace("'", "'\\''") + "'"
 
         await asyncio.to_thread(listing.write_text, "\n".join(map(quoted, paths)) + "\n")
-        faststart = ["-movflags", "+faststart"] if self._ext == "mp4" else []
-        argv = [
-            self._settings.ffmpeg_path, "-hide_banner", "-nostdin", "-loglevel", "error",
-            "-protocol_whitelist", "file", "-f", "concat", "-safe", "0", "-i", str(listing),
-            "-map", "0", "-c", "copy", *faststart, "-y", str(out),
-        ]  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-        )
-        _, err = await proc.communicate()
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(listing.unlink)
-        if proc.returncode != 0:
+        try:
+            return await ffmpeg_copy(
+                self._settings.ffmpeg_path,
+                ["-f", "concat", "-safe", "0", "-i", str(listing)],
+                out,
+                faststart=self._ext == "mp4",
+            )
+        finally:
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(out.unlink)
-            return err.decode(errors="replace").strip()[-500:] or f"ffmpeg rc {proc.returncode}"
-        return None
+                await asyncio.to_thread(listing.unlink)
 
     # -- split mode ---------------------------------------------------------------------------
 
@@ -499,7 +603,7 @@ class RecordingRun(SupervisedRun):
         except FileNotFoundError:
             return
         self._opened.discard(path.name)
-        await self._close_part(final, None)
+        await self._close_part(final, None, started=when)
 
     def _free_name(self, when: datetime) -> Path:
         candidate = self._dir / file_name(self._slug, when, self._ext)

@@ -2,16 +2,26 @@
 
 It claims no job while the storage disk is past its critical watermark (docs/DECISIONS.md "Disk
 watermarks"); jobs it already runs go on.
+
+Beside the jobs it runs, every ``reconcile_s`` it finishes files nobody else will: a job that is
+stopped or paused while it still has parts in ``recording`` (its owner died, or it was stopped
+while paused) is leased idle (:meth:`LeaseStore.claim_idle`) and its parts closed and its ended
+sessions joined; and it takes ``reprocessFile`` requests (:mod:`reelhouse.recorder.processing`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+from bson import ObjectId
+
+from reelhouse.common.files import MODULE_RECORDINGS
 from reelhouse.common.jobs.lease import Lease
 from reelhouse.common.jobs.node import InvalidJob, JobNode
 from reelhouse.common.mongo import Collections
 from reelhouse.recorder.job import RecordingRun, recording_config
+from reelhouse.recorder.processing import Reprocessor
 
 
 class RecorderNode(JobNode):
@@ -22,6 +32,60 @@ class RecorderNode(JobNode):
     collection = Collections.RECORDINGS
 
     _disk_refusing: bool = False
+
+    async def run(self) -> None:
+        finisher = asyncio.create_task(self._finish_loop(), name="finisher")
+        try:
+            await super().run()
+        finally:
+            finisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await finisher
+
+    async def _finish_loop(self) -> None:
+        reprocessor = Reprocessor(
+            db=self.ctx.db, bus=self.ctx.bus, settings=self.settings, node_id=self.ctx.node_id
+        )
+        while not self.ctx.stop.is_set():
+            try:
+                await self.finish_idle_jobs()
+                await reprocessor.run_pending()
+            except Exception as exc:
+                self.log.warning("finisher_failed", error=str(exc).splitlines()[0][:200])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ctx.stop.wait(), self.reconcile_s)
+
+    async def finish_idle_jobs(self) -> None:
+        """Finish the files of stopped or paused jobs that still have unfinished parts."""
+        pending = await self.ctx.db[Collections.FILES].distinct(
+            "entity_id",
+            {"module_name": MODULE_RECORDINGS, "reprocess": {"$ne": True},
+             "status": {"$in": ["recording", "processing"]}},
+        )  # fmt: skip
+        for job_id in pending:
+            if job_id in self.runs or not ObjectId.is_valid(job_id) or self.ctx.stop.is_set():
+                continue
+            lease = await self.leases.claim_idle(ObjectId(job_id))
+            if lease is None:
+                continue  # running (its owner finishes it), owned, or gone
+            keeper = asyncio.create_task(self._hold(lease))
+            try:
+                run = await self.make_run(lease)
+                self.log.info("recording_finishing", job_id=job_id)
+                await run.finish_idle()
+            except Exception as exc:
+                self.log.warning("recording_finish_failed", job_id=job_id, error=str(exc)[:300])
+            finally:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+                await self.leases.release(lease.job_id)
+
+    async def _hold(self, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            with contextlib.suppress(Exception):
+                await self.leases.hold(lease)
 
     async def can_claim(self) -> bool:
         """No new job while the disk is critical; logged once each time that changes."""

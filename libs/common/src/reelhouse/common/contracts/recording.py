@@ -79,7 +79,8 @@ class RecordingIn(BaseModel):
     active: StrictBool = False
     seamless: StrictBool | None = None
     """Join the parts of one session (source drops, failovers) into one file when it ends.
-    Default (None): on for RECORDING_MODE_INFINITY, except m3u8; split-by-time never joins."""
+    Default (None): on for RECORDING_MODE_INFINITY; split-by-time never joins. An m3u8
+    session is not joined: its parts continue one playlist, with a discontinuity at each."""
 
     @field_validator("recording_mode_settings")
     @classmethod
@@ -109,7 +110,7 @@ class RecordingIn(BaseModel):
     @property
     def is_seamless(self) -> bool:
         """Whether the parts of a session are joined into one file when the session ends."""
-        if self.recording_mode != "RECORDING_MODE_INFINITY" or self.output_format == "m3u8":
+        if self.recording_mode != "RECORDING_MODE_INFINITY":
             return False
         return True if self.seamless is None else self.seamless
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reelhouse.common.contracts.base import BusMessage, Timestamp
 
-DeleteReason = Literal["delete_after", "max_files", "max_bytes", "purge"]
+DeleteReason = Literal["delete_after", "max_files", "max_bytes", "evicted", "purge"]
 
 
 class CleanupRequest(BusMessage):

@@ -70,6 +70,7 @@ __all__ = [
     "IO_TIMEOUT_US",
     "MUXERS",
     "PROTOCOL_WHITELIST",
+    "THUMBNAIL_FILE_NAME",
     "audio_encoder",
     "build_recording_args",
     "build_restream_args",
@@ -83,6 +84,7 @@ __all__ = [
     "processing_args",
     "recording_output_args",
     "restream_output_args",
+    "thumbnail_output_args",
 ]
 
 PROTOCOL_WHITELIST: Final[dict[InputType, tuple[str, ...]]] = {
@@ -604,6 +606,7 @@ def recording_output_args(
     target: Path,
     segment_seconds: int | None = None,
     segment_list: Path | None = None,
+    hls_append: bool = False,
 ) -> list[str]:
     """The muxer, its options and ``target``, last.
 
@@ -613,6 +616,9 @@ def recording_output_args(
       (``name,start,end``) written when each segment is complete (trailer written and flushed);
     * m3u8: HLS with ``target`` as the playlist (type event, every segment stays listed) and
       segments ``<stem>-00000.ts`` next to it; ``segment_seconds`` is the HLS segment length.
+      With ``hls_append`` an existing playlist is continued (``append_list``): its ENDLIST goes,
+      the new segments follow an ``#EXT-X-DISCONTINUITY`` and keep counting (a seamless m3u8
+      session). ``-n`` does not refuse the existing playlist (the HLS muxer opens its own files).
 
     ``-n`` makes FFmpeg refuse to overwrite an existing ``target`` (and never ask on stdin,
     which the supervisor uses for ``q``). Raises ``ValueError`` for a ``segment_list`` without
@@ -637,7 +643,8 @@ def recording_output_args(
             "-hls_time", str(segment_seconds or HLS_SEGMENT_SECONDS),
             "-hls_playlist_type", "event",
             "-hls_list_size", "0",
-            "-hls_flags", "+independent_segments+program_date_time+temp_file",
+            "-hls_flags", "+independent_segments+program_date_time+temp_file"
+            + ("+append_list" if hls_append else ""),
             "-hls_segment_type", "mpegts",
             "-hls_segment_filename", str(_hls_segment_pattern(target)),
             "-flush_packets", "1",
@@ -659,15 +666,58 @@ def recording_output_args(
     return [*args, str(target)]
 
 
+THUMBNAIL_EVERY_S: Final = 5
+"""Seconds between two live thumbnails of a recording (the dashboard's picture per job)."""
+
+THUMBNAIL_WIDTH: Final = 320
+"""Width of a live thumbnail, pixels (height follows the aspect ratio, kept even)."""
+
+THUMBNAIL_FILE_NAME: Final = ".thumb-%d.jpg"
+"""The live thumbnail's file in a recording's job folder, literally (``%d`` included, see
+:func:`thumbnail_output_args`); hidden, so file listings and the janitor skip it."""
+
+
+def thumbnail_output_args(thumbnail: Path) -> list[str]:
+    """A second output: a small JPEG of the source's first video track, overwritten in place
+    every :data:`THUMBNAIL_EVERY_S` seconds (``image2`` with ``-update 1``).
+
+    It reads input 0 directly (never the recording's filters or overlay), so the source's video
+    is decoded even when the recording itself is a stream copy. The JPEG is written to a
+    temporary name and renamed, so a reader never sees half a picture.
+
+    The name must hold a ``%d`` (FFmpeg 5.1, checked): the recording's global ``-n`` makes FFmpeg
+    exit with "already exists" when an ``image2`` target without a number pattern exists -- every
+    restart after the first picture -- while with ``-update 1`` the name is written literally.
+    Raises ``ValueError`` for a name without ``%d``.
+    """
+    if "%d" not in thumbnail.name:
+        raise ValueError(f"a thumbnail name needs a literal %d (see -n), not {thumbnail.name!r}")
+    return [
+        "-map", "0:v:0?",
+        "-an", "-sn", "-dn",
+        "-filter:v", f"fps=1/{THUMBNAIL_EVERY_S},scale={THUMBNAIL_WIDTH}:-2",
+        "-c:v", "mjpeg", "-q:v", "5",
+        "-f", "image2", "-update", "1", "-atomic_writing", "1",
+        str(thumbnail),
+    ]  # fmt: skip
+
+
 def build_recording_args(
-    *, inp: InputIn, job: RecordingIn, target: Path, segment_list: Path | None = None
+    *,
+    inp: InputIn,
+    job: RecordingIn,
+    target: Path,
+    segment_list: Path | None = None,
+    thumbnail: Path | None = None,
+    hls_append: bool = False,
 ) -> list[str]:
     """Everything after ``ffmpeg -progress pipe:1 -nostats`` for one recording part.
 
     In RECORDING_MODE_SPLIT_BY_TIME ``target`` is a strftime pattern (segment muxer) -- except
     for m3u8, where it is the playlist and the split length becomes the HLS segment length.
     When video is encoded and ``force_key_frames`` is off, keyframes are forced at the segment
-    length so that segments can be cut on time.
+    length so that segments can be cut on time. With ``thumbnail`` (and an output format that
+    has video: not mp3) a second output keeps a live JPEG there (:func:`thumbnail_output_args`).
     """
     split = job.recording_mode == "RECORDING_MODE_SPLIT_BY_TIME"
     seconds = job.recording_mode_settings.total_seconds if split else None
@@ -695,7 +745,9 @@ def build_recording_args(
             target=target,
             segment_seconds=seconds,
             segment_list=segment_list,
+            hls_append=hls_append,
         ),
+        *(thumbnail_output_args(thumbnail) if thumbnail and job.output_format != "mp3" else []),
     ]
 
 

@@ -7,18 +7,21 @@ must be replaced: ``start`` and ``update``) and a ``runtime`` block written only
     runtime: {node, lease_until, generation, state, pid, started_at, restarts, last_error,
               last_progress, claimed_at}
 
-- **claim**: one atomic ``find_one_and_update`` on ``{active: true, runtime absent or
-  runtime.lease_until < now}`` sets ``runtime.node`` and ``lease_until = now + lease``; only the
+- **claim**: one atomic ``find_one_and_update`` on ``{active: true, not paused, runtime absent
+  or runtime.lease_until < now}`` sets ``runtime.node`` and ``lease_until = now + lease``; only the
   winner starts FFmpeg. The generation the owner started with is remembered in
   ``runtime.generation``.
-- **renew** (every ``lease/3``): matches ``{_id, runtime.node: me, active: true, generation: the
-  one I started}``. A renewal that matches nothing (stopped, removed, updated, restarted, taken
-  over) tells the owner to stop its FFmpeg at once. ``renew_many`` renews all of a node's leases
-  in one ``update_many`` (each document still updated atomically on its own, with the same
-  per-job condition); only when fewer documents matched than were asked does a second query find
-  which ones were lost.
+- **renew** (every ``lease/3``): matches ``{_id, runtime.node: me, active: true, not paused,
+  generation: the one I started}``. A renewal that matches nothing (stopped, paused, removed,
+  updated, restarted, taken over) tells the owner to stop its FFmpeg at once. ``renew_many``
+  renews all of a node's leases in one ``update_many`` (each document still updated atomically
+  on its own, with the same per-job condition); only when fewer documents matched than were
+  asked does a second query find which ones were lost.
 - **hold**: while the owner stops FFmpeg gracefully it keeps the lease (``{_id, runtime.node:
   me}`` only) so nobody else starts a second FFmpeg on the same job before the first has let go.
+- **claim_idle**: a job nobody may run (stopped or paused) whose files still need finishing
+  (parts a dead owner left, a session to join) is leased the same way, so
+  one node finishes them and a start waits until it is done.
 - **release**: unsets ``runtime`` if this node still owns it; the job is free to be claimed again
   at once (or reads as stopped when ``active`` is false).
 
@@ -78,6 +81,7 @@ class LeaseStore:
         query: dict[str, Any] = {
             **(where or {}),
             "active": True,
+            "paused": {"$ne": True},
             "$or": [{"runtime": {"$exists": False}}, {"runtime.lease_until": {"$lt": now}}],
         }
         if job_id is not None:
@@ -115,6 +119,30 @@ class LeaseStore:
             return None
         return Lease(job_id=doc["_id"], generation=generation, doc=doc)
 
+    async def claim_idle(self, job_id: ObjectId) -> Lease | None:
+        """Lease a job that is stopped or paused (no FFmpeg will run) to finish its files.
+
+        None when the job is running, owned, or gone. The lease is kept by :meth:`hold` and
+        given back by :meth:`release`; ``runtime.state`` reads ``finishing`` meanwhile.
+        """
+        now = utcnow()
+        doc = await self._jobs.find_one_and_update(
+            {
+                "_id": job_id,
+                "$and": [
+                    {"$or": [{"active": {"$ne": True}}, {"paused": True}]},
+                    {"$or": [{"runtime": {"$exists": False}},
+                             {"runtime.lease_until": {"$lt": now}}]},
+                ],
+            },
+            {"$set": {"runtime": {"node": self.node_id, "lease_until": self._until(now),
+                                  "claimed_at": now, "state": "finishing"}}},
+            return_document=ReturnDocument.AFTER,
+        )  # fmt: skip
+        if doc is None:
+            return None
+        return Lease(job_id=doc["_id"], generation=int(doc.get("generation", 0)), doc=doc)
+
     async def renew(self, lease: Lease, runtime: dict[str, Any] | None = None) -> bool:
         """Extend the lease (and write ``runtime.*`` fields); False means: stop FFmpeg now."""
         now = utcnow()
@@ -124,6 +152,7 @@ class LeaseStore:
                 "_id": lease.job_id,
                 "runtime.node": self.node_id,
                 "active": True,
+                "paused": {"$ne": True},
                 "generation": lease.generation,
             },
             {"$set": {"runtime.lease_until": self._until(now), **fields}},
@@ -146,6 +175,7 @@ class LeaseStore:
             {
                 "runtime.node": self.node_id,
                 "active": True,
+                "paused": {"$ne": True},
                 "$or": [{"_id": job_id, "generation": gen} for job_id, gen in wanted.items()],
             },
             {"$set": {"runtime.lease_until": self._until(now)}},
@@ -153,12 +183,14 @@ class LeaseStore:
         if result.matched_count == len(wanted):
             return set()
         still = self._jobs.find(
-            {"_id": {"$in": list(wanted)}}, {"active": 1, "generation": 1, "runtime.node": 1}
+            {"_id": {"$in": list(wanted)}},
+            {"active": 1, "paused": 1, "generation": 1, "runtime.node": 1},
         )
         ours = {
             doc["_id"]
             async for doc in still
             if doc.get("active") is True
+            and doc.get("paused") is not True
             and int(doc.get("generation", 0)) == wanted[doc["_id"]]
             and (doc.get("runtime") or {}).get("node") == self.node_id
         }

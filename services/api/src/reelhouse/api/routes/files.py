@@ -290,3 +290,31 @@ async def archive_file(state: State, principal: Principal, body: FileRef) -> dic
     except Exception as exc:
         log.warning("event_not_sent", job_id=body.record_id, event="file_archived", error=str(exc))
     return {**presented, "success": True}
+
+
+@router.post("/reprocessFile", summary="Remux a ready or failed file again and renew its report")
+async def reprocess_file(state: State, principal: Principal, body: FileRef) -> dict[str, Any]:
+    """Queue the file for a recorder: status ``processing`` until it is ``ready`` again (remuxed
+    without re-encoding, integrity renewed), ``failed`` (``missing``), or back to its earlier
+    status with ``processing_error`` if FFmpeg cannot remux it. 400 for any other status."""
+    tenant = tenant_of(principal)
+    record = await _file(state, tenant, body)
+    files = state.db[Collections.FILES]
+    now = utcnow()
+    for status in ("ready", "failed"):
+        queued = await files.find_one_and_update(
+            {"_id": record["_id"], "tenant": tenant, "status": status},
+            {"$set": {"status": "processing", "status_before": status, "reprocess": True,
+                      "reprocess_requested_at": now, "modified": now},
+             "$unset": {"processing_error": ""}},
+            return_document=ReturnDocument.AFTER,
+        )  # fmt: skip
+        if queued is not None:
+            log.info("recording_file_reprocess_requested", job_id=body.record_id,
+                     file_id=body.file_id)  # fmt: skip
+            return {**present_file(queued), "success": True}
+    current = (await files.find_one({"_id": record["_id"]}) or {}).get("status", "deleted")
+    raise ValidationFailed(
+        f"file {body.file_id} is {current}; only ready or failed files can be reprocessed",
+        field="file_id",
+    )

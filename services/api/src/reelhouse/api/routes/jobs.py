@@ -24,7 +24,7 @@ from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.listing import ListQuery
 from reelhouse.common.contracts.messages import DEFAULT_TENANT, JobCommand, JobStats
-from reelhouse.common.errors import InsufficientStorage, NotFound
+from reelhouse.common.errors import Conflict, InsufficientStorage, NotFound
 from reelhouse.common.logging import get_logger
 from reelhouse.common.subjects import Module, Service, Verb
 
@@ -306,7 +306,8 @@ async def set_active(
     job = await load(state.db, kind, tenant, job_id)
     if active and _writes_files(kind, await _stored_output_types(state.db, kind, job)):
         await check_disk(state, kind, job_id)
-    change: dict[str, Any] = {"$set": {"active": active, "modified": utcnow()}}
+    # start and stop both end a pause: start begins a new session, stop ends the current one.
+    change: dict[str, Any] = {"$set": {"active": active, "paused": False, "modified": utcnow()}}
     if active:
         change["$inc"] = {"generation": 1}
     await state.db[kind.collection].update_one({"_id": ObjectId(job_id), "tenant": tenant}, change)
@@ -314,6 +315,35 @@ async def set_active(
     await hint(state, kind, "start" if active else "stop", job_id)
     if not active:
         state.live_stats.forget(kind.module, job_id)
+
+
+async def set_paused(
+    state: AppState, kind: JobKind, tenant: str, job_id: str, *, paused: bool
+) -> bool:
+    """pause (close the current part, stay active but idle) or resume (a new part, same
+    session: ``generation`` is unchanged). Only an active job; False when already so."""
+    job = await load(state.db, kind, tenant, job_id)
+    if not job.get("active"):
+        verb = "pause" if paused else "resume"
+        raise Conflict(f"the job is stopped; only an active job can {verb} (use start)",
+                       field="id")  # fmt: skip
+    if bool(job.get("paused")) == paused:
+        return False
+    if not paused and _writes_files(kind, await _stored_output_types(state.db, kind, job)):
+        await check_disk(state, kind, job_id)
+    now = utcnow()
+    result = await state.db[kind.collection].update_one(
+        {"_id": job["_id"], "tenant": tenant, "active": True, "paused": {"$ne": paused}},
+        {"$set": {"paused": paused, "paused_at" if paused else "resumed_at": now,
+                  "modified": now}},
+    )  # fmt: skip
+    if result.matched_count == 0:
+        return False  # stopped or changed meanwhile
+    log.info(f"{kind.module}_{'pause' if paused else 'resume'}_requested", job_id=job_id)
+    await hint(state, kind, "stop" if paused else "start", job_id)
+    if paused:
+        state.live_stats.forget(kind.module, job_id)
+    return True
 
 
 async def wait_released(

@@ -39,7 +39,7 @@ MODULE = "recording"
 _JOB_FIELDS = (
     "recording_name", "recording_type", "input", "output_format", "recording_mode",
     "recording_mode_settings", "transcoding", "modify_audio", "modify_video", "overlay",
-    "delete_after", "max_files", "max_bytes", "active",
+    "delete_after", "max_files", "max_bytes", "seamless", "active", "paused",
 )  # fmt: skip
 KIND = JobKind(
     module=MODULE,
@@ -124,6 +124,22 @@ async def start(state: State, principal: Principal, body: IdBody) -> dict[str, A
 async def stop(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=False)
+    return await _loaded(state.db, tenant, body.id)
+
+
+@router.post("/pause", summary="Close the current part; the job stays active but idle")
+async def pause(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
+    tenant = tenant_of(principal)
+    if await jobs.set_paused(state, KIND, tenant, body.id, paused=True):
+        await _event(state, tenant, body.id, "job_paused")
+    return await _loaded(state.db, tenant, body.id)
+
+
+@router.post("/resume", summary="Open a new part of the paused session")
+async def resume(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
+    tenant = tenant_of(principal)
+    if await jobs.set_paused(state, KIND, tenant, body.id, paused=False):
+        await _event(state, tenant, body.id, "job_resumed")
     return await _loaded(state.db, tenant, body.id)
 
 
