@@ -49,7 +49,7 @@ from reelhouse.common.files import (
 from reelhouse.common.jobs.lease import Lease, LeaseStore
 from reelhouse.common.jobs.run import SupervisedRun
 from reelhouse.common.mongo import Collections
-from reelhouse.recorder.processing import ffmpeg_copy
+from reelhouse.recorder.processing import ProgressCallback, ffmpeg_copy
 from reelhouse.recorder.settings import RecorderSettings
 
 _INPUT_STORED_ONLY = {"_id", "tenant", "entity_id", "created", "modified"}
@@ -497,7 +497,13 @@ class RecordingRun(SupervisedRun):
             return
         joined = self._dir / f".join-{first['_id']}.{self._ext}"
         listing = self._dir / f".join-{first['_id']}.txt"
-        error = await self._concat(paths, listing, joined)
+        total_s = sum((p.get("duration_ms") or 0) for p in parts) / 1000
+
+        async def progress(pct: float) -> None:
+            presented = present_file({**first, "status": "processing"})
+            await self._event("processing_progress", file=presented, progress_pct=pct)
+
+        error = await self._concat(paths, listing, joined, total_s=total_s, on_progress=progress)
         if error is not None:
             self._log.warning("session_join_failed", session=session, error=error)
             now = utcnow()
@@ -539,7 +545,15 @@ class RecordingRun(SupervisedRun):
             await self._event("processing_complete", file=present_file(record))
             await self._event("file_ready", file=present_file(record))
 
-    async def _concat(self, paths: list[Path], listing: Path, out: Path) -> str | None:
+    async def _concat(
+        self,
+        paths: list[Path],
+        listing: Path,
+        out: Path,
+        *,
+        total_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> str | None:
         """Copy ``paths`` one after the other into ``out``; None, or FFmpeg's error."""
 
         def quoted(path: Path) -> str:
@@ -552,6 +566,8 @@ class RecordingRun(SupervisedRun):
                 ["-f", "concat", "-safe", "0", "-i", str(listing)],
                 out,
                 faststart=self._ext == "mp4",
+                total_s=total_s,
+                on_progress=on_progress,
             )
         finally:
             with contextlib.suppress(OSError):

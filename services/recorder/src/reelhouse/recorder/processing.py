@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,21 +38,54 @@ from reelhouse.recorder.settings import RecorderSettings
 log = get_logger("reelhouse.recorder.processing")
 
 
+ProgressCallback = Callable[[float], Awaitable[None]]
+
+
 async def ffmpeg_copy(
-    ffmpeg: str, input_args: list[str], out: Path, *, faststart: bool
+    ffmpeg: str,
+    input_args: list[str],
+    out: Path,
+    *,
+    faststart: bool,
+    total_s: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    progress_every_s: float = 1.0,
 ) -> str | None:
     """``ffmpeg <input_args> -map 0 -c copy [+faststart] -y out`` reading local files only;
-    None, or FFmpeg's error (``out`` is removed then)."""
+    None, or FFmpeg's error (``out`` is removed then).
+
+    With ``on_progress`` and the media's ``total_s``, FFmpeg's ``-progress`` output is turned
+    into a percentage, reported at most every ``progress_every_s`` and always at the end.
+    """
     argv = [
         ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error",
+        "-progress", "pipe:1", "-nostats",
         "-protocol_whitelist", "file", *input_args,
         "-map", "0", "-c", "copy", *(["-movflags", "+faststart"] if faststart else []),
         "-y", str(out),
     ]  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    _, err = await proc.communicate()
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    errors = asyncio.create_task(proc.stderr.read())
+    loop = asyncio.get_running_loop()
+    last_report = -progress_every_s
+    out_s = 0.0
+    async for raw in proc.stdout:
+        key, _, value = raw.decode(errors="replace").strip().partition("=")
+        if key == "out_time_us" and value.lstrip("-").isdigit():
+            out_s = max(out_s, int(value) / 1e6)
+        elif key == "progress" and on_progress is not None and total_s:
+            ended = value == "end"
+            if ended or loop.time() - last_report >= progress_every_s:
+                last_report = loop.time()
+                pct = 100.0 if ended else min(99.9, 100.0 * out_s / total_s)
+                with contextlib.suppress(Exception):
+                    await on_progress(round(pct, 1))
+    await proc.wait()
+    err = await errors
     if proc.returncode != 0:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(out.unlink)
@@ -118,7 +152,12 @@ class Reprocessor:
         if path.suffix != ".m3u8":
             temp = path.with_name(f".reprocess-{record['_id']}{path.suffix}")
             error = await ffmpeg_copy(
-                self._settings.ffmpeg_path, ["-i", str(path)], temp, faststart=path.suffix == ".mp4"
+                self._settings.ffmpeg_path,
+                ["-i", str(path)],
+                temp,
+                faststart=path.suffix == ".mp4",
+                total_s=(record.get("duration_ms") or 0) / 1000,
+                on_progress=lambda pct: self._event(record, "processing_progress", progress=pct),
             )
             if error is not None:
                 await self._give_back(record, error)
@@ -164,10 +203,18 @@ class Reprocessor:
         if event == "processing_complete" and status == "ready":
             await self._event(done, "file_ready")
 
-    async def _event(self, record: dict[str, Any], event: Event, reason: str | None = None) -> None:
+    async def _event(
+        self,
+        record: dict[str, Any],
+        event: Event,
+        reason: str | None = None,
+        progress: float | None = None,
+    ) -> None:
         fields: dict[str, Any] = {"file": present_file(record)}
         if reason:
             fields["reason"] = reason[:500]
+        if progress is not None:
+            fields["progress_pct"] = progress
         try:
             message = JobEvent(type=event, module="recording", job_id=record["entity_id"],
                                tenant=record["tenant"], node=self._node_id, **fields)  # fmt: skip

@@ -98,6 +98,8 @@ class JobEvent(BusMessage):
     delay_s: float | None = None
     file: dict[str, Any] | None = None
     """For file events: the file record as the API shows it."""
+    progress_pct: float | None = None
+    """For ``processing_progress``: how much of the media FFmpeg has copied (0-100)."""
 
 
 class DiskWarning(BusMessage):
