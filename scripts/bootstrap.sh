@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make up` and `make test` need and skips what is already there (idempotent):
-#   - Debian packages: ffmpeg (with ffprobe, libsrt, librist, libx264) and nats-server
+#   - Debian packages: ffmpeg (with ffprobe, libsrt, librist, libx264), nats-server, and chromium
+#     (the dashboard's browser tests drive /usr/bin/chromium with Playwright)
 #   - uv (pinned), when it is not on PATH: into .cache/tools
 #   - the FerretDB helper (tools/ferretdb-lite), built once per machine and cached in
 #     ${XDG_CACHE_HOME:-~/.cache}/reelhouse; skipped when REELHOUSE_MONGODB_URL points at a real MongoDB
@@ -17,6 +18,7 @@ if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
 missing=()
 { command -v ffmpeg && command -v ffprobe; } >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   "${sudo_cmd[@]}" apt-get update -qq

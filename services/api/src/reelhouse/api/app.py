@@ -11,7 +11,16 @@ from fastapi import FastAPI
 from reelhouse.api.auth import resolve_bootstrap_token
 from reelhouse.api.downloads import resolve_download_secret
 from reelhouse.api.errors import install_error_handlers
-from reelhouse.api.routes import files, health, nodes, recordings, restreams, storage, streams
+from reelhouse.api.routes import (
+    dashboard,
+    files,
+    health,
+    nodes,
+    recordings,
+    restreams,
+    storage,
+    streams,
+)
 from reelhouse.api.settings import ApiSettings
 from reelhouse.api.state import AppState
 from reelhouse.api.stats import LiveStats
@@ -90,4 +99,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(restreams.router)
     app.include_router(streams.router)
     app.include_router(storage.router)
+    app.include_router(dashboard.router)
     return app

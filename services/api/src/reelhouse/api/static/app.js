@@ -1,0 +1,217 @@
+// The Reelhouse operator dashboard: sign-in, a hash router, and one poll loop (every 3 s, as the
+// seed's dashboard polls getStat) feeding every view, the sparklines and the events feed.
+import { call, session } from "./api.js";
+import { clearErrors, field, input, showErrors } from "./forms.js";
+import { jobState, recordingsView } from "./recordings.js";
+import { restreamsView } from "./restreams.js";
+import { streamsView } from "./streams.js";
+import { feedList, systemView } from "./system.js";
+import { button, h, notice } from "./ui.js";
+
+const POLL_MS = 3000;
+const HISTORY_SAMPLES = 100; // 5 minutes of bitrate at one sample per poll
+const FEED_SIZE = 200;
+
+const root = document.getElementById("app");
+
+const store = {
+  recordings: [],
+  recStats: new Map(),
+  restreams: [],
+  rsStats: new Map(),
+  history: new Map(), // "recording:<id>" → kbit/s samples
+  feed: [],
+  tick: 0,
+  seen: null, // last snapshot of states, for the events feed
+  refresh: async () => {},
+};
+
+// -- events feed: what changed between two polls --------------------------------------------
+
+function snapshot() {
+  const seen = new Map();
+  for (const job of store.recordings) {
+    const [state, reason] = jobState(job);
+    const files = new Map((job.recordedFiles ?? []).map((f) => [f.id, [f.file_name, f.status]]));
+    seen.set(`recording:${job.id}`, { name: job.recording_name, state, reason, files });
+  }
+  for (const job of store.restreams) {
+    const [state, reason] = jobState(job);
+    const dests = new Map((store.rsStats.get(job.id)?.destinations ?? []).map((d) => [d.index, [d.target, d.state, d.message]]));
+    seen.set(`restream:${job.id}`, { name: job.restream_name, state, reason, files: new Map(), dests });
+  }
+  return seen;
+}
+
+function emit(kind, subject, text) {
+  store.feed.unshift({ at: new Date(), kind, subject, text });
+  store.feed.length = Math.min(store.feed.length, FEED_SIZE);
+}
+
+function observe() {
+  const now = snapshot();
+  const before = store.seen;
+  store.seen = now;
+  if (!before) return;
+  for (const [key, cur] of now) {
+    const prev = before.get(key);
+    const what = key.split(":")[0];
+    if (!prev) {
+      emit("created", cur.name, `${what} created (${cur.state})`);
+      continue;
+    }
+    if (prev.state !== cur.state || prev.reason !== cur.reason) {
+      emit(cur.state, cur.name, `${prev.state} → ${cur.state}${cur.reason ? `: ${cur.reason}` : ""}`);
+    }
+    for (const [id, [name, status]] of cur.files) {
+      const old = prev.files.get(id);
+      if (!old) emit("file", cur.name, `new file ${name} (${status})`);
+      else if (old[1] !== status) emit("file", cur.name, `${name}: ${old[1]} → ${status}`);
+    }
+    for (const [id, [name]] of prev.files) if (!cur.files.has(id)) emit("file", cur.name, `${name} deleted`);
+    for (const [index, [target, state, message]] of cur.dests ?? []) {
+      const old = prev.dests?.get(index);
+      if (old && old[1] !== state) emit(state, cur.name, `destination ${target}: ${old[1]} → ${state}${message ? `: ${message}` : ""}`);
+    }
+  }
+  for (const [key, prev] of before) if (!now.has(key)) emit("removed", prev.name, `${key.split(":")[0]} removed`);
+}
+
+// -- polling ----------------------------------------------------------------------------------
+
+function record(prefix, rows, stats) {
+  stats.clear();
+  for (const row of rows) {
+    const data = row.processData;
+    stats.set(data.id, row);
+    const key = `${prefix}:${data.id}`;
+    const samples = store.history.get(key) ?? [];
+    samples.push(Number(data.bitrate_kbits) || parseFloat(data.bitrate) || 0);
+    if (samples.length > HISTORY_SAMPLES) samples.shift();
+    store.history.set(key, samples);
+  }
+}
+
+async function pollOnce() {
+  const [recs, recStats, rss, rsStats] = await Promise.all([
+    call("recording/getAll", {}),
+    call("recording/getStat", {}),
+    call("restream/getAll", {}),
+    call("restream/getStat", {}),
+  ]);
+  store.tick += 1;
+  store.recordings = recs;
+  store.restreams = rss;
+  record("recording", recStats, store.recStats);
+  record("restream", rsStats, store.rsStats);
+  for (const [id, row] of store.recStats) store.recStats.set(id, row.processData);
+  observe();
+}
+
+let timer = null;
+let current = null;
+
+async function refresh() {
+  clearTimeout(timer);
+  try {
+    await pollOnce();
+    document.body.dataset.lastPoll = String(store.tick);
+    if (document.querySelector(".notice-stale")) notice("");
+  } catch (err) {
+    if (!session.token) return;
+    notice(`Live data is stale: ${err.message}`, "stale");
+  }
+  try {
+    await current?.update();
+  } catch (err) {
+    notice(err.message, "error");
+  }
+  renderFeedAside();
+  if (session.token) timer = setTimeout(refresh, POLL_MS);
+}
+store.refresh = refresh;
+
+// -- layout and routing -----------------------------------------------------------------------
+
+const VIEWS = {
+  recordings: ["Recordings", recordingsView],
+  restreams: ["Restreams", restreamsView],
+  streams: ["Streams", streamsView],
+  system: ["System", systemView],
+};
+const built = new Map();
+let aside = null;
+
+function renderFeedAside() {
+  if (aside) aside.replaceChildren(h("h3", {}, "Events"), feedList(store, { limit: 12 }));
+}
+
+function route() {
+  const name = location.hash.replace(/^#\/?/, "") || "recordings";
+  return VIEWS[name] ? name : "recordings";
+}
+
+function showApp() {
+  const name = route();
+  if (!built.has(name)) built.set(name, VIEWS[name][1](store));
+  current = built.get(name);
+  const nav = h("nav", {}, Object.entries(VIEWS).map(([key, [label]]) => h(
+    "a", { href: `#/${key}`, class: key === name ? "active" : "", dataset: { testid: `nav-${key}` } }, label,
+  )));
+  aside = h("aside", { class: "feed-aside" });
+  root.replaceChildren(
+    h("header", { class: "top" },
+      h("h1", {}, "Reelhouse"), nav,
+      button("Sign out", signOut, { class: "link", dataset: { testid: "sign-out" } })),
+    h("div", { id: "notice", class: "notice", hidden: true, role: "status" }),
+    h("main", {}, current.el, aside),
+  );
+  refresh();
+}
+
+function signOut() {
+  session.token = "";
+  clearTimeout(timer);
+  built.clear();
+  store.seen = null;
+  showSignIn();
+}
+
+function showSignIn(message = "") {
+  clearTimeout(timer);
+  const token = input({ type: "password", autocomplete: "current-password", dataset: { testid: "token" } });
+  const form = h(
+    "form",
+    { class: "card form sign-in", novalidate: true, dataset: { testid: "sign-in" } },
+    h("h1", {}, "Reelhouse"),
+    h("p", { class: "muted" }, "Sign in with the access token (for now the bootstrap token: ",
+      h("code", {}, "data/bootstrap-token"), "). It is kept for this tab only."),
+    h("div", { class: "form-error", role: "alert" }, message),
+    field("token", "Access token", token),
+    h("button", { type: "submit", class: "primary", dataset: { testid: "sign-in-button" } }, "Sign in"),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    session.token = token.value.trim();
+    try {
+      await call("nodes/getAll", {}, { signIn: true }); // any authenticated call checks it
+    } catch (err) {
+      session.token = "";
+      return showErrors(form, [{ field: "token", message: err.message }]);
+    }
+    showApp();
+  });
+  root.replaceChildren(form);
+  token.focus();
+}
+
+session.onUnauthorized = () => {
+  session.token = "";
+  built.clear();
+  showSignIn("The access token was refused; sign in again.");
+};
+
+window.addEventListener("hashchange", () => session.token && showApp());
+if (session.token) showApp();
+else showSignIn();
