@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bson import ObjectId
 from support.events import Events
-from support.media import av_streams, ffprobe
+from support.media import av_streams, ffprobe, free_port
 from support.stack import Stack, running_stack
 from support.wait import eventually
 from test_recording_jobs import (
@@ -249,3 +250,29 @@ async def test_reprocess_file_remuxes_reports_and_handles_a_missing_file(stack, 
         assert gone["failure_reason"] == "missing"
         assert gone["failed_at"]
         await eventually(lambda: "file_failed" in ev.types(job_id), timeout=10, what="file_failed")
+
+
+async def test_an_audio_only_source_records_to_mp4_without_the_thumbnail(stack, db, tmp_path):
+    port = free_port("udp")
+    # A listener serving one caller at a time, again after each (the first caller goes away).
+    serve = (
+        "while true; do ffmpeg -hide_banner -loglevel error -re -f lavfi"
+        " -i sine=frequency=440:sample_rate=48000 -c:a aac -f mpegts"
+        f" 'srt://127.0.0.1:{port}?mode=listener' </dev/null; sleep 0.2; done"
+    )
+    source = subprocess.Popen(["sh", "-c", serve], start_new_session=True)
+    try:
+        await stack.start_recorder()
+        await recorder_ready(stack, db)
+        body = job_body(f"srt://127.0.0.1:{port}", seamless=False)
+        job_id = (await stack.ok("create", body))["id"]
+        # The first try has a thumbnail output with nothing to map; the next one drops it.
+        await wait_recorded(stack, job_id, 3.0)
+        (ready,) = (await stop_and_wait(stack, job_id))["recordedFiles"]
+        info = await probe(ready["file_path"])
+        assert [s["codec_type"] for s in info["streams"]] == ["audio"]
+        assert duration_s(info) >= 2.0
+        assert not list(Path(ready["file_path"]).parent.glob(".thumb*"))
+    finally:
+        os.killpg(source.pid, signal.SIGKILL)
+        source.wait()

@@ -139,6 +139,8 @@ class RecordingRun(SupervisedRun):
         self._opened: set[str] = set()  # split mode: segment names announced as opened
         self._watch_task: asyncio.Task[None] | None = None
         self._degraded: str | None = None  # why the job cannot record right now (disk full)
+        # The live JPEG output; dropped for good if the source turns out to have no video.
+        self._thumbnail = config.output_format != "mp3"
         super().__init__(lease=lease, leases=leases, bus=bus, settings=settings, node_id=node_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -209,7 +211,7 @@ class RecordingRun(SupervisedRun):
             target=target,
             segment_list=self._segment_list,
             hls_append=self._hls_from > 0,
-            thumbnail=self._dir / ".thumb-%d.jpg" if self.config.output_format != "mp3" else None,
+            thumbnail=self._dir / ".thumb-%d.jpg" if self._thumbnail else None,
         )
 
     async def _session_playlist(self) -> Path | None:
@@ -243,6 +245,10 @@ class RecordingRun(SupervisedRun):
             await self._open_part_record(snapshot)
 
     async def _on_exit(self, returncode: int, stderr_tail: list[str]) -> None:
+        if self._thumbnail and any("does not contain any stream" in x for x in stderr_tail):
+            # An audio-only source: the thumbnail output has nothing to map; record without it.
+            self._thumbnail = False
+            self._log.info("thumbnail_disabled", reason="the source has no video")
         if not self._stopping and classify_lines(stderr_tail) == "disk_full":
             # Retrying at the usual pace would only fail again: wait, and say why, once.
             self.supervisor.delay_next_retry(self._settings.disk_full_retry_s)
