@@ -76,7 +76,7 @@ def test_every_architecture_event_is_known():
         "config_reloaded",
     ]
     # Added by Reelhouse (docs/DECISIONS.md "Pause and resume"): the API's pause/resume.
-    added = ["job_paused", "job_resumed"]
+    added = ["job_paused", "job_resumed", "schedule_skip"]
     assert set(EVENTS) == set(expected) | set(added)
 
 

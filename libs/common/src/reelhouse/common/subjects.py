@@ -27,7 +27,7 @@ Event = Literal[
     "job_started", "job_stopped", "job_failed", "job_retrying", "job_paused", "job_resumed",
     "file_opened", "file_closed", "file_ready", "file_failed", "file_deleted", "file_archived",
     "processing_started", "processing_progress", "processing_complete", "processing_failed",
-    "quota_exceeded", "disk_warning", "stream_status", "config_reloaded",
+    "quota_exceeded", "disk_warning", "stream_status", "config_reloaded", "schedule_skip",
 ]  # fmt: skip
 
 SERVICES: tuple[str, ...] = Service.__args__  # type: ignore[attr-defined]
@@ -69,6 +69,10 @@ class Subjects:
     def commands(self, service: Service) -> str:
         """Wildcard for every command hint to ``service``."""
         return f"{self.prefix}.cmd.{_check('service', service, SERVICES)}.*"
+
+    def beat(self, service: Service) -> str:
+        """Worker nodes' pulses (:class:`~reelhouse.common.contracts.messages.NodeBeat`)."""
+        return f"{self.prefix}.beat.{_check('service', service, SERVICES)}"
 
     def probe(self) -> str:
         """The prober's request subject."""

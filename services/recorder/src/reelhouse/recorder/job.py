@@ -11,6 +11,12 @@ Seamless jobs (ARCHITECTURE §5 "seamless recording"): every part of one session
 failovers, pause/resume) stays ``recording`` until the session ends (stop, restart, update), then
 the parts are joined without re-encoding into one file with an integrity report. An m3u8 session
 is not joined: each part continues the session's playlist after an ``#EXT-X-DISCONTINUITY``.
+With ``seamless_reconnect_s``, a source away longer than that ends the live session: the parts so
+far are joined at once, and the source's return begins a new file.
+
+Quota (``max_bytes_total``): what the job's folder holds (the part being written included) is
+checked about once a second while media flows; reaching it sets the job inactive, publishes
+``quota_exceeded`` and a stop hint, and the lease protocol stops FFmpeg like any stop.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
+from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.contracts.recording import FILE_EXTENSIONS, RecordingIn
 from reelhouse.common.ffmpeg.command import build_recording_args
 from reelhouse.common.ffmpeg.failures import classify_lines
@@ -61,6 +69,13 @@ def recording_config(job: dict[str, Any], input_doc: dict[str, Any]) -> Recordin
     inp = {k: v for k, v in input_doc.items() if k not in _INPUT_STORED_ONLY}
     return RecordingIn.model_validate({**fields, "input": inp})
 
+
+QUOTA_CHECK_S = 1.0
+"""Seconds between two looks at a job's stored bytes against its quota while it records."""
+
+_NOT_COUNTED = (".thumb-", ".part-", ".join-")
+"""Hidden files of a job folder that are not recordings (thumbnail, segment lists, a join's
+temporary copy) and do not count against the quota."""
 
 GAP_MIN_MS = 1000
 """Time between two parts of a session below which it is not reported as a gap."""
@@ -141,6 +156,13 @@ class RecordingRun(SupervisedRun):
         self._degraded: str | None = None  # why the job cannot record right now (disk full)
         # The live JPEG output; dropped for good if the source turns out to have no video.
         self._thumbnail = config.output_format != "mp3"
+        self._aligned = self._split and config.recording_mode_settings.align_to_clock
+        self._quota = config.max_bytes_total  # bytes; 0: none
+        self._quota_checked = 0.0  # monotonic time of the last quota check
+        self._quota_hit = False
+        self._reconnect_s = config.seamless_reconnect_s if self._seamless else 0
+        self._drop_timer: asyncio.Task[None] | None = None  # ends the session after a long drop
+        self._drop_joining = False
         super().__init__(lease=lease, leases=leases, bus=bus, settings=settings, node_id=node_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -149,12 +171,19 @@ class RecordingRun(SupervisedRun):
         """Recover what a previous owner left, then start FFmpeg."""
         await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
         await self._recover_previous_parts()
+        if self._quota and await self._check_quota():
+            return  # already full: the job is stopped, FFmpeg is never started
         self.supervisor.start()
         if self._split:
             self._watch_task = asyncio.create_task(self._watch_segments(), name="segments")
 
     async def _after_stop(self) -> None:
         """Register the last files (FFmpeg has written its trailer)."""
+        if self._drop_timer is not None:
+            if not self._drop_joining:
+                self._drop_timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drop_timer
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -182,6 +211,67 @@ class RecordingRun(SupervisedRun):
     async def _state_changed(self, state: SupervisorState) -> None:
         if state is SupervisorState.RUNNING:
             self._degraded = None
+            if self._drop_timer is not None and not self._drop_joining:
+                self._drop_timer.cancel()  # back within the reconnect window: same session
+                self._drop_timer = None
+        elif (
+            state is SupervisorState.RETRYING
+            and self._reconnect_s
+            and self.supervisor.ever_ran
+            and self._drop_timer is None
+            and not self._stopping
+        ):
+            self._drop_timer = asyncio.create_task(self._end_session_after_drop(), name="drop")
+
+    async def _end_session_after_drop(self) -> None:
+        """The source stayed away longer than ``seamless_reconnect_s``: the live session ends,
+        its parts are joined now; the source's return begins a new file."""
+        await asyncio.sleep(self._reconnect_s)
+        if self._stopping or self.supervisor.state is SupervisorState.RUNNING:
+            return
+        self._drop_joining = True
+        try:
+            self._log.info("live_session_ended", away_s=self._reconnect_s)
+            await self._join_session(self.lease.generation)
+        except Exception as exc:
+            self._log.warning("live_session_join_failed", error=str(exc)[:300])
+        finally:
+            self._drop_joining = False
+            self._drop_timer = None
+
+    # -- quota --------------------------------------------------------------------------------
+
+    def _stored_bytes(self) -> int:
+        total = 0
+        with contextlib.suppress(FileNotFoundError), os.scandir(self._dir) as entries:
+            for entry in entries:
+                if entry.name.startswith(_NOT_COUNTED):
+                    continue
+                with contextlib.suppress(OSError):
+                    if entry.is_file():
+                        total += entry.stat().st_size
+        return total
+
+    async def _check_quota(self) -> bool:
+        """Whether the job has reached ``max_bytes_total``; if so (once) stop it for good."""
+        self._quota_checked = time.monotonic()
+        stored = await asyncio.to_thread(self._stored_bytes)
+        if stored < self._quota or self._quota_hit:
+            return self._quota_hit
+        self._quota_hit = True
+        now = utcnow()
+        reason = f"quota reached: {stored} bytes stored, max_bytes_total {self._quota}"
+        self._log.warning("recording_quota_exceeded", stored_bytes=stored, quota=self._quota)
+        await self._db[Collections.RECORDINGS].update_one(
+            {"_id": self.lease.job_id, "generation": self.lease.generation},
+            {"$set": {"active": False, "paused": False, "quota_exceeded_at": now,
+                      "modified": now}},
+        )  # fmt: skip
+        await self._event("quota_exceeded", state="stopping", reason=reason)
+        with contextlib.suppress(Exception):  # the owner (this node) stops at once, not later
+            command = JobCommand(module="recording", verb="stop", job_id=self.job_id)
+            await self._bus.publish(self._bus.subjects.command("recorder", "stop"), command)
+        return True
 
     # -- FFmpeg arguments: one new part per (re)start -----------------------------------------
 
@@ -243,6 +333,12 @@ class RecordingRun(SupervisedRun):
     async def _before_progress(self, snapshot: ProgressSnapshot) -> None:
         if not self._split and self._part_record is None and self._part_path is not None:
             await self._open_part_record(snapshot)
+        if (
+            self._quota
+            and not self._quota_hit
+            and time.monotonic() - self._quota_checked >= QUOTA_CHECK_S
+        ):
+            await self._check_quota()
 
     async def _on_exit(self, returncode: int, stderr_tail: list[str]) -> None:
         if self._thumbnail and any("does not contain any stream" in x for x in stderr_tail):
@@ -610,10 +706,23 @@ class RecordingRun(SupervisedRun):
                 start = float(fields[1])
             except (IndexError, ValueError):
                 start = 0.0
+            first = self._list_base is None
             if self._list_base is None:
                 self._list_base = start
             when = self._part_started + timedelta(seconds=start - self._list_base)
+            if self._aligned and not first:
+                when = self._on_boundary(when)
             await self._adopt_segment(self._dir / name, when)
+
+    def _on_boundary(self, when: datetime) -> datetime:
+        """An aligned cut's start, named after the clock boundary it was cut at (the media
+        time estimate is off by FFmpeg's probe time; the cut is at the first keyframe after)."""
+        period = self.config.recording_mode_settings.total_seconds
+        epoch = when.timestamp()
+        boundary = round(epoch / period) * period
+        if abs(epoch - boundary) <= min(period / 2, 5.0):
+            return datetime.fromtimestamp(boundary, UTC)
+        return when
 
     async def _adopt_segment(self, path: Path, when: datetime) -> None:
         """Give a complete numbered segment its final name and register it."""

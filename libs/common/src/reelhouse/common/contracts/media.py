@@ -8,7 +8,9 @@ field, so a bad option never reaches FFmpeg.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
@@ -181,4 +183,66 @@ class Overlay(BaseModel):
                 raise _field_error("image_url", "an IMAGE overlay needs image_url")
             if url_scheme(self.image_url) not in ("http", "https"):
                 raise _field_error("image_url", "must be an http:// or https:// URL")
+        return self
+
+
+# -- schedules (issue 10) -------------------------------------------------------------------------
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[str, ...] = Weekday.__args__  # type: ignore[attr-defined]
+"""Weekday names in ISO order (``mon`` is 0, as ``date.weekday()``)."""
+
+ClockTime = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$")]
+"""A local time of day, ``HH:MM`` or ``HH:MM:SS`` (24 h)."""
+
+
+class WeeklyWindow(BaseModel):
+    """A window that opens every week on ``days`` at ``start`` (local time of the schedule's
+    ``timezone``) and closes at ``stop``; a ``stop`` at or before ``start`` is on the next day."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    days: list[Weekday] = Field(min_length=1, max_length=7)
+    start: ClockTime
+    stop: ClockTime
+
+
+class Schedule(BaseModel):
+    """When a job may run: a job is desired-running when ``active`` *and* inside a window.
+
+    * only ``start_at``/``stop_at``: one window (either end may be open);
+    * ``weekly``: the weekly windows, bounded by ``start_at``/``stop_at`` when given.
+
+    Naive ``start_at``/``stop_at`` are read in ``timezone``. The maths is in
+    :mod:`reelhouse.common.schedule`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_at: datetime | None = None
+    stop_at: datetime | None = None
+    weekly: list[WeeklyWindow] = Field(default_factory=list, max_length=50)
+    timezone: str = Field("UTC", max_length=64)
+    """IANA zone name (``Europe/Berlin``) for the weekly times and naive datetimes."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r} (e.g. 'Europe/Berlin')") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_schedule(self) -> Schedule:
+        if self.start_at is None and self.stop_at is None and not self.weekly:
+            raise ValueError("a schedule needs start_at, stop_at or weekly windows")
+        zone = ZoneInfo(self.timezone)
+        for name in ("start_at", "stop_at"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                setattr(self, name, value.replace(tzinfo=zone))  # validate_assignment is off
+        if self.start_at and self.stop_at and self.stop_at <= self.start_at:
+            raise _field_error("stop_at", "must be after start_at")
         return self

@@ -27,6 +27,7 @@ from reelhouse.common.contracts.media import (
     ModifyAudio,
     ModifyVideo,
     Overlay,
+    Schedule,
     Transcoding,
 )
 from reelhouse.common.contracts.types import Name
@@ -50,6 +51,10 @@ class RecordingModeSettings(BaseModel):
     hours: Annotated[StrictInt, Field(ge=0, le=168)] = 0
     minutes: Annotated[StrictInt, Field(ge=0, le=59 * 60)] = 0
     seconds: Annotated[StrictInt, Field(ge=0, le=59 * 3600)] = 0
+    align_to_clock: StrictBool = False
+    """Split mode: cut at wall-clock multiples of the split length (UTC time of day: every 10
+    minutes at :00, :10, ...) instead of every N seconds from the start; the first segment is
+    shorter. Not for m3u8."""
 
     @property
     def total_seconds(self) -> int:
@@ -81,6 +86,16 @@ class RecordingIn(BaseModel):
     """Join the parts of one session (source drops, failovers) into one file when it ends.
     Default (None): on for RECORDING_MODE_INFINITY; split-by-time never joins. An m3u8
     session is not joined: its parts continue one playlist, with a discontinuity at each."""
+    seamless_reconnect_s: Annotated[StrictInt, Field(ge=0, le=7 * 86400)] = 0
+    """Seamless jobs: seconds a source may stay away before its live session ends (the parts so
+    far are joined into one file; the source's return starts a new file). 0: no limit, a session
+    lasts until stop/start/update (or the end of a schedule window)."""
+    max_bytes_total: Annotated[StrictInt, Field(ge=0)] = 0
+    """Quota: when the job's stored files (its folder, the part being written included) reach
+    this many bytes, the job is stopped (``active: false``) with a ``quota_exceeded`` event.
+    0: no quota. Not ``max_bytes``, which is retention (oldest files deleted)."""
+    schedule: Schedule | None = None
+    """When the job may run (one-off or weekly windows); None: whenever it is active."""
 
     @field_validator("recording_mode_settings")
     @classmethod
@@ -94,6 +109,17 @@ class RecordingIn(BaseModel):
                 "RECORDING_MODE_SPLIT_BY_TIME needs a positive duration (hours, minutes, seconds)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _aligned_needs_split(self) -> RecordingIn:
+        if self.recording_mode_settings.align_to_clock and (
+            self.recording_mode != "RECORDING_MODE_SPLIT_BY_TIME" or self.output_format == "m3u8"
+        ):
+            raise ValueError(
+                "@recording_mode_settings.align_to_clock: needs RECORDING_MODE_SPLIT_BY_TIME "
+                "and an output format other than m3u8"
+            )
+        return self
 
     @model_validator(mode="after")
     def _processing_fits_output(self) -> RecordingIn:
@@ -115,8 +141,14 @@ class RecordingIn(BaseModel):
         return True if self.seamless is None else self.seamless
 
     def config(self) -> dict[str, Any]:
-        """The job's stored configuration (everything but the input, which is its own document)."""
-        return self.model_dump(mode="json", exclude={"input"})
+        """The job's stored configuration (everything but the input, which is its own document).
+
+        ``recording_mode_settings.align_to_clock`` is stored only when set, so the block reads
+        back exactly as the seed's clients sent it."""
+        config = self.model_dump(mode="json", exclude={"input"})
+        if not self.recording_mode_settings.align_to_clock:
+            config["recording_mode_settings"].pop("align_to_clock", None)
+        return config
 
 
 class RecordingUpdate(RecordingIn):

@@ -25,6 +25,7 @@ from reelhouse.common.contracts.media import (
     ModifyAudio,
     ModifyVideo,
     Overlay,
+    Schedule,
     Transcoding,
 )
 from reelhouse.common.contracts.types import Name, OptionalStreamUrl, url_scheme
@@ -156,6 +157,8 @@ class RestreamIn(BaseModel):
     modify_video: ModifyVideo = Field(default_factory=ModifyVideo)
     overlay: Overlay = Field(default_factory=Overlay)
     active: StrictBool = False
+    schedule: Schedule | None = None
+    """When the job may run (one-off or weekly windows); None: whenever it is active."""
 
     @field_validator("output", mode="before")
     @classmethod

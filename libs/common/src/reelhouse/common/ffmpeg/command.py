@@ -607,6 +607,7 @@ def recording_output_args(
     segment_seconds: int | None = None,
     segment_list: Path | None = None,
     hls_append: bool = False,
+    align_to_clock: bool = False,
 ) -> list[str]:
     """The muxer, its options and ``target``, last.
 
@@ -619,6 +620,13 @@ def recording_output_args(
       With ``hls_append`` an existing playlist is continued (``append_list``): its ENDLIST goes,
       the new segments follow an ``#EXT-X-DISCONTINUITY`` and keep counting (a seamless m3u8
       session). ``-n`` does not refuse the existing playlist (the HLS muxer opens its own files).
+    * ``align_to_clock`` (split only): ``-segment_atclocktime 1`` cuts at the first keyframe after
+      each wall-clock multiple of ``segment_seconds`` (FFmpeg's local time of day; the recorder
+      runs it with ``TZ=UTC``), so the first segment is shorter. MPEG-TS segments then keep the
+      continuous timestamps of the stream (``-reset_timestamps 0``: played or concatenated one
+      after the other they form one timeline, as HLS does); the other containers restart at 0
+      in each file, which they need to play from their start (an MP4 that starts at 600 s reads
+      as 600 s of nothing first).
 
     ``-n`` makes FFmpeg refuse to overwrite an existing ``target`` (and never ask on stdin,
     which the supervisor uses for ``q``). Raises ``ValueError`` for a ``segment_list`` without
@@ -655,8 +663,10 @@ def recording_output_args(
             "-segment_time", str(segment_seconds),
             "-segment_format", muxer,
             "-segment_format_options", ":".join(f"{k}={v}" for k, v in options),
-            "-reset_timestamps", "1",
+            "-reset_timestamps", "0" if align_to_clock and output_format == "mpegts" else "1",
         ]  # fmt: skip
+        if align_to_clock:
+            args += ["-segment_atclocktime", "1"]
         if "%Y" in target.name:  # a strftime pattern; otherwise %05d numbers the segments
             args += ["-strftime", "1"]
         if segment_list is not None:
@@ -746,6 +756,7 @@ def build_recording_args(
             segment_seconds=seconds,
             segment_list=segment_list,
             hls_append=hls_append,
+            align_to_clock=split and job.recording_mode_settings.align_to_clock,
         ),
         *(thumbnail_output_args(thumbnail) if thumbnail and job.output_format != "mp3" else []),
     ]

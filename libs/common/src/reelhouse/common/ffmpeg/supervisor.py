@@ -11,7 +11,9 @@ An explicit state machine (ARCHITECTURE §4)::
 - ``starting``: a process is being (re)started; no progress block has arrived yet.
 - ``running``: FFmpeg has reported progress at least once.
 - ``retrying``: the process ended without being asked to (or hung and was stopped); the next
-  start waits for a capped exponential backoff with jitter (:func:`backoff_delay`).
+  start waits for a capped exponential backoff with jitter (:func:`backoff_delay`). Until a run
+  has reported progress once (:attr:`FFmpegSupervisor.ever_ran`), retrying means *waiting* for
+  a source that is not live yet: logged at info, and shown as ``waiting`` by job runs.
 - ``stopping``: :meth:`FFmpegSupervisor.stop` was called; FFmpeg is asked to quit.
 - ``finished``: stopped on request, and FFmpeg exited with 0 (``q``) or 255 (SIGINT), died of our
   SIGINT (stopped before it had set up its handlers), or nothing was running; also an
@@ -368,6 +370,7 @@ class FFmpegSupervisor:
         self._min_next_delay = 0.0  # set by delay_next_retry for the next restart only
         self._last_advance = 0.0  # loop time of the last progress block that moved
         self._running_since: float | None = None  # loop time of the current run's first block
+        self._ever_ran = False  # some run has reported progress (the source was live once)
 
     # -- what callers read ------------------------------------------------------------------
 
@@ -413,6 +416,12 @@ class FFmpegSupervisor:
     def last_progress(self) -> ProgressSnapshot | None:
         """The latest progress snapshot of any run; None before the first."""
         return self._last_progress
+
+    @property
+    def ever_ran(self) -> bool:
+        """Whether any run has reported progress yet. Until then a job is *waiting* for its
+        source (armed before it goes live): its retries are expected, not failures."""
+        return self._ever_ran
 
     @property
     def stderr_tail(self) -> list[str]:
@@ -618,6 +627,7 @@ class FFmpegSupervisor:
                     # Before the exit: a run that reported progress was running, however short.
                     pending.discard(first_progress)
                     self._running_since = loop.time()
+                    self._ever_ran = True
                     await self._set_state(SupervisorState.RUNNING, "progress received")
                     continue
                 if exited in done:
@@ -698,7 +708,9 @@ class FFmpegSupervisor:
 
     async def _set_state(self, state: SupervisorState, reason: str) -> None:
         self._state, self._reason = state, reason
-        log = self._log.warning if state in _FAILING else self._log.info
+        # Retries before the source was ever live are waiting, not failing: no warning each time.
+        failing = state in _FAILING and (self._ever_ran or state is not SupervisorState.RETRYING)
+        log = self._log.warning if failing else self._log.info
         log("ffmpeg_state", state=state.value, reason=reason)
         await self._call(self._on_state, state, reason)
 

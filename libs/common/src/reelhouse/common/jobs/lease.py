@@ -24,6 +24,12 @@ must be replaced: ``start`` and ``update``) and a ``runtime`` block written only
   one node finishes them and a start waits until it is done.
 - **release**: unsets ``runtime`` if this node still owns it; the job is free to be claimed again
   at once (or reads as stopped when ``active`` is false).
+- **schedules** (docs/DECISIONS.md "Schedules, arming, quotas"): a job with ``scheduled: true``
+  is claimable and renewable only inside its current window, ``schedule_next_start <= now <
+  schedule_next_stop`` (a null stop never closes). The window fields are precomputed (API on
+  create/update/start, workers when a window ends: :mod:`reelhouse.common.jobs.windows`), so a
+  node that dies mid-window loses nothing (another claims the job) and the owner's renewal
+  fails when the window closes. ``claim_idle`` also takes a scheduled job outside its window.
 
 Every operation is a single-document atomic update: no transactions, no change streams, so the
 same code runs on MongoDB and FerretDB.
@@ -31,6 +37,7 @@ same code runs on MongoDB and FerretDB.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,8 +47,51 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.contracts.base import utcnow
+from reelhouse.common.schedule import window_fields
 
-__all__ = ["Lease", "LeaseStore"]
+__all__ = ["Clock", "Lease", "LeaseStore", "in_window", "outside_window", "window_open"]
+
+Clock = Callable[[], datetime]
+"""Now, timezone-aware UTC (tests inject their own)."""
+
+
+def in_window(now: datetime) -> dict[str, Any]:
+    """Filter: the job has no schedule, or ``now`` is inside its current window."""
+    return {
+        "$or": [
+            {"scheduled": {"$ne": True}},
+            {
+                "schedule_next_start": {"$lte": now},
+                "$or": [{"schedule_next_stop": None}, {"schedule_next_stop": {"$gt": now}}],
+            },
+        ]
+    }
+
+
+def outside_window(now: datetime) -> dict[str, Any]:
+    """Filter: the job is scheduled and ``now`` is outside its current window (or none is left)."""
+    return {
+        "scheduled": True,
+        "$or": [
+            {"schedule_next_start": None},
+            {"schedule_next_start": {"$gt": now}},
+            {"schedule_next_stop": {"$lte": now}},
+        ],
+    }
+
+
+def window_open(doc: dict[str, Any], now: datetime) -> bool:
+    """:func:`in_window` for a document already read."""
+    if doc.get("scheduled") is not True:
+        return True
+    start, stop = doc.get("schedule_next_start"), doc.get("schedule_next_stop")
+    if start is None:
+        return False
+    if start.tzinfo is None:  # read without tz_aware
+        start = start.replace(tzinfo=now.tzinfo)
+    if stop is not None and stop.tzinfo is None:
+        stop = stop.replace(tzinfo=now.tzinfo)
+    return start <= now and (stop is None or now < stop)
 
 
 @dataclass
@@ -57,10 +107,20 @@ class Lease:
 class LeaseStore:
     """Claims, renews and releases job leases in one collection for one node."""
 
-    def __init__(self, *, db: AsyncDatabase, collection: str, node_id: str, lease_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        db: AsyncDatabase,
+        collection: str,
+        node_id: str,
+        lease_s: float,
+        clock: Clock = utcnow,
+    ) -> None:
         self._jobs = db[collection]
+        self.jobs = self._jobs  # the job collection (the schedule keeper reads it too)
         self.node_id = node_id
         self.lease_s = lease_s  # seconds a lease lasts without renewal
+        self.clock = clock  # now (UTC); schedule windows and lease expiry are read against it
 
     def _until(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self.lease_s)
@@ -77,12 +137,15 @@ class LeaseStore:
         ``where`` adds conditions a claimable document must also meet (the prober claims only
         streams that have a URL).
         """
-        now = utcnow()
+        now = self.clock()
         query: dict[str, Any] = {
             **(where or {}),
             "active": True,
             "paused": {"$ne": True},
-            "$or": [{"runtime": {"$exists": False}}, {"runtime.lease_until": {"$lt": now}}],
+            "$and": [
+                {"$or": [{"runtime": {"$exists": False}}, {"runtime.lease_until": {"$lt": now}}]},
+                in_window(now),
+            ],
         }
         if job_id is not None:
             query["_id"] = job_id
@@ -125,12 +188,12 @@ class LeaseStore:
         None when the job is running, owned, or gone. The lease is kept by :meth:`hold` and
         given back by :meth:`release`; ``runtime.state`` reads ``finishing`` meanwhile.
         """
-        now = utcnow()
+        now = self.clock()
         doc = await self._jobs.find_one_and_update(
             {
                 "_id": job_id,
                 "$and": [
-                    {"$or": [{"active": {"$ne": True}}, {"paused": True}]},
+                    {"$or": [{"active": {"$ne": True}}, {"paused": True}, outside_window(now)]},
                     {"$or": [{"runtime": {"$exists": False}},
                              {"runtime.lease_until": {"$lt": now}}]},
                 ],
@@ -145,7 +208,7 @@ class LeaseStore:
 
     async def renew(self, lease: Lease, runtime: dict[str, Any] | None = None) -> bool:
         """Extend the lease (and write ``runtime.*`` fields); False means: stop FFmpeg now."""
-        now = utcnow()
+        now = self.clock()
         fields = {f"runtime.{k}": v for k, v in (runtime or {}).items()}
         result = await self._jobs.update_one(
             {
@@ -154,6 +217,7 @@ class LeaseStore:
                 "active": True,
                 "paused": {"$ne": True},
                 "generation": lease.generation,
+                **in_window(now),
             },
             {"$set": {"runtime.lease_until": self._until(now), **fields}},
         )
@@ -169,14 +233,17 @@ class LeaseStore:
         """
         if not leases:
             return set()
-        now = utcnow()
+        now = self.clock()
         wanted = {lease.job_id: lease.generation for lease in leases}
         result = await self._jobs.update_many(
             {
                 "runtime.node": self.node_id,
                 "active": True,
                 "paused": {"$ne": True},
-                "$or": [{"_id": job_id, "generation": gen} for job_id, gen in wanted.items()],
+                "$and": [
+                    {"$or": [{"_id": job_id, "generation": gen} for job_id, gen in wanted.items()]},
+                    in_window(now),
+                ],
             },
             {"$set": {"runtime.lease_until": self._until(now)}},
         )
@@ -184,7 +251,15 @@ class LeaseStore:
             return set()
         still = self._jobs.find(
             {"_id": {"$in": list(wanted)}},
-            {"active": 1, "paused": 1, "generation": 1, "runtime.node": 1},
+            {
+                "active": 1,
+                "paused": 1,
+                "generation": 1,
+                "runtime.node": 1,
+                "scheduled": 1,
+                "schedule_next_start": 1,
+                "schedule_next_stop": 1,
+            },
         )
         ours = {
             doc["_id"]
@@ -193,18 +268,41 @@ class LeaseStore:
             and doc.get("paused") is not True
             and int(doc.get("generation", 0)) == wanted[doc["_id"]]
             and (doc.get("runtime") or {}).get("node") == self.node_id
+            and window_open(doc, now)
         }
         return set(wanted) - ours
 
     async def hold(self, lease: Lease, runtime: dict[str, Any] | None = None) -> bool:
         """Keep the lease while stopping (whatever the desired state); False if it is gone."""
-        now = utcnow()
+        now = self.clock()
         fields = {f"runtime.{k}": v for k, v in (runtime or {}).items()}
         result = await self._jobs.update_one(
             {"_id": lease.job_id, "runtime.node": self.node_id},
             {"$set": {"runtime.lease_until": self._until(now), **fields}},
         )
         return result.matched_count == 1
+
+    async def advance_windows(self, job_id: ObjectId | None = None) -> int:
+        """Move closed schedule windows on to each job's next window (all jobs, or one).
+
+        Each move is one atomic update conditioned on the closed window (so of several nodes one
+        moves it) and increments ``generation``: every window is a session of its own, and an
+        owner still running in the closed window finds its renewal refused. Returns how many
+        windows moved.
+        """
+        now = self.clock()
+        query: dict[str, Any] = {"scheduled": True, "schedule_next_stop": {"$lte": now}}
+        if job_id is not None:
+            query["_id"] = job_id
+        moved = 0
+        async for doc in self._jobs.find(query, {"schedule": 1, "schedule_next_stop": 1}):
+            fields = window_fields(doc.get("schedule"), now)
+            result = await self._jobs.update_one(
+                {"_id": doc["_id"], "schedule_next_stop": doc["schedule_next_stop"]},
+                {"$set": fields, "$inc": {"generation": 1}},
+            )
+            moved += result.modified_count
+        return moved
 
     async def release(self, job_id: ObjectId) -> bool:
         """Give the job up (unset ``runtime``) if this node still owns it."""

@@ -15,6 +15,21 @@ this node runs:
 Hints arrive on ``<p>.cmd.<service>.*`` to every node of the service (fan-out, not a queue group:
 the owner of a job must hear a stop or a restart, and a claim race is settled by MongoDB
 atomically).
+
+Faults (docs/DECISIONS.md "Scale-out and faults"):
+
+- **MongoDB away**: a failed renewal keeps FFmpeg running (a database blip never kills live
+  work). Every ``lease_s / 3`` each node publishes a :class:`NodeBeat` on ``<p>.beat.<service>``
+  saying whether its last MongoDB round trip worked. A node whose renewals have failed for two
+  thirds of a lease while a peer says it reaches MongoDB is the one cut off: its leases are about
+  to expire and the peer to claim its jobs, so it **fences** itself (stops every FFmpeg first, so
+  the two do not record at once). When MongoDB
+  is down for everyone, nobody can claim, nobody fences, and FFmpeg runs on. When MongoDB comes
+  back every lease looks expired, so a node that saw it fail claims nothing for ``lease_s / 2``:
+  the owners renew first and keep their jobs (no needless handover after an outage).
+- **Drain** (SIGTERM): the loop stops claiming, every FFmpeg is stopped gracefully (trailer
+  written, part closed) and its lease released at once, then a ``start`` hint names each released
+  job so a peer claims it now instead of at its next reconcile.
 """
 
 from __future__ import annotations
@@ -24,15 +39,21 @@ import contextlib
 from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
+from bson import ObjectId
 from pydantic import ValidationError
 
-from reelhouse.common.contracts.messages import JobCommand
+from reelhouse.common.contracts.messages import JobCommand, NodeBeat
 from reelhouse.common.jobs.lease import Lease, LeaseStore
+from reelhouse.common.jobs.windows import ScheduleKeeper
 from reelhouse.common.service import ServiceContext
 from reelhouse.common.settings import WorkerSettings
 from reelhouse.common.subjects import Module
 
-__all__ = ["InvalidJob", "JobNode", "JobRun"]
+__all__ = ["FENCE_AFTER", "InvalidJob", "JobNode", "JobRun"]
+
+FENCE_AFTER = 2 / 3
+"""Share of a lease after which a node whose renewals fail, while a peer reaches MongoDB, stops
+its FFmpegs (before the leases expire and the peer claims them)."""
 
 
 class InvalidJob(ValueError):
@@ -76,6 +97,18 @@ class JobNode(ABC):
         self._stopping: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._hinted: set[str] = set()
+        self._failing_since: float | None = None  # loop time the failing MongoDB calls began
+        self._db_ok_at: float | None = None  # loop time of the last MongoDB call that worked
+        self._renewed_at = 0.0  # loop time of the last renewal that reached MongoDB
+        self._peer_db_ok_at = float("-inf")  # loop time a peer last said it reaches MongoDB
+        self.fenced = 0  # runs stopped because this node was cut off from MongoDB
+        self._claims_from = 0.0  # loop time before which this node claims nothing (after an outage)
+        # Jobs whose start failed here: not claimed again by this node before the loop time given
+        # (doubling per failure, up to a minute), so a job that cannot start is no claim storm.
+        self._cooldown: dict[str, tuple[int, float]] = {}
+        self._windows: ScheduleKeeper | None = None  # schedule windows (issue 10)
+        self._tick_at = 0.0  # loop time of the next schedule tick
+        self._edge_at: float | None = None  # loop time of the next window edge
 
     # Worker services read these from WorkerSettings; another service may map its own settings.
     @property
@@ -112,13 +145,17 @@ class JobNode(ABC):
         """Serve until the service is asked to stop; then stop every FFmpeg gracefully."""
         await self.prepare()
         hints = asyncio.create_task(self._subscribe(), name="hints")
+        fence = asyncio.create_task(self._fence_watch(), name="fence")
         try:
             await self._loop()
         finally:
             hints.cancel()
+            fence.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await hints
+            released = [run.job_id for run in self.runs.values()]
             await self._stop_all(f"{self.service} shutting down")
+            await self._hint_peers(released)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -133,12 +170,17 @@ class JobNode(ABC):
                 await self._check_hinted()
             if loop.time() >= next_renew:
                 await self._renew_all()
+                await self._beat()
                 next_renew = loop.time() + renew_every
             if hinted:
                 await self._claim_delay()
             await self._claim()
             self.ctx.node.running_jobs = len(self.runs)
             timeout = min(self.reconcile_s, max(0.0, next_renew - loop.time()))
+            edge = await self._schedule_tick()
+            if edge is not None and edge < timeout:
+                # A schedule window opens (claim) or a run's closes (renewal fails): look then.
+                timeout, next_renew = edge, min(next_renew, loop.time() + edge)
             waiters = {
                 asyncio.ensure_future(self._wake.wait()),
                 asyncio.ensure_future(self.ctx.stop.wait()),
@@ -149,6 +191,28 @@ class JobNode(ABC):
             for waiter in pending:
                 waiter.cancel()
 
+    async def _schedule_tick(self) -> float | None:
+        """Advance closed schedule windows, report skipped ones (issue 10); seconds until the
+        next window edge that concerns this node, or None."""
+        now = asyncio.get_running_loop().time()
+        if self._windows is None:
+            self._windows = ScheduleKeeper(
+                leases=self.leases, bus=self.ctx.bus, module=self.module, grace_s=self.lease_s
+            )
+        elif now < self._tick_at:  # at most once per reconcile_s, or at the edge
+            return None if self._edge_at is None else max(0.1, self._edge_at - now)
+        self._tick_at = now + self.reconcile_s
+        try:
+            leases = [r.lease for r in self.runs.values() if not r.stopping]
+            edge = await self._windows.tick(leases)
+        except Exception as exc:
+            self.log.warning("schedule_tick_failed", error=str(exc).splitlines()[0][:200])
+            edge = None
+        self._edge_at = None if edge is None else now + edge
+        if self._edge_at is not None:
+            self._tick_at = min(self._tick_at, self._edge_at)
+        return edge
+
     async def _claim_delay(self) -> None:
         load = len(self.runs) / self.max_jobs
         if load > 0 and self.claim_delay_s > 0:
@@ -156,16 +220,27 @@ class JobNode(ABC):
                 await asyncio.wait_for(self.ctx.stop.wait(), self.claim_delay_s * load)
 
     async def _claim(self) -> None:
+        loop = asyncio.get_running_loop()
         while len(self.runs) < self.max_jobs and not self.ctx.stop.is_set():
+            if loop.time() < self._claims_from:
+                return  # MongoDB just came back: the owners renew first
+            if self._failing_since is not None and not await self._back_after_outage():
+                return
             if not await self.can_claim():
                 return
+            now = loop.time()
+            cooling = [ObjectId(j) for j, (_, until) in self._cooldown.items() if until > now]
             try:
-                lease = await self.leases.claim(where=self.claim_where)
+                lease = await self.leases.claim(where=self.claim_where, exclude=cooling)
             except Exception as exc:
+                self._db_failed(now)
                 self.log.warning("claim_failed", error=str(exc).splitlines()[0][:200])
                 return
+            self._db_worked()
             if lease is None:
                 return
+            if not self.runs:
+                self._renewed_at = asyncio.get_running_loop().time()
             await self._start(lease)
 
     async def _start(self, lease: Lease) -> None:
@@ -194,17 +269,28 @@ class JobNode(ABC):
             await run.start()
         except Exception as exc:
             self.log.exception(f"{self.module}_start_failed", job_id=job_id)
+            failures = self._cooldown.get(job_id, (0, 0.0))[0] + 1
+            wait_s = min(60.0, 2.0 ** (failures - 1))
+            self._cooldown[job_id] = (failures, asyncio.get_running_loop().time() + wait_s)
             self._begin_stop(run, f"could not start: {exc}")
+        else:
+            self._cooldown.pop(job_id, None)
 
     async def _renew_all(self) -> None:
         """One round trip renews every running job's lease; stopping jobs keep theirs by hold."""
         running = [run for run in self.runs.values() if not run.stopping]
+        now = asyncio.get_running_loop().time()
         try:
             lost = await self.leases.renew_many([run.lease for run in running])
         except Exception as exc:
             # MongoDB away: keep running; the lease protocol settles it when it is back.
+            self._db_failed(now)
             self.log.warning("lease_renew_failed", jobs=len(running), error=str(exc)[:200])
         else:
+            self._renewed_at = now
+            if running and self._db_worked():
+                # Back after an outage: let the other owners renew first.
+                self._claims_from = now + self.lease_s / 2
             for run in running:
                 if run.lease.job_id in lost:
                     self._begin_stop(run, "job stopped, changed or taken over")
@@ -214,6 +300,96 @@ class JobNode(ABC):
                     await self.leases.hold(run.lease)
                 except Exception as exc:
                     self.log.warning("lease_hold_failed", job_id=run.job_id, error=str(exc)[:200])
+
+    async def _back_after_outage(self) -> bool:
+        """After a failed round trip: ping; if MongoDB is back, hold claims for ``lease_s / 2``
+        (the owners renew first). False in both cases: this pass claims nothing."""
+        try:
+            await self.ctx.db.command("ping")
+        except Exception:
+            return False
+        self._db_worked()
+        self._claims_from = asyncio.get_running_loop().time() + self.lease_s / 2
+        self.log.info("mongo_back", claims_in_s=round(self.lease_s / 2, 1))
+        return False
+
+    def _db_failed(self, started: float) -> None:
+        """A MongoDB call begun at loop time ``started`` failed."""
+        if self._failing_since is None:
+            self._failing_since = started
+
+    def _db_worked(self) -> bool:
+        """A MongoDB call worked; True if calls were failing until now."""
+        recovering = self._failing_since is not None
+        self._failing_since = None
+        self._db_ok_at = asyncio.get_running_loop().time()
+        return recovering
+
+    async def _fence_watch(self) -> None:
+        """Check often (not only when a slow renewal returns) whether to fence."""
+        period = min(0.5, self.lease_s / 6)
+        while not self.ctx.stop.is_set():
+            if self._should_fence():
+                # Sure it is us and not the database: a fresh try, begun after the peer's success.
+                try:
+                    await self.ctx.db.command("ping")
+                except Exception:
+                    self._fence()
+                else:
+                    self._db_worked()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ctx.stop.wait(), period)
+
+    def _should_fence(self) -> bool:
+        """Our renewals have failed for ``FENCE_AFTER`` of a lease and a peer has reached MongoDB
+        since they began failing: the peer will claim our jobs when the leases expire."""
+        now = asyncio.get_running_loop().time()
+        failing_since = self._failing_since
+        if failing_since is None or not any(not r.stopping for r in self.runs.values()):
+            return False
+        if now - self._renewed_at < FENCE_AFTER * self.lease_s:
+            return False
+        return self._peer_db_ok_at > failing_since
+
+    def _fence(self) -> None:
+        """Stop every run (gracefully) before the peer claims the jobs, so that the two never
+        record at once."""
+        running = [run for run in self.runs.values() if not run.stopping]
+        now = asyncio.get_running_loop().time()
+        self.log.error(
+            "lease_fenced",
+            jobs=len(running),
+            since_s=round(now - self._renewed_at, 1),
+            reason="cut off from MongoDB while peers reach it; they take the jobs over",
+        )
+        for run in running:
+            self.fenced += 1
+            self._begin_stop(run, "fenced: this node lost MongoDB, a peer takes over")
+
+    async def _beat(self) -> None:
+        """Tell peers whether this node reaches MongoDB (see the module's "Faults")."""
+        bus = self.ctx.bus
+        if not bus.connected:
+            return
+        now = asyncio.get_running_loop().time()
+        ok_age = 1e9 if self._db_ok_at is None else now - self._db_ok_at
+        beat = NodeBeat(service=self.service, node=self.ctx.node_id,
+                        db_ok=self._failing_since is None, ok_age_s=round(ok_age, 3),
+                        jobs=len(self.runs))  # fmt: skip
+        with contextlib.suppress(Exception):
+            await bus.publish(bus.subjects.beat(self.service), beat)
+
+    async def _hint_peers(self, job_ids: list[str]) -> None:
+        """After a drain: ask peers to claim the released jobs now."""
+        bus = self.ctx.bus
+        for job_id in job_ids:
+            with contextlib.suppress(Exception):
+                command = JobCommand(module=self.module, verb="start", job_id=job_id)
+                await bus.publish(bus.subjects.command(self.service, "start"), command)
+        if job_ids:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(bus.nc.flush(), 2.0)
+            self.log.info("drained", jobs=len(job_ids))
 
     async def _check_hinted(self) -> None:
         """A hint named jobs this node runs: find out at once which of them must stop."""
@@ -275,9 +451,22 @@ class JobNode(ABC):
                 self._hinted.add(command.job_id)
                 self._wake.set()
 
-        sub = await bus.nc.subscribe(bus.subjects.commands(self.service), cb=on_hint)
+        async def on_beat(msg: Any) -> None:
+            try:
+                beat = NodeBeat.model_validate_json(msg.data)
+            except ValidationError:
+                return
+            if beat.node != self.ctx.node_id and beat.db_ok:
+                ok_at = asyncio.get_running_loop().time() - beat.ok_age_s
+                self._peer_db_ok_at = max(self._peer_db_ok_at, ok_at)
+
+        subs = [
+            await bus.nc.subscribe(bus.subjects.commands(self.service), cb=on_hint),
+            await bus.nc.subscribe(bus.subjects.beat(self.service), cb=on_beat),
+        ]
         try:
             await asyncio.Event().wait()
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()

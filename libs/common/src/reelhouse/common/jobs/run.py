@@ -3,6 +3,15 @@
 :class:`SupervisedRun` is the part recordings and restreams share; a subclass gives the FFmpeg
 arguments (``_argv``, called before every start) and reacts to exits and progress through the
 hooks below. It satisfies :class:`reelhouse.common.jobs.node.JobRun`.
+
+**Armed before live** (issue 10): until the source has been live once (the supervisor's
+``ever_ran``), a run whose attempts fail is ``waiting``, not ``retrying``: ``runtime.state`` says
+``waiting``, the supervisor's backoff spaces the attempts, and no ``job_retrying`` event is
+published for them. The first progress makes it ``running`` (``job_started``).
+
+**Schedules**: a run stopped because its window closed moves the job's window on (a new
+session, see :mod:`reelhouse.common.jobs.windows`) before it finishes up, so a recording's
+seamless parts of that window are joined at once.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from reelhouse.common.bus import Bus
@@ -111,8 +121,15 @@ class SupervisedRun:
         if self._stopping:
             return
         self._stopping = True
+        if self.window_closed():
+            reason = "schedule window closed"
         self._log.info(f"{self.module}_stopping", reason=reason)
         state = await self.supervisor.stop(reason)
+        if self.lease.doc.get("scheduled"):
+            try:  # the closed window becomes the next one (a new session) before finishing up
+                await self._leases.advance_windows(self.lease.job_id)
+            except Exception as exc:
+                self._log.warning("schedule_advance_failed", error=str(exc)[:200])
         with contextlib.suppress(Exception):
             await self._after_stop()
         try:
@@ -123,6 +140,30 @@ class SupervisedRun:
         await self._event(event, state=state.value, reason=reason)
         self._log.info(f"{self.module}_stopped", state=state.value)
 
+    def window_closed(self) -> bool:
+        """Whether the job is scheduled and the window it was claimed in has closed."""
+        stop = self.lease.doc.get("schedule_next_stop")
+        if not self.lease.doc.get("scheduled") or not isinstance(stop, datetime):
+            return False
+        now = self._leases.clock()
+        return (stop if stop.tzinfo else stop.replace(tzinfo=now.tzinfo)) <= now
+
+    @property
+    def waiting(self) -> bool:
+        """Armed before live: the source has not been live yet and the first attempt failed."""
+        sup = self.supervisor
+        if sup.ever_ran:
+            return False
+        if any("invalid data found" in line.lower() for line in sup.stderr_tail):
+            return False  # the source is there but sends what FFmpeg cannot read: a failure
+        return sup.state is SupervisorState.RETRYING or (
+            sup.state is SupervisorState.STARTING and sup.restarts > 0
+        )
+
+    def presented_state(self) -> str:
+        """``runtime.state``: the supervisor's state, or ``waiting`` (see :attr:`waiting`)."""
+        return "waiting" if self.waiting else self.supervisor.state.value
+
     def runtime_fields(self) -> dict[str, Any]:
         """What ``runtime`` says about this worker; written on every state change.
 
@@ -131,7 +172,7 @@ class SupervisedRun:
         """
         sup = self.supervisor
         fields: dict[str, Any] = {
-            "state": sup.state.value,
+            "state": self.presented_state(),
             "pid": sup.pid,
             "restarts": sup.restarts,
             "last_error": sup.last_error,
@@ -154,9 +195,14 @@ class SupervisedRun:
 
     async def _on_state(self, state: SupervisorState, reason: str) -> None:
         await self._state_changed(state)
+        if state is SupervisorState.STARTING and self.waiting:
+            return  # another quiet attempt while waiting: nothing changed for anyone
         await self.write_runtime()
         if state is SupervisorState.RUNNING:
             await self._event("job_started", state=state.value, reason=reason)
+        elif state is SupervisorState.RETRYING and self.waiting:
+            if self.supervisor.restarts == 0:  # said once, when it starts to wait
+                self._log.info(f"{self.module}_waiting_for_source", reason=reason)
         elif state is SupervisorState.RETRYING:
             await self._event(
                 "job_retrying", state=state.value, reason=reason, restarts=self.supervisor.restarts

@@ -7,6 +7,10 @@ module's workers (ARCHITECTURE §2); the API never writes ``runtime``, it only p
 Activating a job that writes to the storage (every recording; a restream with an HLS output) is
 refused with 507 ``INSUFFICIENT_STORAGE`` while the storage disk is past its critical watermark
 (docs/DECISIONS.md "Disk watermarks"): after validation, before anything is stored.
+
+A job with a ``schedule`` also gets its precomputed window (``scheduled``,
+``schedule_next_start``, ``schedule_next_stop``: :func:`reelhouse.common.schedule.window_fields`)
+on create, update and start; responses show the next start and stop.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from reelhouse.common.contracts.listing import ListQuery
 from reelhouse.common.contracts.messages import DEFAULT_TENANT, JobCommand, JobStats
 from reelhouse.common.errors import Conflict, InsufficientStorage, NotFound
 from reelhouse.common.logging import get_logger
+from reelhouse.common.schedule import window_fields
 from reelhouse.common.subjects import Module, Service, Verb
 
 log = get_logger("reelhouse.api.jobs")
@@ -120,7 +125,8 @@ def present_job(
         if key in kind.links:
             out[key] = [present_linked(linked[i]) for i in job.get(key, []) if i in linked]
         elif key in job:
-            out[key] = job[key]
+            value = job[key]
+            out[key] = format_timestamp(value) if isinstance(value, datetime) else value
     out.update(extra)
     out["runtime"] = present_runtime(job.get("runtime"))
     out["created"] = format_timestamp(job["created"])
@@ -216,6 +222,7 @@ async def create_job(
         "tenant": tenant,
         **config,
         **{field: [d["_id"] for d in field_docs] for field, field_docs in docs.items()},
+        **window_fields(config.get("schedule"), now),
         "generation": 0,
         "created": now,
         "modified": now,
@@ -287,7 +294,15 @@ async def update_job(
     config = {k: v for k, v in config.items() if k != "id"}
     await db[kind.collection].update_one(
         {"_id": job["_id"], "tenant": tenant},
-        {"$set": {**config, **ids, "modified": now}, "$inc": {"generation": 1}},
+        {
+            "$set": {
+                **config,
+                **ids,
+                **window_fields(config.get("schedule"), now),
+                "modified": now,
+            },
+            "$inc": {"generation": 1},
+        },
     )
     for collection, extra in left_over:
         if extra:
@@ -307,9 +322,12 @@ async def set_active(
     if active and _writes_files(kind, await _stored_output_types(state.db, kind, job)):
         await check_disk(state, kind, job_id)
     # start and stop both end a pause: start begins a new session, stop ends the current one.
-    change: dict[str, Any] = {"$set": {"active": active, "paused": False, "modified": utcnow()}}
+    now = utcnow()
+    change: dict[str, Any] = {"$set": {"active": active, "paused": False, "modified": now}}
     if active:
         change["$inc"] = {"generation": 1}
+        if job.get("schedule"):  # the window as of now (it may have moved on while stopped)
+            change["$set"].update(window_fields(job["schedule"], now))
     await state.db[kind.collection].update_one({"_id": ObjectId(job_id), "tenant": tenant}, change)
     log.info(f"{kind.module}_{'start' if active else 'stop'}_requested", job_id=job_id)
     await hint(state, kind, "start" if active else "stop", job_id)

@@ -40,6 +40,8 @@ _JOB_FIELDS = (
     "recording_name", "recording_type", "input", "output_format", "recording_mode",
     "recording_mode_settings", "transcoding", "modify_audio", "modify_video", "overlay",
     "delete_after", "max_files", "max_bytes", "seamless", "active", "paused",
+    "seamless_reconnect_s", "max_bytes_total", "quota_exceeded_at", "schedule",
+    "schedule_next_start", "schedule_next_stop",
 )  # fmt: skip
 KIND = JobKind(
     module=MODULE,

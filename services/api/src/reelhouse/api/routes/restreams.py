@@ -37,7 +37,7 @@ MODULE_NAME = "MODULE_RESTREAM"
 
 _JOB_FIELDS = (
     "restream_name", "input", "output", "transcoding", "modify_audio", "modify_video", "overlay",
-    "active", "module_name",
+    "active", "module_name", "schedule", "schedule_next_start", "schedule_next_stop",
 )  # fmt: skip
 KIND = JobKind(
     module="restream",

@@ -1,0 +1,130 @@
+"""Schedule windows on job documents: precomputed fields, advancing them, ``schedule_skip``.
+
+A scheduled job document carries, besides its ``schedule`` (config), the window it is in or
+waits for, precomputed so that the lease filters (:mod:`reelhouse.common.jobs.lease`) can test
+it atomically::
+
+    scheduled: true, schedule_next_start: <UTC>, schedule_next_stop: <UTC or null>,
+    schedule_skipped: false
+
+The API writes them on create, update and start
+(:func:`reelhouse.common.schedule.window_fields`); when a window has closed, the owner that
+stops or any worker's reconcile pass (both :meth:`LeaseStore.advance_windows`, driven by
+:class:`ScheduleKeeper` here) moves them on to the next window and increments ``generation``, so
+each window is a session of its own. The keeper also publishes ``schedule_skip`` once per
+window that opens while the job cannot run (stopped, paused, or not claimed by any node within
+a grace period), and tells the node loop when the next window opens or a running one closes,
+so it claims and stops on time instead of on its next timer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from reelhouse.common.bus import Bus
+from reelhouse.common.contracts.base import format_timestamp
+from reelhouse.common.contracts.messages import JobEvent
+from reelhouse.common.jobs.lease import Lease, LeaseStore
+from reelhouse.common.logging import get_logger
+from reelhouse.common.subjects import Module
+
+__all__ = ["ScheduleKeeper"]
+
+EDGE_SLACK_S = 0.05
+"""Seconds past a window edge at which the node looks (timers may fire a little early)."""
+
+
+def _aware(value: datetime, like: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=like.tzinfo)
+
+
+class ScheduleKeeper:
+    """The schedule part of a worker's reconcile pass, for one job collection."""
+
+    def __init__(self, *, leases: LeaseStore, bus: Bus, module: Module, grace_s: float) -> None:
+        self._leases = leases
+        self._jobs = leases.jobs
+        self._bus = bus
+        self._module = module
+        self._node_id = leases.node_id
+        self._clock = leases.clock
+        self._grace = timedelta(seconds=grace_s)  # a window open this long, unclaimed: skipped
+        self._log = get_logger("reelhouse.schedule").bind(module=module)
+
+    async def tick(self, leases: Iterable[Lease]) -> float | None:
+        """Advance closed windows, report skipped ones; seconds until the next edge (a window of
+        a claimable job opens, or one of ``leases`` closes), or None."""
+        await self._leases.advance_windows()
+        await self._report_skips()
+        return await self._next_edge(list(leases))
+
+    async def _report_skips(self) -> None:
+        now = self._clock()
+        cursor = self._jobs.find(
+            {
+                "scheduled": True,
+                "schedule_skipped": {"$ne": True},
+                "schedule_next_start": {"$lte": now},
+                "$and": [
+                    {"$or": [{"schedule_next_stop": None}, {"schedule_next_stop": {"$gt": now}}]},
+                    {"$or": [
+                        {"active": {"$ne": True}},
+                        {"paused": True},
+                        {"schedule_next_start": {"$lte": now - self._grace},
+                         "$or": [{"runtime": {"$exists": False}},
+                                 {"runtime.lease_until": {"$lt": now}}]},
+                    ]},
+                ],
+            },
+            {"tenant": 1, "active": 1, "paused": 1, "schedule_next_start": 1,
+             "schedule_next_stop": 1},
+        )  # fmt: skip
+        async for doc in cursor:
+            result = await self._jobs.update_one(
+                {"_id": doc["_id"], "schedule_skipped": {"$ne": True},
+                 "schedule_next_start": doc["schedule_next_start"]},
+                {"$set": {"schedule_skipped": True}},
+            )  # fmt: skip
+            if not result.modified_count:
+                continue  # another node reported it, or the window moved on
+            if doc.get("active") is not True:
+                state, why = "stopped", "the job is stopped"
+            elif doc.get("paused"):
+                state, why = "paused", "the job is paused"
+            else:
+                state = "unclaimed"
+                why = f"no node started it within {self._grace.total_seconds():g} s"
+            start, stop = doc["schedule_next_start"], doc.get("schedule_next_stop")
+            window = f"{format_timestamp(start)} to {format_timestamp(stop) if stop else 'open'}"
+            reason = f"schedule window {window} opened but {why}"
+            self._log.warning("schedule_skip", job_id=str(doc["_id"]), state=state, reason=reason)
+            job_id = str(doc["_id"])
+            message = JobEvent(type="schedule_skip", module=self._module, job_id=job_id,
+                               tenant=str(doc.get("tenant", "default")), node=self._node_id,
+                               state=state, reason=reason)  # fmt: skip
+            try:
+                await self._bus.publish(
+                    self._bus.subjects.event(self._module, job_id, "schedule_skip"), message
+                )
+            except Exception as exc:
+                self._log.debug("event_not_published", error=str(exc))
+
+    async def _next_edge(self, leases: list[Lease]) -> float | None:
+        now = self._clock()
+        edges: list[datetime] = []
+        for lease in leases:
+            stop = lease.doc.get("schedule_next_stop")
+            if lease.doc.get("scheduled") and stop is not None:
+                edges.append(_aware(stop, now))
+        upcoming = await self._jobs.find_one(
+            {"active": True, "paused": {"$ne": True}, "scheduled": True,
+             "schedule_next_start": {"$gt": now}},
+            {"schedule_next_start": 1},
+            sort=[("schedule_next_start", 1)],
+        )  # fmt: skip
+        if upcoming is not None:
+            edges.append(_aware(upcoming["schedule_next_start"], now))
+        if not edges:
+            return None
+        return max(0.1, (min(edges) - now).total_seconds() + EDGE_SLACK_S)
