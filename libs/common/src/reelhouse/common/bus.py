@@ -35,6 +35,8 @@ class Bus:
         self._nc = NATS()
         self._connect_task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self.disconnects = 0  # times the connection was lost (for /metrics)
+        self.reconnects = 0  # times it came back
 
     async def start(self) -> None:
         """Begin connecting in the background; returns at once."""
@@ -46,9 +48,11 @@ class Bus:
             log.debug("nats_error", error=str(exc) or type(exc).__name__)
 
         async def on_disconnect() -> None:
+            self.disconnects += 1
             log.warning("nats_disconnected")
 
         async def on_reconnect() -> None:
+            self.reconnects += 1
             log.info("nats_reconnected", server=str(self._nc.connected_url.netloc))
 
         await self._nc.connect(

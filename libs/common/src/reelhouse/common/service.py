@@ -21,9 +21,10 @@ import structlog
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.bus import Bus
-from reelhouse.common.logging import configure_logging, get_logger
+from reelhouse.common.logging import configure_logging, get_logger, ship_logs
 from reelhouse.common.mongo import connect_mongo, ensure_indexes, get_database
 from reelhouse.common.nodes import NodeRegistry
+from reelhouse.common.runtime import RuntimeSettingsWatcher
 from reelhouse.common.settings import CommonSettings, load_settings
 
 S = TypeVar("S", bound=CommonSettings)
@@ -109,11 +110,22 @@ async def serve_service(
         log.info("service_starting", nats=settings.nats_url, database=settings.mongodb_database)
         await _ensure_indexes_when_reachable(ctx)
         heartbeat = asyncio.create_task(node.run(stop), name="heartbeat")
+        # Issue 7: warn+ logs into `logs`; runtime settings applied live (docs/DECISIONS.md).
+        watcher = RuntimeSettingsWatcher(
+            db=db, bus=bus, settings=settings, service=service, node_id=node_id, node=node
+        )
+        with contextlib.suppress(Exception):  # before the first claim, if MongoDB answers
+            await asyncio.wait_for(watcher.refresh(), timeout=2)
+        extras = [
+            asyncio.create_task(watcher.run(stop), name="runtime-settings"),
+            asyncio.create_task(ship_logs(db, stop, service=service, node=node_id), name="logs"),
+        ]
         try:
             await serve(ctx)
             await stop.wait()
         finally:
             stop.set()
+            await asyncio.gather(*extras, return_exceptions=True)
             await heartbeat
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(node.mark_stopped(), timeout=5)

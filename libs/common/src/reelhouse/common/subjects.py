@@ -9,6 +9,7 @@ Scheme (``<p>`` is the deployment's subject prefix, default ``reelhouse``)::
     <p>.stats.<module>.<job_id>            progress, about once a second per running job
     <p>.evt.<module>.<job_id>.<event>      events; kept in a JetStream stream by age
     <p>.evt.storage.<event>                storage-wide events of no job (``disk_warning``)
+    <p>.evt.system.<event>                 deployment-wide events of no job (``config_reloaded``)
 
 ``<module>`` is ``recording``, ``restream`` or ``stream``. Job ids are 24-hex ObjectId strings; user
 text (names, URLs) never goes into a subject.
@@ -106,6 +107,10 @@ class Subjects:
     def storage_event(self, event: Event) -> str:
         """A storage-wide event of no job, e.g. ``reelhouse.evt.storage.disk_warning``."""
         return f"{self.prefix}.evt.storage.{_check('event', event, EVENTS)}"
+
+    def system_event(self, event: Event) -> str:
+        """A deployment-wide event of no job, e.g. ``reelhouse.evt.system.config_reloaded``."""
+        return f"{self.prefix}.evt.system.{_check('event', event, EVENTS)}"
 
     def all_events(self) -> str:
         """Wildcard for every event (what the JetStream events stream captures)."""

@@ -8,18 +8,24 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from reelhouse.api.auth import resolve_bootstrap_token
+from reelhouse.api import accounts
+from reelhouse.api.auth import resolve_bootstrap_token, resolve_jwt_secret
 from reelhouse.api.downloads import resolve_download_secret
 from reelhouse.api.errors import install_error_handlers
+from reelhouse.api.middleware import HardeningMiddleware
+from reelhouse.api.operations import install_operations, start_operations
 from reelhouse.api.routes import (
+    auth,
     dashboard,
     files,
     health,
+    keys,
     nodes,
     recordings,
     restreams,
     storage,
     streams,
+    users,
 )
 from reelhouse.api.settings import ApiSettings
 from reelhouse.api.state import AppState
@@ -38,6 +44,7 @@ async def _ensure_indexes(state: AppState, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await ensure_indexes(state.db)
+            await accounts.ensure_indexes(state.db)
             return
         except Exception as exc:
             log.warning("mongo_unreachable", error=str(exc).splitlines()[0][:200])
@@ -50,6 +57,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     node_id = settings.resolved_node_id("api")
     bootstrap_token = resolve_bootstrap_token(settings)
     download_secret = resolve_download_secret(settings)
+    jwt_secret = resolve_jwt_secret(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,10 +75,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.state.reelhouse = state
         app.state.bootstrap_token = bootstrap_token
         app.state.download_secret = download_secret
+        app.state.jwt_secret = jwt_secret
         tasks = [
             asyncio.create_task(_ensure_indexes(state, stop), name="indexes"),
             asyncio.create_task(node.run(stop), name="heartbeat"),
             asyncio.create_task(live_stats.run(stop), name="live-stats"),
+            asyncio.create_task(accounts.purge_expired_forever(db, stop, 60.0), name="purge"),
+            *start_operations(app, state, stop),  # issue 7: events, webhooks, settings, logs
         ]
         log.info("api_started", node=node_id, host=settings.api_host, port=settings.api_port)
         try:
@@ -92,6 +103,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(nodes.router)
     app.include_router(recordings.router)
@@ -100,4 +112,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(streams.router)
     app.include_router(storage.router)
     app.include_router(dashboard.router)
+    app.include_router(auth.router)
+    app.include_router(users.router)
+    app.include_router(keys.router)
+    install_operations(app)  # issue 7: events, webhooks, system, settings, /metrics
     return app

@@ -1,19 +1,86 @@
-"""Authentication. For now one admin credential: the bootstrap token (full auth comes later)."""
+"""Who is calling, and what they may do (ARCHITECTURE §6).
+
+Names other modules rely on:
+
+- :data:`Principal` — ``Annotated`` dependency: the authenticated caller, an
+  :class:`AuthPrincipal` (``.id``, ``.tenant``, ``.role``, ``.kind``). Any role may read.
+- :func:`require_role` — ``require_role("viewer" | "operator" | "admin")`` returns a dependency
+  that yields the principal or raises 403 ``FORBIDDEN``; :data:`Operator` and :data:`Admin` are
+  the ready ``Annotated`` aliases.
+- :data:`PlayerPrincipal` — like :data:`Principal`, also accepting ``?token=`` (media a player
+  fetches: HLS monitoring, dashboard thumbnail/play).
+- :func:`tenant_of` — the principal's tenant (every query is scoped by it).
+
+Credentials, in ``x-access-token`` or ``Authorization: Bearer``:
+
+- the bootstrap token (REELHOUSE_BOOTSTRAP_TOKEN): the first admin of tenant ``default``;
+- an access JWT from ``/api/auth/login`` (HS256, ``typ: access``; short-lived, stateless);
+- an API key (``rhk_…``) from ``/api/keys/create``: looked up by its SHA-256 on every request,
+  so a removed key stops working at once.
+
+Authenticating an HTTP request also counts it against the caller's rate limit
+(:mod:`reelhouse.api.ratelimit`).
+"""
 
 from __future__ import annotations
 
 import hmac
 import os
 import secrets
-from typing import Annotated
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Header, Query, Request
+import jwt
+from fastapi import Depends, Header, Query
+from starlette.requests import HTTPConnection
 
+from reelhouse.api import accounts
+from reelhouse.api.ratelimit import count_request
 from reelhouse.api.settings import ApiSettings
-from reelhouse.common.errors import Unauthorized
+from reelhouse.common.contracts.messages import DEFAULT_TENANT
+from reelhouse.common.errors import Forbidden, Unauthorized
 from reelhouse.common.logging import get_logger
 
 log = get_logger("reelhouse.api.auth")
+
+Role = Literal["viewer", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
+"""Lowest to highest; each role may do what the ones before it may."""
+
+JWT_ALGORITHM = "HS256"
+JWT_SECRET_FILE_NAME = "jwt-secret"  # noqa: S105 (a file name, not a secret)
+BOOTSTRAP_ID = "bootstrap"
+
+
+@dataclass(frozen=True)
+class AuthPrincipal:
+    """The authenticated caller."""
+
+    id: str
+    """User id, API key id, or ``bootstrap``."""
+    tenant: str
+    role: Role
+    kind: Literal["bootstrap", "user", "key"]
+    name: str = ""
+    """Username or key name (logs, ``/api/auth/me``)."""
+
+    def allows(self, role: Role) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def tenant_of(principal: AuthPrincipal) -> str:
+    """The caller's tenant."""
+    return principal.tenant
+
+
+def _write_secret_file(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
 
 
 def resolve_bootstrap_token(settings: ApiSettings) -> str:
@@ -29,44 +96,180 @@ def resolve_bootstrap_token(settings: ApiSettings) -> str:
         if token:
             return token
     token = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    _write_secret_file(path, token)
     log.warning("bootstrap_token_generated", path=str(path))
     return token
 
 
-def require_token(
-    request: Request,
-    x_access_token: Annotated[str | None, Header(description="JWT or API key.")] = None,
-) -> str:
-    """Dependency: the request carries a valid ``x-access-token``; returns the principal."""
-    if not x_access_token:
-        raise Unauthorized("missing x-access-token header")
-    return _principal(request, x_access_token)
+def resolve_jwt_secret(settings: ApiSettings) -> str:
+    """The configured JWT key, else the one kept next to the bootstrap token, else a new one."""
+    if settings.jwt_secret is not None and settings.jwt_secret.get_secret_value():
+        secret = settings.jwt_secret.get_secret_value()
+        if len(secret) < 32:
+            raise ValueError("REELHOUSE_JWT_SECRET must be at least 32 characters")
+        return secret
+    path = settings.bootstrap_token_file.parent / JWT_SECRET_FILE_NAME
+    if path.exists():
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+    secret = secrets.token_urlsafe(48)
+    _write_secret_file(path, secret)
+    log.info("jwt_secret_generated", path=str(path))
+    return secret
 
 
-def _principal(request: Request, token: str) -> str:
-    expected: str = request.app.state.bootstrap_token
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+def issue_access_token(secret: str, principal: AuthPrincipal, ttl_s: int) -> str:
+    """A signed access JWT for a user principal."""
+    now = int(time.time())
+    claims = {
+        "sub": principal.id,
+        "tid": principal.tenant,
+        "role": principal.role,
+        "name": principal.name,
+        "typ": "access",
+        "iat": now,
+        "exp": now + ttl_s,
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
+
+
+def _from_jwt(secret: str, token: str) -> AuthPrincipal:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[JWT_ALGORITHM],
+            options={"require": ["exp", "iat", "sub", "tid", "role", "typ"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("the access token has expired; use /api/auth/refresh") from None
+    except jwt.InvalidTokenError:
+        raise Unauthorized("invalid access token") from None
+    if claims.get("typ") != "access" or claims.get("role") not in ROLES:
         raise Unauthorized("invalid access token")
-    return "bootstrap-admin"
+    return AuthPrincipal(
+        id=str(claims["sub"]),
+        tenant=str(claims["tid"]),
+        role=claims["role"],
+        kind="user",
+        name=str(claims.get("name", "")),
+    )
 
 
-def require_token_or_query(
-    request: Request,
-    x_access_token: Annotated[str | None, Header(description="JWT or API key.")] = None,
+async def verify_credential(conn: HTTPConnection, token: str) -> AuthPrincipal:
+    """The principal a credential stands for, or 401 ``UNAUTHORIZED``."""
+    expected: str = conn.app.state.bootstrap_token
+    if hmac.compare_digest(token.encode(), expected.encode()):
+        return AuthPrincipal(
+            id=BOOTSTRAP_ID, tenant=DEFAULT_TENANT, role="admin", kind="bootstrap", name="bootstrap"
+        )
+    if token.startswith(accounts.KEY_PREFIX):
+        key = await accounts.find_key(conn.app.state.reelhouse.db, token)
+        if key is None:
+            raise Unauthorized("invalid or revoked API key")
+        return AuthPrincipal(
+            id=str(key["_id"]),
+            tenant=key["tenant"],
+            role=key["role"],
+            kind="key",
+            name=key.get("name", ""),
+        )
+    if token.count(".") == 2:
+        return _from_jwt(conn.app.state.jwt_secret, token)
+    raise Unauthorized("invalid access token")
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return (value.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def request_credential(conn: HTTPConnection) -> str | None:
+    """The credential a request carries: ``x-access-token``, ``Authorization: Bearer`` or
+    ``?token=``; None without one."""
+    return (
+        conn.headers.get("x-access-token")
+        or _bearer(conn.headers.get("authorization"))
+        or conn.query_params.get("token")
+    )
+
+
+async def _authenticate(conn: HTTPConnection, token: str | None, missing: str) -> AuthPrincipal:
+    if not token:
+        raise Unauthorized(missing)
+    principal = await verify_credential(conn, token)
+    if conn.scope["type"] == "http":
+        await count_request(conn, principal)
+    return principal
+
+
+async def authenticate(
+    conn: HTTPConnection,
+    x_access_token: Annotated[
+        str | None, Header(description="Access JWT, API key or the bootstrap token.")
+    ] = None,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <token>`: the same credentials.")
+    ] = None,
+) -> AuthPrincipal:
+    """Dependency: the caller, from ``x-access-token`` or ``Authorization: Bearer``."""
+    return await _authenticate(
+        conn, x_access_token or _bearer(authorization), "missing x-access-token header"
+    )
+
+
+async def authenticate_player(
+    conn: HTTPConnection,
+    x_access_token: Annotated[
+        str | None, Header(description="Access JWT, API key or the bootstrap token.")
+    ] = None,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <token>`: the same credentials.")
+    ] = None,
     token: Annotated[
         str | None, Query(description="The same token, for players that cannot send headers.")
     ] = None,
-) -> str:
-    """Dependency for media a player fetches (HLS): the token in the header or ``?token=``."""
-    if not (x_access_token or token):
-        raise Unauthorized("missing x-access-token header (or token query parameter)")
-    return _principal(request, x_access_token or token or "")
+) -> AuthPrincipal:
+    """Dependency for media a player fetches (HLS): the credentials in a header or ``?token=``."""
+    return await _authenticate(
+        conn,
+        x_access_token or _bearer(authorization) or token,
+        "missing x-access-token header (or token query parameter)",
+    )
 
 
-Principal = Annotated[str, Depends(require_token)]
-PlayerPrincipal = Annotated[str, Depends(require_token_or_query)]
+Principal = Annotated[AuthPrincipal, Depends(authenticate)]
+"""The authenticated caller (any role)."""
+PlayerPrincipal = Annotated[AuthPrincipal, Depends(authenticate_player)]
 """Like :data:`Principal`, also accepting ``?token=`` (media routes only)."""
+
+_ROLE_DEPENDENCIES: dict[Role, Any] = {}
+
+
+def require_role(role: Role) -> Any:
+    """A dependency yielding the principal if its role is ``role`` or higher, else 403."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    if role not in _ROLE_DEPENDENCIES:
+
+        async def dependency(principal: Principal) -> AuthPrincipal:
+            if not principal.allows(role):
+                raise Forbidden(
+                    f"this needs the {role} role; your credentials have {principal.role}"
+                )
+            return principal
+
+        dependency.__name__ = f"require_{role}"
+        _ROLE_DEPENDENCIES[role] = dependency
+    return _ROLE_DEPENDENCIES[role]
+
+
+Viewer = Annotated[AuthPrincipal, Depends(require_role("viewer"))]
+Operator = Annotated[AuthPrincipal, Depends(require_role("operator"))]
+"""Create/start/stop/update/remove jobs, streams and files."""
+Admin = Annotated[AuthPrincipal, Depends(require_role("admin"))]
+"""Keys, users, settings."""

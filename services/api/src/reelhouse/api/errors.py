@@ -11,7 +11,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,7 +39,8 @@ _SUBFIELD = re.compile(r"^@([A-Za-z_][A-Za-z0-9_.]*): (.*)$", re.S)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc]
+    # Union members add their validator as a step ("function-after[...]"): not a field.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and "[" in p)]
     if parts and parts[0] in ("body", "query", "header", "path"):
         parts = parts[1:]
     return ".".join(parts)
@@ -62,8 +65,70 @@ def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return details
 
 
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="Stable code: UNAUTHORIZED, FORBIDDEN, NOT_FOUND, ...")
+    message: str = Field(description="What went wrong and what to do, for a person.")
+    field: str | None = Field(None, description="The one field to blame, when there is one.")
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorBody(BaseModel):
+    """The API's error shape (ARCHITECTURE §6)."""
+
+    success: bool = False
+    error: ErrorInfo
+
+
+_DOCUMENTED = {
+    "400": "VALIDATION_ERROR: the request (body, query, headers) is not valid; `field` names it",
+    "401": "UNAUTHORIZED: no credentials, or invalid, expired or revoked ones",
+    "403": "FORBIDDEN: the credentials' role may not do this",
+    "404": "NOT_FOUND: no such object in the caller's tenant",
+    "413": "PAYLOAD_TOO_LARGE: the body is larger than REELHOUSE_MAX_BODY_BYTES",
+    "429": "RATE_LIMITED: past the caller's rate limit; see Retry-After",
+}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """The spec shows the error shape instead of FastAPI's 422 (we answer 400)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ErrorDetail, ErrorInfo, ErrorBody):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema.pop("$defs", None)
+            schemas[model.__name__] = schema
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        ref = {"$ref": "#/components/schemas/ErrorBody"}
+        for methods in spec.get("paths", {}).values():
+            for operation in methods.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                for status, text in _DOCUMENTED.items():
+                    responses.setdefault(
+                        status,
+                        {"description": text, "content": {"application/json": {"schema": ref}}},
+                    )
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers; routes just raise."""
+    """Register the handlers; routes just raise. The spec documents the error shape."""
+    _document_errors(app)
 
     @app.exception_handler(ReelhouseError)
     async def _reelhouse(_: Request, exc: ReelhouseError) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from reelhouse.common.settings import CommonSettings
 
@@ -50,3 +50,78 @@ class ApiSettings(CommonSettings):
     archive_root: Path = Field(
         Path("data/archive"), description="Where `archiveFile` moves recorded files."
     )
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key that signs access JWTs (32+ characters). Unset: one is generated "
+        "and kept in `jwt-secret` next to REELHOUSE_BOOTSTRAP_TOKEN_FILE (mode 0600).",
+    )
+    access_token_ttl_s: int = Field(
+        900, ge=30, le=24 * 3600, description="Seconds an access JWT from login stays valid."
+    )
+    refresh_token_ttl_s: int = Field(
+        30 * 24 * 3600,
+        ge=60,
+        le=365 * 24 * 3600,
+        description="Seconds a refresh token stays valid (logout revokes it sooner).",
+    )
+    rate_limit_auth: str = Field(
+        "10/minute",
+        description="Limit of /api/auth/* calls per client address (`limits` notation).",
+    )
+    rate_limit_read: str = Field(
+        "100/minute",
+        description="Limit of read calls (GET, get*) per user or API key (`limits` notation).",
+    )
+    rate_limit_write: str = Field(
+        "30/minute", description="Limit of write calls per user or API key (`limits` notation)."
+    )
+    rate_limit_enabled: bool = Field(
+        True, description="Count calls and answer 429 past the limits (false: no limits)."
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest request body accepted, bytes (else 413)."
+    )
+    # -- events, webhooks, operator endpoints (issue 7) --
+    events_max_age_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="Seconds events stay in the JetStream events stream (what a reconnecting "
+        "WebSocket client or webhook delivery can still get).",
+    )
+    webhook_max_attempts: int = Field(
+        6, ge=1, le=50, description="Delivery attempts per webhook event before it is given up."
+    )
+    webhook_retry_initial_s: float = Field(
+        2.0, gt=0, description="Seconds before the first retry of a failed delivery (doubling)."
+    )
+    webhook_retry_max_s: float = Field(
+        300.0, gt=0, description="Cap of the delivery retry backoff, seconds."
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Deadline of one delivery POST, seconds."
+    )
+    webhook_poll_s: float = Field(
+        1.0, gt=0, le=60, description="Seconds between looks for deliveries that are due."
+    )
+    logs_max_count: int = Field(
+        100_000, ge=100, description="Most records kept in the `logs` collection (oldest go)."
+    )
+    logs_max_age_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Seconds a shipped log record is kept."
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token GET /metrics requires. Unset: /metrics needs no token (keep "
+        "the API port private or set one).",
+    )
+
+    @field_validator("rate_limit_auth", "rate_limit_read", "rate_limit_write")
+    @classmethod
+    def _limit_notation(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit like '100/minute': {exc}") from None
+        return value

@@ -65,3 +65,12 @@ class LiveStats:
             elif key[0] == module and stats.tenant == tenant:
                 rows.append(stats)
         return rows
+
+    def current_all(self, module: Module) -> list[JobStats]:
+        """Current stats of every tenant's running jobs of one module (metrics)."""
+        now = time.monotonic()
+        return [
+            stats
+            for key, (received, stats) in list(self._latest.items())
+            if key[0] == module and now - received <= self._ttl_s
+        ]

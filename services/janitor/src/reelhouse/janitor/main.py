@@ -32,6 +32,7 @@ def make_janitor(ctx: ServiceContext[JanitorSettings]) -> Janitor:
         disk_warning_pct=s.disk_warning_pct,
         disk_critical_pct=s.disk_critical_pct,
         evict_when_critical=s.evict_when_critical,
+        settings=s,
     )
 
 

@@ -123,6 +123,7 @@ class Janitor:
         disk_warning_pct: float = 85.0,
         disk_critical_pct: float = 95.0,
         evict_when_critical: bool = False,
+        settings: Any = None,
     ) -> None:
         self.db = db
         self.root = Path(storage_root)
@@ -134,6 +135,8 @@ class Janitor:
         self.disk_warning_pct = disk_warning_pct
         self.disk_critical_pct = disk_critical_pct
         self.evict_when_critical = evict_when_critical
+        self.settings = settings
+        """When given, the watermarks are read from it at each pass (runtime settings)."""
         self.disk_level: DiskLevel = "ok"
         """The level of the last pass; an event goes out only when it changes."""
         self._lock = asyncio.Lock()
@@ -142,6 +145,9 @@ class Janitor:
         """One whole pass at ``now`` (default: the clock); one at a time per instance."""
         async with self._lock:
             now = now or utcnow()
+            if self.settings is not None:  # /api/settings/update applies without a restart
+                self.disk_warning_pct = float(self.settings.disk_warning_pct)
+                self.disk_critical_pct = float(self.settings.disk_critical_pct)
             report = PassReport(node=self.node_id, started=utcnow())
             await self._mark_missing(report)
             await self._retention(report, now)

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    WithJsonSchema,
     computed_field,
 )
 
@@ -30,6 +31,8 @@ ObjectIdStr = Annotated[
     str,
     BeforeValidator(_object_id_to_str),
     StringConstraints(pattern=r"^[0-9a-f]{24}$"),
+    # The before-validator hides the pattern from the request schema; the spec must show it.
+    WithJsonSchema({"type": "string", "pattern": "^[0-9a-f]{24}$"}),
 ]
 """A MongoDB ObjectId as 24 lowercase hex characters."""
 

@@ -26,6 +26,8 @@ def _scalar(value: Any) -> Any:
         raise ValueError(
             "must be a string, a whole number or a boolean (operators are not accepted)"
         )
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError("whole numbers must fit in 64 bits")
     return value
 
 
@@ -44,7 +46,7 @@ class ListQuery(BaseModel):
     """Fields a sort may name (a subclass sets its module's)."""
 
     limit: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
-    skip: Annotated[StrictInt, Field(ge=0)] = 0
+    skip: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0  # past int64 MongoDB fails (500)
     sort: dict[str, Literal[1, -1]] = Field(default_factory=lambda: {"created": 1})
     filter: dict[str, FilterValue] = Field(default_factory=dict)
 

@@ -14,7 +14,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from reelhouse.common.contracts.types import INPUT_SCHEMES, InputType, Kbps, StreamUrl, url_scheme
+from reelhouse.common.contracts.types import (
+    INPUT_SCHEMES,
+    InputType,
+    JsonObject,
+    Kbps,
+    StreamUrl,
+    url_scheme,
+)
 
 Disabled = Literal["Disabled"]
 Unset = Literal[""]
@@ -28,8 +35,8 @@ class InputIn(BaseModel):
     input_type: InputType
     application: Literal["IO_APPLICATION_FFMPEG"] = "IO_APPLICATION_FFMPEG"
     input_stream_url: StreamUrl
-    input_stream_listen_port: dict[str, Any] | StrictInt | Unset = Field(default_factory=dict)
-    input_settings: dict[str, Any] = Field(default_factory=dict)
+    input_stream_listen_port: JsonObject | StrictInt | Unset = Field(default_factory=dict)
+    input_settings: JsonObject = Field(default_factory=dict)
     input_module_id: str = Field("", max_length=64)
     input_stream_id: str = Field("", max_length=256)
     entity_name: str = Field("", max_length=128)

@@ -28,7 +28,7 @@ class FilesQuery(BaseModel):
     from_: datetime | None = Field(None, alias="from", description="Created at or after (ISO).")
     to: datetime | None = Field(None, description="Created before (ISO).")
     limit: Annotated[StrictInt, Field(ge=1, le=1000)] = 50
-    offset: Annotated[StrictInt, Field(ge=0)] = 0
+    offset: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0  # MongoDB skip: int32 is plenty
 
     @field_validator("from_", "to")
     @classmethod

@@ -28,7 +28,7 @@ from reelhouse.common.contracts.media import (
     Schedule,
     Transcoding,
 )
-from reelhouse.common.contracts.types import Name, OptionalStreamUrl, url_scheme
+from reelhouse.common.contracts.types import JsonObject, Name, OptionalStreamUrl, url_scheme
 from reelhouse.common.ffmpeg.command import check_processing
 
 OutputType = Literal[
@@ -75,9 +75,9 @@ class OutputIn(BaseModel):
     output_type: OutputType
     application: Literal["IO_APPLICATION_FFMPEG"] = "IO_APPLICATION_FFMPEG"
     output_stream_url: OptionalStreamUrl = ""
-    output_stream_listen_port: dict[str, Any] | Port | Literal[""] = Field(default_factory=dict)
+    output_stream_listen_port: JsonObject | Port | Literal[""] = Field(default_factory=dict)
     """SRT only: listen on this port (FFmpeg as SRT listener) instead of calling the URL."""
-    output_settings: dict[str, Any] = Field(default_factory=dict)
+    output_settings: JsonObject = Field(default_factory=dict)
     output_stream_key: str = Field("", max_length=512, pattern=r"^[^\s/?#]*$")
     """RTMP: appended to the URL as its last path segment when set."""
     entity_name: str = Field("", max_length=128)

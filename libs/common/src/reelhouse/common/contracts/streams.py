@@ -38,6 +38,7 @@ from reelhouse.common.contracts.types import (
     INPUT_SCHEMES,
     InputType,
     Name,
+    _storable,
     _stream_url,
     url_scheme,
 )
@@ -198,6 +199,7 @@ def _check_keys(value: Any, depth: int = 0) -> None:
 
 def _meta_data(value: dict[str, Any]) -> dict[str, Any]:
     _check_keys(value)
+    _storable(value)
     if len(json.dumps(value)) > META_DATA_MAX_BYTES:
         raise ValueError(f"must be at most {META_DATA_MAX_BYTES} bytes of JSON")
     return value
@@ -278,7 +280,7 @@ class StreamListBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
-    skip: Annotated[StrictInt, Field(ge=0)] = 0
+    skip: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0  # past int64 MongoDB fails (500)
     sort: dict[str, Literal[1, -1]] = Field(default_factory=lambda: {"created": 1})
     filter: dict[str, Annotated[str, StringConstraints(max_length=512)] | StrictBool] = Field(
         default_factory=dict

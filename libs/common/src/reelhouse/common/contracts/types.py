@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, StringConstraints
@@ -77,3 +78,35 @@ def url_scheme(url: str) -> str:
 
 Kbps = Annotated[int, Field(gt=0, le=200_000)]
 """A bitrate in kbit/s."""
+
+
+JSON_OBJECT_MAX_BYTES = 16 * 1024
+
+
+def _storable(value: Any, depth: int = 0) -> None:
+    if depth > 16:
+        raise ValueError("nests too deep (at most 16 levels)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key.startswith("$") or "." in key:
+                raise ValueError(f"key {key!r} is not allowed (no '$' prefix, no '.')")
+            _storable(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, list):  # FerretDB stores no array directly inside an array
+                raise ValueError("an array inside an array is not supported")
+            _storable(item, depth + 1)
+    elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise ValueError("whole numbers must fit in 64 bits")
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    _storable(value)
+    if len(json.dumps(value)) > JSON_OBJECT_MAX_BYTES:
+        raise ValueError(f"must be at most {JSON_OBJECT_MAX_BYTES} bytes of JSON")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
+"""A free-form JSON object the database can store as sent (``input_settings`` and the like):
+keys without ``$``/``.``, no array directly in an array, 64-bit numbers, at most 16 KiB."""

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pymongo import ReturnDocument
 
 from reelhouse.api import downloads
-from reelhouse.api.auth import Principal
+from reelhouse.api.auth import Operator, Principal, request_credential, verify_credential
 from reelhouse.api.routes import jobs
 from reelhouse.api.routes.jobs import tenant_of
 from reelhouse.api.routes.recordings import KIND, MODULE
@@ -161,14 +161,21 @@ async def download(
     signature: Annotated[str | None, Query(description="HMAC-SHA256, hex.")] = None,
 ) -> Response:
     secret: str = request.app.state.download_secret
-    if not downloads.signature_valid(secret, file_id, expires, signature):
+    # Credentials, when sent, scope the download to their tenant (another tenant's file is 404)
+    # and stand in for the signature; without them the signature is the only authority.
+    credential = request_credential(request)
+    principal = await verify_credential(request, credential) if credential else None
+    if principal is None and not downloads.signature_valid(secret, file_id, expires, signature):
         raise Forbidden(
             "the download link is invalid or has expired; ask getDownloadUrl for a new one",
             field="signature",
         )
     if not ObjectId.is_valid(file_id):
         raise NotFound(f"file {file_id} not found", field="file_id")
-    record = await state.db[Collections.FILES].find_one({"_id": ObjectId(file_id)})
+    query: dict[str, Any] = {"_id": ObjectId(file_id)}
+    if principal is not None:
+        query["tenant"] = tenant_of(principal)
+    record = await state.db[Collections.FILES].find_one(query)
     if record is None or record.get("status") not in (*DOWNLOADABLE, "archiving"):
         raise NotFound(f"file {file_id} is no longer available", field="file_id")
     path = _media_path(state.settings, record["file_path"])
@@ -233,7 +240,7 @@ def _archive_moves(settings: ApiSettings, record: dict[str, Any]) -> list[tuple[
 
 
 @router.post("/archiveFile", summary="Move a ready file to the archive (downloads keep working)")
-async def archive_file(state: State, principal: Principal, body: FileRef) -> dict[str, Any]:
+async def archive_file(state: State, principal: Operator, body: FileRef) -> dict[str, Any]:
     tenant = tenant_of(principal)
     record = await _file(state, tenant, body)
     files = state.db[Collections.FILES]
@@ -293,7 +300,7 @@ async def archive_file(state: State, principal: Principal, body: FileRef) -> dic
 
 
 @router.post("/reprocessFile", summary="Remux a ready or failed file again and renew its report")
-async def reprocess_file(state: State, principal: Principal, body: FileRef) -> dict[str, Any]:
+async def reprocess_file(state: State, principal: Operator, body: FileRef) -> dict[str, Any]:
     """Queue the file for a recorder: status ``processing`` until it is ``ready`` again (remuxed
     without re-encoding, integrity renewed), ``failed`` (``missing``), or back to its earlier
     status with ``processing_error`` if FFmpeg cannot remux it. 400 for any other status."""

@@ -18,22 +18,27 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from bson import ObjectId
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
+from reelhouse.api.auth import tenant_of  # noqa: F401 (routes import it from here)
 from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.listing import ListQuery
-from reelhouse.common.contracts.messages import DEFAULT_TENANT, JobCommand, JobStats
+from reelhouse.common.contracts.messages import JobCommand, JobStats
 from reelhouse.common.errors import Conflict, InsufficientStorage, NotFound
 from reelhouse.common.logging import get_logger
+from reelhouse.common.runtime import load_runtime
 from reelhouse.common.schedule import window_fields
 from reelhouse.common.subjects import Module, Service, Verb
 
 log = get_logger("reelhouse.api.jobs")
+
+M = TypeVar("M", bound=BaseModel)
 
 _LINKED_HIDDEN = {"_id", "tenant", "entity_id", "created", "modified"}
 
@@ -92,11 +97,6 @@ async def _stored_output_types(db: AsyncDatabase, kind: JobKind, job: dict[str, 
 
 def _linked_output_types(linked: dict[str, list[BaseModel]]) -> list[str]:
     return [str(getattr(m, "output_type", "")) for m in linked.get("output", [])]
-
-
-def tenant_of(_principal: str) -> str:
-    """The caller's tenant."""
-    return DEFAULT_TENANT  # one tenant until accounts exist (issue: auth)
 
 
 def present_linked(doc: dict[str, Any]) -> dict[str, Any]:
@@ -241,6 +241,20 @@ async def create_job(
     if config.get("active"):
         await hint(state, kind, "start", str(job_id))
     return str(job_id)
+
+
+async def with_defaults(db: AsyncDatabase, module: str, body: M) -> M:
+    """``body`` with the runtime ``job_defaults`` of ``module`` (``/api/settings/update``) for
+    every top-level field the request did not give; validated again (400 naming the field)."""
+    values, _, _ = await load_runtime(db)
+    defaults = values.job_defaults.get(module)  # type: ignore[call-overload]
+    if not defaults:
+        return body
+    given = body.model_dump(mode="json", exclude_unset=True)
+    try:
+        return type(body).model_validate({**defaults, **given})
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
 
 
 async def _sync_linked(

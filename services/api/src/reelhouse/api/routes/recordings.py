@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from bson import ObjectId
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
 from pymongo.asynchronous.database import AsyncDatabase
 
-from reelhouse.api.auth import Principal
+from reelhouse.api import idempotency
+from reelhouse.api.auth import Operator, Principal
+from reelhouse.api.idempotency import IdempotencyKey
 from reelhouse.api.routes import jobs
 from reelhouse.api.routes.jobs import JobKind, tenant_of
 from reelhouse.api.state import State
@@ -81,10 +83,22 @@ async def _event(state: Any, tenant: str, job_id: str, event: Any, **fields: Any
 
 
 @router.post("/create", summary="Create a recording job")
-async def create(state: State, principal: Principal, body: RecordingIn) -> dict[str, Any]:
+async def create(
+    state: State,
+    principal: Operator,
+    body: RecordingIn,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
     tenant = tenant_of(principal)
-    job_id = await jobs.create_job(state, KIND, tenant, body.config(), {"input": [body.input]})
-    return await _loaded(state.db, tenant, job_id)
+
+    async def run() -> dict[str, Any]:
+        full = await jobs.with_defaults(state.db, MODULE, body)
+        job_id = await jobs.create_job(state, KIND, tenant, full.config(), {"input": [full.input]})
+        return await _loaded(state.db, tenant, job_id)
+
+    key = idempotency_key
+    return await idempotency.once(state.db, principal, "recording", key, body, response, run)
 
 
 @router.post("/getCount", summary="How many recording jobs there are")
@@ -109,28 +123,28 @@ async def get_by_id(state: State, principal: Principal, body: IdBody) -> dict[st
 
 
 @router.post("/update", summary="Change a recording job; a running job restarts with it")
-async def update(state: State, principal: Principal, body: RecordingUpdate) -> dict[str, Any]:
+async def update(state: State, principal: Operator, body: RecordingUpdate) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.update_job(state, KIND, tenant, body.id, body.config(), {"input": [body.input]})
     return await _loaded(state.db, tenant, body.id)
 
 
 @router.post("/start", summary="Mark active and (re)start the recording worker")
-async def start(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
+async def start(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=True)
     return await _loaded(state.db, tenant, body.id)
 
 
 @router.post("/stop", summary="Mark inactive and stop the recording worker")
-async def stop(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
+async def stop(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=False)
     return await _loaded(state.db, tenant, body.id)
 
 
 @router.post("/pause", summary="Close the current part; the job stays active but idle")
-async def pause(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
+async def pause(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     if await jobs.set_paused(state, KIND, tenant, body.id, paused=True):
         await _event(state, tenant, body.id, "job_paused")
@@ -138,7 +152,7 @@ async def pause(state: State, principal: Principal, body: IdBody) -> dict[str, A
 
 
 @router.post("/resume", summary="Open a new part of the paused session")
-async def resume(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
+async def resume(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     if await jobs.set_paused(state, KIND, tenant, body.id, paused=False):
         await _event(state, tenant, body.id, "job_resumed")
@@ -146,7 +160,7 @@ async def resume(state: State, principal: Principal, body: IdBody) -> dict[str, 
 
 
 @router.delete("/remove", summary="Stop, then delete the job, its input, its files")
-async def remove(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
+async def remove(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     db = state.db
     loaded = await _loaded(db, tenant, body.id)
@@ -167,7 +181,7 @@ async def remove(state: State, principal: Principal, body: IdBody) -> dict[str, 
 
 
 @router.post("/removeFile", summary="Delete one recorded file; the job stays")
-async def remove_file(state: State, principal: Principal, body: RemoveFileBody) -> dict[str, bool]:
+async def remove_file(state: State, principal: Operator, body: RemoveFileBody) -> dict[str, bool]:
     tenant = tenant_of(principal)
     db = state.db
     await jobs.load(db, KIND, tenant, body.record_id)

@@ -18,7 +18,9 @@ from fastapi import APIRouter, Body, Path, Request
 from fastapi.responses import FileResponse, Response
 from pymongo.asynchronous.database import AsyncDatabase
 
-from reelhouse.api.auth import PlayerPrincipal, Principal
+from reelhouse.api import idempotency
+from reelhouse.api.auth import Operator, PlayerPrincipal, Principal
+from reelhouse.api.idempotency import IdempotencyKey
 from reelhouse.api.routes import jobs
 from reelhouse.api.routes.jobs import JobKind, tenant_of
 from reelhouse.api.state import State
@@ -79,10 +81,22 @@ def _linked(body: RestreamIn) -> dict[str, list[Any]]:
 
 
 @router.post("/create", summary="Create a restream job")
-async def create(state: State, principal: Principal, body: RestreamIn) -> dict[str, Any]:
+async def create(
+    state: State,
+    principal: Operator,
+    body: RestreamIn,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
     tenant = tenant_of(principal)
-    job_id = await jobs.create_job(state, KIND, tenant, _config(body), _linked(body))
-    return await _loaded(state.db, tenant, job_id)
+
+    async def run() -> dict[str, Any]:
+        full = await jobs.with_defaults(state.db, KIND.module, body)
+        job_id = await jobs.create_job(state, KIND, tenant, _config(full), _linked(full))
+        return await _loaded(state.db, tenant, job_id)
+
+    key = idempotency_key
+    return await idempotency.once(state.db, principal, "restream", key, body, response, run)
 
 
 @router.post("/getCount", summary="How many restream jobs there are")
@@ -109,28 +123,28 @@ async def get_by_id(state: State, principal: Principal, body: IdBody) -> dict[st
 
 
 @router.post("/update", summary="Change a restream job; a running job restarts with it")
-async def update(state: State, principal: Principal, body: RestreamUpdate) -> dict[str, Any]:
+async def update(state: State, principal: Operator, body: RestreamUpdate) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.update_job(state, KIND, tenant, body.id, _config(body), _linked(body))
     return await _loaded(state.db, tenant, body.id)
 
 
 @router.post("/start", summary="Mark active and (re)start the restream")
-async def start(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
+async def start(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=True)
     return await _loaded(state.db, tenant, body.id)
 
 
 @router.post("/stop", summary="Mark inactive and stop the restream")
-async def stop(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
+async def stop(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=False)
     return await _loaded(state.db, tenant, body.id)
 
 
 @router.delete("/remove", summary="Stop, then delete the job, its input and outputs, its HLS")
-async def remove(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
+async def remove(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     loaded = await _loaded(state.db, tenant, body.id)
     await jobs.stop_and_wait(state, KIND, body.id)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
-from reelhouse.api.auth import Principal
+from reelhouse.api.auth import Operator, Principal
 from reelhouse.api.routes.jobs import tenant_of
 from reelhouse.api.state import State
 from reelhouse.common.contracts.storage import CleanupRequest, PassReport
@@ -60,7 +60,7 @@ async def get_info(
 
 @router.post("/cleanup", summary="Run the janitor now; what it removed")
 async def cleanup(
-    state: State, _principal: Principal, _body: Annotated[dict[str, Any] | None, Body()] = None
+    state: State, _principal: Operator, _body: Annotated[dict[str, Any] | None, Body()] = None
 ) -> dict[str, Any]:
     data = await call(
         state.bus,

@@ -8,17 +8,20 @@ prober claims an active row that has a ``stream_url`` and keeps its ``status`` a
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any
 
 from bson import ObjectId
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Response
 from pymongo.asynchronous.database import AsyncDatabase
 
-from reelhouse.api.auth import Principal
+from reelhouse.api import idempotency
+from reelhouse.api.auth import AuthPrincipal, Operator, Principal, tenant_of
+from reelhouse.api.idempotency import IdempotencyKey
 from reelhouse.api.state import AppState, State
 from reelhouse.common.contracts.base import format_timestamp, is_object_id, utcnow
-from reelhouse.common.contracts.messages import DEFAULT_TENANT, JobCommand
+from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.contracts.streams import (
     ProbeReply,
     ProbeRequest,
@@ -45,10 +48,6 @@ _FIELDS = (
     "stream_url", "stream_meta_data", "audio_settings", "stream_info",
 )  # fmt: skip
 _DEFAULTS: dict[str, Any] = {"host": "", "stream_url": "", "stream_meta_data": {}}
-
-
-def _tenant(_principal: str) -> str:
-    return DEFAULT_TENANT  # one tenant until accounts exist (issue: auth)
 
 
 def _present_status(doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -112,8 +111,19 @@ def _list_query(tenant: str, body: StreamListBody) -> dict[str, Any]:
 
 
 @router.post("/create", summary="Create a stream row")
-async def create(state: State, principal: Principal, body: StreamIn) -> dict[str, Any]:
-    tenant = _tenant(principal)
+async def create(
+    state: State,
+    principal: Operator,
+    body: StreamIn,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
+    key = idempotency_key
+    run = functools.partial(_create, state, tenant_of(principal), body)
+    return await idempotency.once(state.db, principal, "stream", key, body, response, run)
+
+
+async def _create(state: AppState, tenant: str, body: StreamIn) -> dict[str, Any]:
     now = utcnow()
     doc = {
         "_id": ObjectId(),
@@ -134,7 +144,7 @@ async def create(state: State, principal: Principal, body: StreamIn) -> dict[str
 async def get_count(
     state: State, principal: Principal, body: Annotated[StreamListBody | None, Body()] = None
 ) -> dict[str, int]:
-    query = _list_query(_tenant(principal), body or StreamListBody())
+    query = _list_query(tenant_of(principal), body or StreamListBody())
     return {"count": await state.db[Collections.STREAMS].count_documents(query)}
 
 
@@ -143,7 +153,7 @@ async def get_all(
     state: State, principal: Principal, body: Annotated[StreamListBody | None, Body()] = None
 ) -> list[dict[str, Any]]:
     body = body or StreamListBody()
-    query = _list_query(_tenant(principal), body)
+    query = _list_query(tenant_of(principal), body)
     sort = [("_id" if k == "id" else k, v) for k, v in body.sort.items()] or [("created", 1)]
     if all(k != "_id" for k, _ in sort):
         sort.append(("_id", 1))  # stable order among equal keys (pages do not overlap)
@@ -155,12 +165,12 @@ async def get_all(
 
 @router.post("/getById", summary="One stream row")
 async def get_by_id(state: State, principal: Principal, body: StreamIdBody) -> dict[str, Any]:
-    return _present(await _load(state.db, _tenant(principal), body.id))
+    return _present(await _load(state.db, tenant_of(principal), body.id))
 
 
 @router.post("/update", summary="Change a stream row (the fields sent; others are kept)")
-async def update(state: State, principal: Principal, body: StreamUpdate) -> dict[str, Any]:
-    tenant = _tenant(principal)
+async def update(state: State, principal: Operator, body: StreamUpdate) -> dict[str, Any]:
+    tenant = tenant_of(principal)
     doc = await _load(state.db, tenant, body.id)
     changes = body.changes()
     await state.db[Collections.STREAMS].update_one(
@@ -175,9 +185,9 @@ async def update(state: State, principal: Principal, body: StreamUpdate) -> dict
 
 @router.post("/setStreamInfo", summary="Store discovered info for a flow (stream_id, role, port)")
 async def set_stream_info(
-    state: State, principal: Principal, body: SetStreamInfoBody
+    state: State, principal: Operator, body: SetStreamInfoBody
 ) -> dict[str, bool]:
-    tenant = _tenant(principal)
+    tenant = tenant_of(principal)
     query: dict[str, Any] = {"tenant": tenant, "stream_id": body.stream_id, "role_name": body.role}
     if body.port is not None:
         # A row already bound to another port is another flow with the same stream id.
@@ -217,14 +227,14 @@ async def set_stream_info(
 @router.delete("/remove", summary="Delete a stream row (monitoring ends)")
 async def remove(
     state: State,
-    principal: Principal,
+    principal: Operator,
     body: Annotated[StreamIdBody | None, Body()] = None,
     id: Annotated[str | None, Query(description="The stream row's id (or in the body).")] = None,
 ) -> dict[str, bool]:
     stream_id = body.id if body is not None else id
     if stream_id is None or not is_object_id(stream_id):
         raise ValidationFailed("id: a 24-hex stream id is required", field="id")
-    tenant = _tenant(principal)
+    tenant = tenant_of(principal)
     doc = await _load(state.db, tenant, stream_id)
     await state.db[Collections.STREAMS].delete_one({"_id": doc["_id"], "tenant": tenant})
     log.info("stream_removed", stream_id=stream_id)
@@ -232,8 +242,10 @@ async def remove(
     return {"success": True}
 
 
-async def _set_active(state: AppState, principal: str, stream_id: str, active: bool) -> dict:
-    tenant = _tenant(principal)
+async def _set_active(
+    state: AppState, principal: AuthPrincipal, stream_id: str, active: bool
+) -> dict:
+    tenant = tenant_of(principal)
     await _load(state.db, tenant, stream_id)
     update: dict[str, Any] = {"$set": {"active": active, "modified": utcnow()}}
     if active:
@@ -247,12 +259,12 @@ async def _set_active(state: AppState, principal: str, stream_id: str, active: b
 
 
 @router.post("/start", summary="Start monitoring the stream (active: true)")
-async def start(state: State, principal: Principal, body: StreamIdBody) -> dict[str, Any]:
+async def start(state: State, principal: Operator, body: StreamIdBody) -> dict[str, Any]:
     return await _set_active(state, principal, body.id, True)
 
 
 @router.post("/stop", summary="Stop monitoring the stream (active: false)")
-async def stop(state: State, principal: Principal, body: StreamIdBody) -> dict[str, Any]:
+async def stop(state: State, principal: Operator, body: StreamIdBody) -> dict[str, Any]:
     return await _set_active(state, principal, body.id, False)
 
 

@@ -1,0 +1,203 @@
+"""Prometheus metrics of the API (``GET /metrics``).
+
+Own registry per app (tests build many apps in one process). Job gauges (by state, restarts,
+bitrate) are read at scrape time: states and restarts from MongoDB, bitrate from the live stats
+cache. Request latency comes from :class:`LatencyMiddleware`, labelled by route template (never
+by raw path, which would let callers create label values). NATS reconnects come from the
+:class:`~reelhouse.common.bus.Bus` counters, MongoDB reconnects from a pymongo heartbeat
+listener (process-wide: a recovered heartbeat after a failed one counts as a reconnect).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pymongo import monitoring
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from reelhouse.common.mongo import Collections
+
+
+class _MongoMonitor(monitoring.ServerHeartbeatListener):
+    """Counts failed heartbeats and recoveries of every MongoDB client made after install."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.reconnects = 0
+        self._down: set[Any] = set()
+
+    def started(self, event: monitoring.ServerHeartbeatStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: monitoring.ServerHeartbeatSucceededEvent) -> None:
+        if event.connection_id in self._down:
+            self._down.discard(event.connection_id)
+            self.reconnects += 1
+
+    def failed(self, event: monitoring.ServerHeartbeatFailedEvent) -> None:
+        self.failures += 1
+        self._down.add(event.connection_id)
+
+
+MONGO_MONITOR = _MongoMonitor()
+_installed = False
+
+
+def install_mongo_monitor() -> None:
+    """Register the heartbeat listener (once per process; before clients are made)."""
+    global _installed
+    if not _installed:
+        monitoring.register(MONGO_MONITOR)
+        _installed = True
+
+
+class _ConnectionCollector(Collector):
+    def __init__(self) -> None:
+        self.bus: Any = None
+
+    def collect(self) -> Iterator[Any]:
+        bus = self.bus
+        nats_reconnects = CounterMetricFamily(
+            "reelhouse_nats_reconnects", "Times this API's NATS connection came back."
+        )
+        nats_reconnects.add_metric([], bus.reconnects if bus else 0)
+        yield nats_reconnects
+        nats_disconnects = CounterMetricFamily(
+            "reelhouse_nats_disconnects", "Times this API's NATS connection was lost."
+        )
+        nats_disconnects.add_metric([], bus.disconnects if bus else 0)
+        yield nats_disconnects
+        up = GaugeMetricFamily("reelhouse_nats_connected", "1 while connected to NATS.")
+        up.add_metric([], 1 if bus is not None and bus.connected else 0)
+        yield up
+        mongo = CounterMetricFamily(
+            "reelhouse_mongo_reconnects", "Times a MongoDB server answered again after failing."
+        )
+        mongo.add_metric([], MONGO_MONITOR.reconnects)
+        yield mongo
+        failures = CounterMetricFamily(
+            "reelhouse_mongo_heartbeat_failures", "Failed MongoDB server heartbeats."
+        )
+        failures.add_metric([], MONGO_MONITOR.failures)
+        yield failures
+
+
+class ApiMetrics:
+    """The API's registry and instruments."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Histogram(
+            "reelhouse_api_request_duration_seconds",
+            "HTTP request latency by method, route template and status.",
+            ["method", "route", "status"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.jobs = Gauge(
+            "reelhouse_jobs", "Jobs by module and state.", ["module", "state"], registry=r
+        )
+        self.restarts = Gauge(
+            "reelhouse_job_restarts",
+            "FFmpeg restarts of each running job (its runtime block).",
+            ["module", "job_id", "tenant"],
+            registry=r,
+        )
+        self.bitrate = Gauge(
+            "reelhouse_job_bitrate_kbits",
+            "Current output bitrate of each running job, kbit/s (live stats).",
+            ["module", "job_id", "tenant"],
+            registry=r,
+        )
+        self.nodes = Gauge(
+            "reelhouse_nodes_alive", "Service nodes heartbeating now.", ["service"], registry=r
+        )
+        self.ws_clients = Gauge(
+            "reelhouse_events_ws_clients", "Connected events WebSocket clients.", registry=r
+        )
+        self.webhook_deliveries = Counter(
+            "reelhouse_webhook_deliveries",
+            "Webhook delivery attempts by outcome (delivered, retry, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.connections = _ConnectionCollector()
+        r.register(self.connections)
+
+    async def refresh(self, state: Any) -> None:
+        """Read the job and node gauges (at scrape time)."""
+        from datetime import timedelta
+
+        from reelhouse.common.contracts.base import utcnow
+
+        self.jobs.clear()
+        self.restarts.clear()
+        for module, coll in (
+            ("recording", Collections.RECORDINGS),
+            ("restream", Collections.RESTREAMS),
+        ):
+            counts: dict[str, int] = {}
+            cursor = state.db[coll].find(
+                {}, {"active": 1, "tenant": 1, "runtime.state": 1, "runtime.restarts": 1}
+            )
+            async for doc in cursor.limit(100_000):
+                runtime = doc.get("runtime") or {}
+                name = runtime.get("state") or ("pending" if doc.get("active") else "stopped")
+                counts[name] = counts.get(name, 0) + 1
+                if runtime.get("state"):
+                    labels = (module, str(doc["_id"]), str(doc.get("tenant", "")))
+                    self.restarts.labels(*labels).set(float(runtime.get("restarts") or 0))
+            for name, n in counts.items():
+                self.jobs.labels(module, name).set(n)
+        self.bitrate.clear()
+        for module in ("recording", "restream"):
+            for tenant_stats in state.live_stats.current_all(module):
+                self.bitrate.labels(module, tenant_stats.job_id, tenant_stats.tenant).set(
+                    tenant_stats.processData.bitrate_kbits
+                )
+        self.nodes.clear()
+        cutoff = utcnow() - timedelta(seconds=3 * state.settings.node_heartbeat_s)
+        alive: dict[str, int] = {}
+        cursor = state.db[Collections.NODES].find(
+            {"state": "running", "last_seen": {"$gte": cutoff}}, {"service": 1}
+        )
+        async for doc in cursor:
+            alive[doc.get("service", "?")] = alive.get(doc.get("service", "?"), 0) + 1
+        for service, n in alive.items():
+            self.nodes.labels(service).set(n)
+
+
+class LatencyMiddleware:
+    """Observes every HTTP request's duration into :attr:`ApiMetrics.requests`."""
+
+    def __init__(self, app: ASGIApp, *, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope.get("method", "?"), template, str(status)).observe(
+                time.perf_counter() - started
+            )
