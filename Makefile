@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.cache/tools/bin/uv)
 
-.PHONY: install up test lint format clean
+.PHONY: install up test lint format clean bench
 
 install:
 	@scripts/bootstrap.sh
@@ -20,6 +20,15 @@ test: lint
 format: install
 	$(UV) run --locked ruff check --fix .
 	$(UV) run --locked ruff format .
+
+# Quick versions of every benchmark, one after another (full runs and results: bench/README.md).
+bench: install
+	$(UV) run --locked python bench/recording_density.py --jobs 10 --window 10 --warmup 5
+	$(UV) run --locked python bench/restream_density.py --jobs 5 --window 10 --warmup 5
+	$(UV) run --locked python bench/start_latency.py --quick
+	$(UV) run --locked python bench/failover.py --quick
+	$(UV) run --locked python bench/api_load.py --quick
+	$(UV) run --locked python bench/soak.py --quick
 
 clean:
 	rm -rf .cache/bin .pytest_cache .ruff_cache

@@ -549,8 +549,17 @@ class Engine:
     """nats-server, FerretDB, the API and ONE ``worker`` service (``python -m reelhouse.<worker>``)
     for ``jobs`` jobs of ``module``; the measurement of its processes and the stop of its jobs."""
 
-    def __init__(self, work: Path, worker: str, module: str, jobs: int) -> None:
+    def __init__(
+        self,
+        work: Path,
+        worker: str,
+        module: str,
+        jobs: int,
+        env_extra: dict[str, str] | None = None,
+    ) -> None:
         self.work, self.worker, self.module, self.jobs = work, worker, module, jobs
+        self.env_extra = dict(env_extra or {})  # more REELHOUSE_* settings for every service
+        self.env: dict[str, str] = {}
         self.nats = infra.nats_server(work / "nats")
         self.fdb = infra.ferretdb(work / "ferretdb")
         for srv in (self.nats, self.fdb):
@@ -579,7 +588,9 @@ class Engine:
             "REELHOUSE_API_PORT": str(api_port),
             "REELHOUSE_LOG_FORMAT": "json",
             "REELHOUSE_MAX_JOBS": str(max(self.jobs, 1)),
+            **self.env_extra,
         }
+        self.env = env
         say(f"engine: starting the API and one {self.worker}")
         for name in ("api", self.worker):
             self.services[name] = spawn(
@@ -601,6 +612,31 @@ class Engine:
         except TimeoutError as exc:
             raise RuntimeError(f"{exc}; api log tail:\n{tail(self.logs['api'], 15)}") from None
         return api
+
+    def add_worker(self, name: str, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start one more ``worker`` service (same settings as the first, plus ``env_extra``),
+        kept in ``services[name]`` and stopped by :meth:`teardown`."""
+        self.logs[name] = self.work / f"{name}.log"
+        proc = spawn([sys.executable, "-m", f"reelhouse.{self.worker}"], self.logs[name],
+                     {**self.env, **(env_extra or {})})  # fmt: skip
+        self.services[name] = proc
+        return proc
+
+    def mongo(self) -> Any:
+        """The engine's database through pymongo (for what the API does not show)."""
+        import pymongo
+
+        client = pymongo.MongoClient(
+            self.env["REELHOUSE_MONGODB_URL"], tz_aware=True, serverSelectionTimeoutMS=5000
+        )
+        return client[self.env["REELHOUSE_MONGODB_DATABASE"]]
+
+    def service_pids(self) -> dict[str, int]:
+        """Every engine process by name: the services started here, nats-server, ferretdb."""
+        pids = {name: p.pid for name, p in self.services.items() if p.poll() is None}
+        pids["nats-server"] = self.nats.proc.pid  # type: ignore[union-attr]
+        pids["ferretdb"] = self.fdb.proc.pid  # type: ignore[union-attr]
+        return pids
 
     def create(self, body: dict[str, Any]) -> str:
         assert self.api is not None
@@ -696,7 +732,9 @@ class Engine:
 
     def teardown(self) -> None:
         say("engine: tearing down")
-        reap([self.services[k] for k in (self.worker, "api") if k in self.services], grace=25)
+        extra = [p for k, p in self.services.items() if k not in (self.worker, "api")]
+        reap([*extra, *(self.services[k] for k in (self.worker, "api") if k in self.services)],
+             grace=25)  # fmt: skip
         for srv in (self.fdb, self.nats):
             with contextlib.suppress(Exception):
                 srv.stop()
@@ -861,3 +899,179 @@ def run_main(
         args.json.write_text(json.dumps({**info, "results": results, "runs": runs,
                                          "errors": errors}, indent=2, default=str))  # fmt: skip
     return 1 if errors else 0
+
+
+# --------------------------------------------------------------------------------------------
+# Shared by the latency, failover, API-load and soak benchmarks
+# --------------------------------------------------------------------------------------------
+
+SMALL_CLIP_KBPS = 150
+
+
+def ensure_small_clip(cache: Path) -> Path:
+    """A cheap source for many jobs: 30 s of 320x180 15 fps H.264 at ~150 kbit/s CBR (keyframe
+    every second) + AAC 32k mono, MPEG-TS; encoded once (a few seconds), reused afterwards."""
+    clip = cache / f"srt-180p15-{SMALL_CLIP_KBPS}k-{CLIP_SECONDS}s.ts"
+    if clip.exists():
+        return clip
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = clip.with_suffix(".tmp.ts")
+    say(f"encoding the small source clip once into {clip} ...")
+    k = SMALL_CLIP_KBPS
+    argv = [
+        FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=15",
+        "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000",
+        "-t", str(CLIP_SECONDS), "-map", "0:v", "-map", "1:a",
+        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+        "-b:v", f"{k}k", "-maxrate", f"{k}k", "-bufsize", f"{k}k", "-x264-params", "nal-hrd=cbr",
+        "-g", "15", "-keyint_min", "15", "-sc_threshold", "0",
+        "-c:a", "aac", "-b:a", "32k", "-ac", "1",
+        "-f", "mpegts", str(tmp),
+    ]  # fmt: skip
+    subprocess.run([*PDEATH, *argv], check=True, timeout=600)
+    tmp.rename(clip)
+    return clip
+
+
+def source_ready(s: Source) -> bool:
+    """Whether an SRT listener source is up and listening (reads /proc, never connects)."""
+    return s.proc.poll() is None and port_in_use(s.port, "udp", pid=s.proc.pid)
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) with linear interpolation between closest ranks."""
+    if not xs:
+        return None
+    ys = sorted(xs)
+    pos = (len(ys) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ys) - 1)
+    return ys[lo] + (ys[hi] - ys[lo]) * (pos - lo)
+
+
+def distribution(xs: list[float], prefix: str) -> dict[str, Any]:
+    """n, mean, p50, p95, p99, min and max of ``xs`` as flat ``<prefix>_<stat>`` metrics."""
+    return {
+        f"{prefix}_n": len(xs),
+        f"{prefix}_mean": _mean(xs),
+        f"{prefix}_p50": percentile(xs, 50),
+        f"{prefix}_p95": percentile(xs, 95),
+        f"{prefix}_p99": percentile(xs, 99),
+        f"{prefix}_min": min(xs) if xs else None,
+        f"{prefix}_max": max(xs) if xs else None,
+    }
+
+
+def loadavg() -> float:
+    """The host's 1-minute load average."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def wait_for_quiet(limit: float = 1.5, max_wait: float = 300.0) -> float:
+    """Before a measured run: wait (up to ``max_wait`` s) until the 1-minute load is at most
+    ``limit`` (other engineers share the machine); returns the load the run starts with.
+    ``BENCH_MAX_LOAD`` and ``BENCH_MAX_WAIT`` in the environment override the two."""
+    limit = float(os.environ.get("BENCH_MAX_LOAD", limit))
+    max_wait = float(os.environ.get("BENCH_MAX_WAIT", max_wait))
+    deadline = time.monotonic() + max_wait
+    load = loadavg()
+    while load > limit and time.monotonic() < deadline:
+        say(f"1-min load {load:.2f} > {limit:g}: waiting for the machine to calm down")
+        time.sleep(15)
+        load = loadavg()
+    return load
+
+
+class StatsWatcher:
+    """Subscribes (in a thread of its own) to ``<prefix>.stats.<module>.*`` and keeps, per job id,
+    the monotonic time of its first and last stats message and how many arrived."""
+
+    def __init__(self, nats_url: str, module: str, prefix: str = "reelhouse") -> None:
+        import threading
+
+        self.url, self.subject = nats_url, f"{prefix}.stats.{module}.*"
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self.count: dict[str, int] = {}
+        self._ready = threading.Event()
+        self._stop: Any = None
+        self._loop: Any = None
+        self._thread = threading.Thread(target=self._run, name="stats-watcher", daemon=True)
+
+    def start(self) -> StatsWatcher:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError(f"could not subscribe to {self.subject}")
+        return self
+
+    def _run(self) -> None:
+        import asyncio
+
+        import nats
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            nc = await nats.connect(self.url)
+
+            async def seen(msg: Any) -> None:
+                now = time.monotonic()
+                job = msg.subject.rsplit(".", 1)[-1]
+                self.first.setdefault(job, now)
+                self.last[job] = now
+                self.count[job] = self.count.get(job, 0) + 1
+
+            await nc.subscribe(self.subject, cb=seen)
+            await nc.flush()
+            self._ready.set()
+            await self._stop.wait()
+            await nc.close()
+
+        asyncio.run(main())
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(5)
+
+
+def first_file_bytes(folder: Path) -> int:
+    """Bytes of the largest non-hidden file in ``folder`` (0 if none yet)."""
+    best = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if not entry.name.startswith(".") and entry.is_file():
+                best = max(best, entry.stat().st_size)
+    return best
+
+
+def recording_job(i: int, url: str, *, name: str = "bench", active: bool = True) -> dict[str, Any]:
+    """The seed's mp4 archive recording (``recording_payload(0)``) of ``url``, audio copied."""
+    from support.seeds import recording_payload
+
+    body = recording_payload(0)
+    body["recording_name"] = f"{name} {i:04d}"
+    body["input"]["input_stream_url"] = url
+    body["input"]["entity_name"] = body["recording_name"]
+    body["transcoding"]["audio_transcoding"] = "Disabled"
+    body["active"] = active
+    return body
+
+
+def header(title: str, started: dt.datetime, load: float | None = None) -> dict[str, Any]:
+    """Print the report's title and machine line; returns the machine description."""
+    m = machine()
+    print(f"\n{title}")
+    extra = f", 1-min load at start {load:.2f}" if load is not None else ""
+    print(
+        f"{started.isoformat(timespec='seconds')}  {m['nproc']} x {m['cpu_model']}, "
+        f"{m['mem_gib']} GiB, {m['ffmpeg']}{extra}\n"
+    )
+    return m
+
+
+def save_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(payload, indent=2, default=str))
+        say(f"results written to {path}")

@@ -28,8 +28,8 @@ Faults (docs/DECISIONS.md "Scale-out and faults"):
   back every lease looks expired, so a node that saw it fail claims nothing for ``lease_s / 2``:
   the owners renew first and keep their jobs (no needless handover after an outage).
 - **Drain** (SIGTERM): the loop stops claiming, every FFmpeg is stopped gracefully (trailer
-  written, part closed) and its lease released at once, then a ``start`` hint names each released
-  job so a peer claims it now instead of at its next reconcile.
+  written, part closed) and its lease released at once, and as each one is released a ``start``
+  hint names it so a peer claims it now instead of at its next reconcile.
 """
 
 from __future__ import annotations
@@ -153,9 +153,10 @@ class JobNode(ABC):
             fence.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await hints
-            released = [run.job_id for run in self.runs.values()]
+            draining = len(self.runs)
             await self._stop_all(f"{self.service} shutting down")
-            await self._hint_peers(released)
+            if draining:
+                self.log.info("drained", jobs=draining)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -380,7 +381,8 @@ class JobNode(ABC):
             await bus.publish(bus.subjects.beat(self.service), beat)
 
     async def _hint_peers(self, job_ids: list[str]) -> None:
-        """After a drain: ask peers to claim the released jobs now."""
+        """Draining: ask peers to claim released jobs now (each as soon as its lease is let go,
+        not after the slowest FFmpeg has stopped)."""
         bus = self.ctx.bus
         for job_id in job_ids:
             with contextlib.suppress(Exception):
@@ -389,7 +391,6 @@ class JobNode(ABC):
         if job_ids:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(bus.nc.flush(), 2.0)
-            self.log.info("drained", jobs=len(job_ids))
 
     async def _check_hinted(self) -> None:
         """A hint named jobs this node runs: find out at once which of them must stop."""
@@ -419,6 +420,8 @@ class JobNode(ABC):
             finally:
                 if self.runs.get(run.job_id) is run:
                     del self.runs[run.job_id]
+                if self.ctx.stop.is_set():  # draining: a peer may claim this job right now
+                    await self._hint_peers([run.job_id])
                 self.ctx.node.running_jobs = len(self.runs)
                 self._wake.set()  # the job may be claimable again (restart, update)
 
