@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -16,9 +17,19 @@ from support.stack import HEADERS, TOKEN
 from reelhouse.api.settings import ApiSettings
 
 
+async def clear_of_window_edge(period_s: int = 3600, margin_s: float = 60.0) -> None:
+    """Windows are fixed and aligned to the clock (an hour starts at :00): a test that counts
+    down must not straddle a window's end, so wait for the next window when this one is about to
+    close (in CI this test once ran across midnight and saw its count start again)."""
+    left = period_s - time.time() % period_s
+    if left < margin_s:
+        await asyncio.sleep(left + 0.5)  # until the clock reaches the next window
+
+
 @contextlib.asynccontextmanager
 async def replicas(settings_env: dict[str, str], **limits: Any) -> AsyncIterator[list[Any]]:
     """Two API apps on the same database and NATS (what two containers would be)."""
+    await clear_of_window_edge()
     settings = settings_from_env(ApiSettings, settings_env, bootstrap_token=TOKEN, **limits)
     async with api_client(settings) as a, api_client(settings) as b:
         yield [a, b]
