@@ -23,6 +23,7 @@ from pymongo import DESCENDING
 from reelhouse.api.auth import Admin
 from reelhouse.api.ops import Ops, SystemAdmin
 from reelhouse.api.state import State
+from reelhouse.api.tools import run_tool
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.logging import LEVEL_NUMBERS, LOGS_COLLECTION, get_logger
 
@@ -115,24 +116,6 @@ async def run_log_trimmer(state: Any, stop: asyncio.Event, every_s: float = 30.0
 # -- dependencies ----------------------------------------------------------------------------
 
 
-async def _run(binary: str, *args: str, timeout: float = 10.0) -> str | None:
-    path = shutil.which(binary)
-    if path is None:
-        return None
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            path,
-            "-hide_banner",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except (OSError, TimeoutError):
-        return None
-    return out.decode(errors="replace") if proc.returncode == 0 else None
-
-
 def parse_protocols(text: str) -> dict[str, list[str]]:
     """``ffmpeg -protocols`` → ``{"input": [...], "output": [...]}``."""
     out: dict[str, list[str]] = {"input": [], "output": []}
@@ -190,11 +173,11 @@ def _version(text: str | None) -> dict[str, Any] | None:
 async def read_dependencies(ffmpeg: str = "ffmpeg", ffprobe: str = "ffprobe") -> dict[str, Any]:
     """Versions and capabilities of the FFmpeg tools on this API's host."""
     ff_version, probe_version, protocols, encoders, decoders = await asyncio.gather(
-        _run(ffmpeg, "-version"),
-        _run(ffprobe, "-version"),
-        _run(ffmpeg, "-protocols"),
-        _run(ffmpeg, "-encoders"),
-        _run(ffmpeg, "-decoders"),
+        run_tool(ffmpeg, "-version"),
+        run_tool(ffprobe, "-version"),
+        run_tool(ffmpeg, "-protocols"),
+        run_tool(ffmpeg, "-encoders"),
+        run_tool(ffmpeg, "-decoders"),
     )
     ffmpeg_info = _version(ff_version)
     if ffmpeg_info is not None:
