@@ -142,6 +142,15 @@ def test_live_options_per_input_type(input_type, expected):
         assert "-timeout" not in args  # for RTMP it means "listen for a publisher"
 
 
+def test_probe_length_is_the_nodes_setting_in_both_job_kinds():
+    inp = make_input("INPUT_TYPE_SRT_URL")
+    assert option(input_args(inp, probe_ms=400), "-analyzeduration") == "400000"
+    job = RecordingIn.model_validate(recording_payload())
+    args = build_recording_args(inp=job.input, job=job, target=Path("/r/a.mp4"), probe_ms=750)
+    assert option(args, "-analyzeduration") == "750000"
+    assert option(args, "-probesize") == "10000000"  # the duration binds, not the size
+
+
 def test_input_settings_never_become_options():
     inp = InputIn(
         input_type="INPUT_TYPE_SRT_URL",

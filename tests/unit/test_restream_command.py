@@ -55,6 +55,13 @@ def test_srt_and_dev_null_and_hls_destinations(tmp_path: Path):
         build_restream_args(job=hls)
 
 
+def test_probe_length_reaches_the_restream_input():
+    args = build_restream_args(job=job(0), probe_ms=600)
+    assert args[args.index("-analyzeduration") + 1] == "600000"
+    default = build_restream_args(job=job(0))
+    assert default[default.index("-analyzeduration") + 1] == "2000000"
+
+
 def test_srt_listener_output():
     j = job(1, [{"output_stream_url": "", "output_stream_listen_port": 9000}])
     assert build_restream_args(job=j)[-1] == "srt://0.0.0.0:9000?mode=listener"

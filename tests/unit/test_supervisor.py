@@ -451,6 +451,47 @@ async def test_unstartable_command_is_retried_not_crashed(supervise: Supervise) 
     assert commands.calls == 2
 
 
+async def test_retry_now_restarts_at_once_without_counting_a_failure(
+    supervise: Supervise,
+) -> None:
+    # Two exits the caller retries at once (a probe too short for the source), then a healthy
+    # run: with a 30 s backoff and max_restarts=1, only retry_now can get there.
+    fail = ["--fake-blocks", "0", "--fake-exit", "1", "--fake-final-stderr", "no codec parameters"]
+    commands = Commands(fail, fail, ["--fake-interval", "0.05"])
+    supervisor, events = supervise(
+        commands, max_restarts=1, backoff_initial_s=30.0, backoff_max_s=30.0
+    )
+
+    async def retried_at_once(code: int, tail: list[str]) -> None:
+        events.exits.append((code, tail))
+        assert events.supervisor is not None
+        events.supervisor.retry_now()
+
+    supervisor._on_exit = retried_at_once  # the hook a run passes in; set before the first exit
+    await wait_for_state(supervisor, S.RUNNING)
+    assert commands.calls == 3
+    assert [code for code, _ in events.exits] == [1, 1]
+    retries = [r for s, r in zip(events.states, events.reasons, strict=True) if s is S.RETRYING]
+    assert len(retries) == 2
+    assert all(r.endswith("restarting in 0.00 s") for r in retries)
+    assert supervisor.restarts == 2
+
+
+async def test_retry_now_keeps_a_delay_asked_for(supervise: Supervise) -> None:
+    commands = Commands(["--fake-blocks", "0", "--fake-exit", "1"], ["--fake-interval", "0.05"])
+    supervisor, events = supervise(commands)
+
+    async def both(code: int, tail: list[str]) -> None:
+        events.exits.append((code, tail))
+        assert events.supervisor is not None
+        events.supervisor.retry_now()
+        events.supervisor.delay_next_retry(0.3)
+
+    supervisor._on_exit = both
+    await wait_for_state(supervisor, S.RUNNING)
+    assert events.reason_of(S.RETRYING).endswith("restarting in 0.30 s")
+
+
 @pytest.mark.parametrize(
     ("env", "tz"),
     [

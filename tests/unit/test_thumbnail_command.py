@@ -13,6 +13,7 @@ from support.seeds import recording_payload
 
 from reelhouse.common.contracts.recording import RecordingIn
 from reelhouse.common.ffmpeg.command import (
+    THUMBNAIL_DECODE_ARGS,
     THUMBNAIL_EVERY_S,
     THUMBNAIL_FILE_NAME,
     build_recording_args,
@@ -40,9 +41,20 @@ def test_thumbnail_is_a_second_output_after_the_recording() -> None:
     assert tail[tail.index("-f") + 1] == "image2"
     assert tail[tail.index("-update") + 1] == "1"
     assert tail[tail.index("-c:v") + 1] == "mjpeg"
-    # The recording's own options come before its target, untouched.
+    # The recording's own options come before its target, untouched; the copied video's
+    # decoder, there only for the thumbnail, decodes keyframes alone (an input option).
     without = build_recording_args(inp=rec.input, job=rec, target=Path("/rec/a.mp4"))
-    assert args[: target + 1] == without
+    assert args[1:3] == list(THUMBNAIL_DECODE_ARGS)
+    assert args.index("-skip_frame:v") < args.index("-i")
+    assert args[3 : target + 1] == without[1:]
+
+
+def test_an_encoded_video_decodes_every_frame() -> None:
+    base = recording_payload(0)["transcoding"]
+    rec = job(transcoding={**base, "video_transcoding": "libx264"})
+    args = build_recording_args(inp=rec.input, job=rec, target=Path("/rec/a.mp4"), thumbnail=THUMB)
+    assert "image2" in args
+    assert "-skip_frame:v" not in args  # the encoder needs every frame
 
 
 def test_no_thumbnail_unless_asked() -> None:
@@ -50,6 +62,7 @@ def test_no_thumbnail_unless_asked() -> None:
     args = build_recording_args(inp=rec.input, job=rec, target=Path("/rec/a.mp4"))
     assert args[-1] == "/rec/a.mp4"
     assert "image2" not in args
+    assert "-skip_frame:v" not in args
 
 
 def test_mp3_has_no_video_so_no_thumbnail() -> None:
@@ -57,6 +70,7 @@ def test_mp3_has_no_video_so_no_thumbnail() -> None:
     args = build_recording_args(inp=rec.input, job=rec, target=Path("/rec/a.mp3"), thumbnail=THUMB)
     assert args[-1] == "/rec/a.mp3"
     assert "image2" not in args
+    assert "-skip_frame:v" not in args
 
 
 @pytest.mark.parametrize("fmt", ["mkv", "flv", "mpegts", "avi", "m3u8"])

@@ -55,6 +55,13 @@ class RuntimeSettings(BaseModel):
         default_factory=dict,
         description="Defaults for new jobs per module (fields of the module's create body).",
     )
+    probe_ms: int | None = Field(
+        None,
+        ge=100,
+        le=10_000,
+        description="How long FFmpeg analyses a live input before writing, ms (recorders and "
+        "restreamers, from their next FFmpeg start); unset = `REELHOUSE_PROBE_MS` (2000).",
+    )
     rate_limits: dict[Literal["auth", "read", "write"], str] = Field(
         default_factory=dict,
         description="The API's rate limits by bucket (`auth`, `read`, `write`), in the `limits` "
@@ -126,7 +133,7 @@ class RuntimeSettingsWatcher:
         self.service, self.node_id, self.node = service, node_id, node
         self.refresh_s = refresh_s  # seconds between looks without a config_reloaded event
         self.version = -1
-        keys = ("max_jobs", "disk_warning_pct", "disk_critical_pct",
+        keys = ("max_jobs", "disk_warning_pct", "disk_critical_pct", "probe_ms",
                 *(f"rate_limit_{bucket}" for bucket in RATE_BUCKETS))  # fmt: skip
         self._base = {k: getattr(settings, k) for k in keys if hasattr(settings, k)}
         self._wake = asyncio.Event()
@@ -142,6 +149,8 @@ class RuntimeSettingsWatcher:
             out["disk_warning_pct"] = values.disk_warning_pct
         if "disk_critical_pct" in out and values.disk_critical_pct is not None:
             out["disk_critical_pct"] = values.disk_critical_pct
+        if "probe_ms" in out and values.probe_ms is not None:
+            out["probe_ms"] = values.probe_ms
         for bucket in RATE_BUCKETS:  # the API's limiter reads these on every request
             if f"rate_limit_{bucket}" in out and bucket in values.rate_limits:
                 out[f"rate_limit_{bucket}"] = values.rate_limits[bucket]  # type: ignore[index]

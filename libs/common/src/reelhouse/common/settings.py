@@ -140,6 +140,14 @@ class WorkerSettings(CommonSettings):
         description="Seconds before a job whose disk filled up tries again (no restart storm).",
     )
     ffmpeg_path: str = Field("ffmpeg", description="The ffmpeg binary (path or name on PATH).")
+    probe_ms: int = Field(
+        2000,
+        ge=100,
+        le=10_000,
+        description="How much of a live input FFmpeg analyses before it writes (ms). A run whose "
+        "probe was too short for its source (no keyframe seen) retries at once with at least "
+        "2000 ms. Shorter starts faster; see docs/DECISIONS.md 'Probe length'.",
+    )
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -302,6 +302,7 @@ class RecordingRun(SupervisedRun):
             segment_list=self._segment_list,
             hls_append=self._hls_from > 0,
             thumbnail=self._dir / ".thumb-%d.jpg" if self._thumbnail else None,
+            probe_ms=self.probe_ms,
         )
 
     async def _session_playlist(self) -> Path | None:

@@ -143,6 +143,7 @@ class RestreamRun(SupervisedRun):
             job=self.config,
             hls_dir=self.hls_dir,
             recovery_s=self._restream_settings.destination_retry_s,
+            probe_ms=self.probe_ms,
         )
 
     # -- destination state --------------------------------------------------------------------

@@ -106,9 +106,14 @@ IO_TIMEOUT_US: Final = 10_000_000
 """Socket I/O timeout, microseconds: a source silent this long makes FFmpeg exit (and restart)."""
 
 ANALYZE_DURATION_US: Final = 2_000_000
-"""Stream probing, microseconds. H.264 in MPEG-TS always probes this long (measured: first
+"""Stream probing, microseconds: the default and the fallback of a live input's probe (a node's
+``probe_ms`` may shorten it). H.264 in MPEG-TS always probes this long (measured: first
 progress 2.5 s after connecting; 5.4 s with FFmpeg's default), and it must span one GOP so that
 the SPS of a joined-mid-GOP stream is seen: 2 s covers GOPs up to 2 s."""
+
+PROBE_TOO_SHORT: Final = "Could not find codec parameters"
+"""What FFmpeg says when its probe ended before a stream's parameters were seen (for H.264: no
+keyframe, so no SPS); a run that sees it probes for at least ``ANALYZE_DURATION_US`` next."""
 
 PROBE_SIZE_BYTES: Final = 10_000_000
 """Most bytes read while probing: 2 s of a 40 Mbit/s feed, so the duration is what binds."""
@@ -210,17 +215,18 @@ FONT_CANDIDATES: Final = (
 # -- inputs -------------------------------------------------------------------------------------
 
 
-def input_args(inp: InputIn) -> list[str]:
+def input_args(inp: InputIn, *, probe_ms: int | None = None) -> list[str]:
     """The live input: its protocol whitelist, live options for its type, then ``-i URL``.
 
-    Probing is bounded (``-analyzeduration``) so progress starts within about two seconds, and a
+    Probing is bounded (``-analyzeduration``: ``probe_ms``, 2 s by default) so progress starts
+    within about two seconds, and a
     source that goes silent makes FFmpeg exit (see the module docstring for which option does
     that per type). ``input_settings`` is not turned into options: nothing user-supplied reaches
     FFmpeg except the URL, whose scheme the contract has already checked against the type.
     """
     return [
         "-protocol_whitelist", ",".join(PROTOCOL_WHITELIST[inp.input_type]),
-        "-analyzeduration", str(ANALYZE_DURATION_US),
+        "-analyzeduration", str(ANALYZE_DURATION_US if probe_ms is None else probe_ms * 1000),
         "-probesize", str(PROBE_SIZE_BYTES),
         *_LIVE_INPUT_OPTIONS[inp.input_type],
         "-i", inp.input_stream_url,
@@ -687,6 +693,11 @@ THUMBNAIL_FILE_NAME: Final = ".thumb-%d.jpg"
 :func:`thumbnail_output_args`); hidden, so file listings and the janitor skip it."""
 
 
+THUMBNAIL_DECODE_ARGS: Final = ("-skip_frame:v", "nokey")
+"""Input options of a recording whose video is copied: its decoder (there only for the
+thumbnail) decodes keyframes alone. Never used when the video is encoded (every frame needed)."""
+
+
 def thumbnail_output_args(thumbnail: Path) -> list[str]:
     """A second output: a small JPEG of the source's first video track, overwritten in place
     every :data:`THUMBNAIL_EVERY_S` seconds (``image2`` with ``-update 1``).
@@ -720,6 +731,7 @@ def build_recording_args(
     segment_list: Path | None = None,
     thumbnail: Path | None = None,
     hls_append: bool = False,
+    probe_ms: int | None = None,
 ) -> list[str]:
     """Everything after ``ffmpeg -progress pipe:1 -nostats`` for one recording part.
 
@@ -739,9 +751,14 @@ def build_recording_args(
         and _force_key_frames_s(transcoding) is None
     ):
         transcoding = transcoding.model_copy(update={"force_key_frames": cut_every})
+    thumbs = thumbnail is not None and job.output_format != "mp3"
+    # A copied video is decoded only for the thumbnail: keyframes are enough (a 1080p30 H.264
+    # stream costs ~10 % of a core to decode in full, its keyframes a small fraction of that).
+    keyframes_only = thumbs and transcoding.video_transcoding == "Disabled"
     return [
         "-hide_banner",
-        *input_args(inp),
+        *(THUMBNAIL_DECODE_ARGS if keyframes_only else ()),
+        *input_args(inp, probe_ms=probe_ms),
         *image_input_args(job.overlay),
         *processing_args(
             transcoding=transcoding,
@@ -758,7 +775,7 @@ def build_recording_args(
             hls_append=hls_append,
             align_to_clock=split and job.recording_mode_settings.align_to_clock,
         ),
-        *(thumbnail_output_args(thumbnail) if thumbnail and job.output_format != "mp3" else []),
+        *(thumbnail_output_args(thumbnail) if thumbs and thumbnail else []),
     ]
 
 
@@ -862,6 +879,7 @@ def build_restream_args(
     outputs: Sequence[OutputIn] | None = None,
     hls_dir: Path | None = None,
     recovery_s: float = DESTINATION_RECOVERY_S,
+    probe_ms: int | None = None,
 ) -> list[str]:
     """Everything after ``ffmpeg -progress pipe:1 -nostats`` for one restream process.
 
@@ -883,7 +901,7 @@ def build_restream_args(
             tags += ["-tag:a", "10"]
     return [
         "-hide_banner",
-        *input_args(job.input),
+        *input_args(job.input, probe_ms=probe_ms),
         *image_input_args(job.overlay),
         *processing_args(
             transcoding=job.transcoding,

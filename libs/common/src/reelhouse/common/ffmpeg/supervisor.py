@@ -368,6 +368,7 @@ class FFmpegSupervisor:
         self._last_progress: ProgressSnapshot | None = None
         self._stderr_tail: deque[str] = deque(maxlen=self._config.stderr_tail_lines)
         self._min_next_delay = 0.0  # set by delay_next_retry for the next restart only
+        self._retry_now = False  # set by retry_now for the next restart only
         self._last_advance = 0.0  # loop time of the last progress block that moved
         self._running_since: float | None = None  # loop time of the current run's first block
         self._ever_ran = False  # some run has reported progress (the source was live once)
@@ -442,6 +443,13 @@ class FFmpegSupervisor:
         """
         self._min_next_delay = max(self._min_next_delay, seconds)
 
+    def retry_now(self) -> None:
+        """Restart at once after this exit, not counted as a failure (the next attempt changes
+        what made this one fail, e.g. a longer probe). Call it from ``on_exit``; a delay asked
+        for with :meth:`delay_next_retry` still applies.
+        """
+        self._retry_now = True
+
     async def stop(self, reason: str = "stop requested") -> SupervisorState:
         """Stop FFmpeg gracefully and return the terminal state.
 
@@ -496,7 +504,9 @@ class FFmpegSupervisor:
                     await self._set_state(SupervisorState.FINISHED, outcome.reason)
                     return
                 self._last_error = "\n".join(self._stderr_tail) or outcome.reason
-                failures = 1 if outcome.stable else failures + 1
+                retry_now, self._retry_now = self._retry_now, False
+                if not retry_now:
+                    failures = 1 if outcome.stable else failures + 1
                 max_restarts = self._config.max_restarts
                 if max_restarts is not None and failures > max_restarts:
                     await self._set_state(
@@ -504,7 +514,9 @@ class FFmpegSupervisor:
                         f"gave up after {failures - 1} restarts: {outcome.reason}",
                     )
                     return
-                delay = backoff_delay(failures, self._config, self._rng.random())
+                delay = (
+                    0.0 if retry_now else backoff_delay(failures, self._config, self._rng.random())
+                )
                 delay, self._min_next_delay = max(delay, self._min_next_delay), 0.0
                 await self._set_state(
                     SupervisorState.RETRYING, f"{outcome.reason}; restarting in {delay:.2f} s"

@@ -24,6 +24,7 @@ from typing import Any
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.messages import JobEvent, JobStats, ProcessData
+from reelhouse.common.ffmpeg.command import ANALYZE_DURATION_US, PROBE_TOO_SHORT
 from reelhouse.common.ffmpeg.progress import ProgressSnapshot
 from reelhouse.common.ffmpeg.supervisor import (
     FFmpegSupervisor,
@@ -39,6 +40,9 @@ __all__ = ["SupervisedRun"]
 
 STATS_PERIOD_S = 1.0
 """Most stats messages per job per second."""
+
+FULL_PROBE_MS = ANALYZE_DURATION_US // 1000
+"""The probe a run falls back to when the node's shorter one missed its source's parameters."""
 
 
 class SupervisedRun:
@@ -65,6 +69,9 @@ class SupervisedRun:
         self._log = get_logger(f"reelhouse.{self.module}.job").bind(job_id=self.job_id)
         self._last_stats = 0.0
         self._stopping = False
+        self._probe_extended = False  # FFmpeg said the node's probe was too short for the source
+        self._probe_retry = False  # ... during the current attempt: restart at once
+        self._probe_retrying = False  # the restart after that attempt is under way
         self.supervisor = FFmpegSupervisor(
             self._argv,
             config=SupervisorConfig(
@@ -78,8 +85,8 @@ class SupervisedRun:
             ),
             on_state=self._on_state,
             on_progress=self._on_progress,
-            on_exit=self._on_exit,
-            on_stderr=self._on_stderr,
+            on_exit=self._exited,
+            on_stderr=self._stderr_line,
             env={"TZ": "UTC"},
             log=self._log,
         )
@@ -109,6 +116,32 @@ class SupervisedRun:
 
     async def _after_stop(self) -> None:
         """Once FFmpeg has stopped, before the lease is released."""
+
+    # -- probing -----------------------------------------------------------------------------
+
+    @property
+    def probe_ms(self) -> int:
+        """How long FFmpeg's next start probes the input: the node's ``probe_ms`` (a runtime
+        setting), or at least the full default once this run's source has shown it is too short.
+        """
+        probe = self._settings.probe_ms
+        return max(probe, FULL_PROBE_MS) if self._probe_extended else probe
+
+    def _stderr_line(self, line: str) -> None:
+        if not self._probe_extended and PROBE_TOO_SHORT in line and self.probe_ms < FULL_PROBE_MS:
+            # No keyframe (or no audio frame) within a short probe: whatever FFmpeg makes of it,
+            # the next start probes fully, and an exit now is retried at once.
+            self._log.warning("probe_extended", probe_ms=self.probe_ms, line=line.strip()[:200])
+            self._probe_extended = self._probe_retry = True
+        self._on_stderr(line)
+
+    async def _exited(self, returncode: int, stderr_tail: list[str]) -> None:
+        if self._probe_retry:
+            self._probe_retry = False
+            if not self._stopping:
+                self.supervisor.retry_now()
+                self._probe_retrying = True  # no job_retrying event for it
+        await self._on_exit(returncode, stderr_tail)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -200,6 +233,9 @@ class SupervisedRun:
         await self.write_runtime()
         if state is SupervisorState.RUNNING:
             await self._event("job_started", state=state.value, reason=reason)
+        elif state is SupervisorState.RETRYING and self._probe_retrying:
+            # The probe was too short for this source; the retry, at once, probes fully.
+            self._probe_retrying = False
         elif state is SupervisorState.RETRYING and self.waiting:
             if self.supervisor.restarts == 0:  # said once, when it starts to wait
                 self._log.info(f"{self.module}_waiting_for_source", reason=reason)
