@@ -656,6 +656,25 @@ class Engine:
         """The worker's FFmpeg children."""
         return children(self.worker_pid, "ffmpeg")
 
+    def record_all(self, sources: Sources, name: str, *, batch: int | None = None) -> list[str]:
+        """One recording (:func:`recording_job`) per source, created through the API; returns
+        their ids once every one reports progress in getStat (checked after each ``batch``
+        creates, or once after all of them)."""
+        ids = self.job_ids
+
+        def running(rows: dict[str, dict[str, Any]]) -> bool:
+            sources.check()
+            return all(parse_us(rows.get(j, {}).get("processData", {}).get("out_time_ms"))
+                       for j in ids)  # fmt: skip
+
+        n = len(sources.items)
+        for i, s in enumerate(sources.items):
+            self.create(recording_job(i, s.url, name=name))
+            if batch and len(ids) % batch == 0 and len(ids) < n:
+                self.wait_all(running, f"{len(ids)} jobs to report progress")
+        self.wait_all(running, f"{len(ids)} jobs to report progress")
+        return list(ids)
+
     def wait_all(self, ready: Callable[[dict[str, dict[str, Any]]], bool], what: str) -> None:
         """Wait until ``ready(getStat rows)`` holds for the worker's ``jobs`` jobs."""
         assert self.api is not None

@@ -55,7 +55,6 @@ from _common import (
     free_udp_port,
     header,
     loadavg,
-    parse_us,
     pause,
     recording_job,
     save_json,
@@ -142,17 +141,7 @@ def phase_getstat(args: argparse.Namespace, clip: Path, work: Path) -> dict[str,
         # Ramp up 10 jobs at a time, each batch reporting progress before the next: 100 FFmpeg
         # starting (and probing) at once on 2 cores time out on their SRT connects and retry.
         say(f"getStat: creating {n} active recordings, 10 at a time")
-        ids = engine.job_ids
-
-        def all_in(rows: dict[str, dict[str, Any]]) -> bool:
-            sources.check()
-            return all(parse_us(rows.get(j, {}).get("processData", {}).get("out_time_ms"))
-                       for j in ids)  # fmt: skip
-
-        for i, s in enumerate(sources.items):
-            engine.create(recording_job(i, s.url, name="load"))
-            if len(ids) % 10 == 0 or len(ids) == n:
-                engine.wait_all(all_in, f"{len(ids)} jobs in getStat")
+        engine.record_all(sources, "load", batch=10)
         say("getStat: all jobs in getStat; 5 s settle")
         pause(5, sources.check)
         rows = api.call("POST", "/api/recording/getStat", {})

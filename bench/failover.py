@@ -51,9 +51,7 @@ from _common import (
     fmt,
     header,
     loadavg,
-    parse_us,
     pause,
-    recording_job,
     save_json,
     say,
     table,
@@ -79,16 +77,7 @@ def run(scenario: str, args: argparse.Namespace, clip: Path, work: Path) -> dict
         db = engine.mongo()
         sources.start()
         say(f"{scenario}: creating {n} jobs on recorder-1")
-        for i, s in enumerate(sources.items):
-            engine.create(recording_job(i, s.url, name="failover"))
-        ids = list(engine.job_ids)
-
-        def all_running(rows: dict[str, dict[str, Any]]) -> bool:
-            sources.check()
-            return all(parse_us(rows.get(j, {}).get("processData", {}).get("out_time_ms"))
-                       for j in ids)  # fmt: skip
-
-        engine.wait_all(all_running, f"{n} jobs to report progress")
+        ids = engine.record_all(sources, "failover")
         engine.add_worker("recorder-2", {"REELHOUSE_NODE_ID": "recorder-2"})
         rec2 = engine.services["recorder-2"]
 

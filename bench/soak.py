@@ -47,10 +47,8 @@ from _common import (
     ensure_clip,
     header,
     loadavg,
-    parse_us,
     pause,
     pss_bytes,
-    recording_job,
     rss_bytes,
     save_json,
     say,
@@ -164,16 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         api = engine.start()
         sources.start()
-        for i, s in enumerate(sources.items):
-            engine.create(recording_job(i, s.url, name="soak"))
-        ids = list(engine.job_ids)
-
-        def all_running(rows: dict[str, dict[str, Any]]) -> bool:
-            sources.check()
-            return all(parse_us(rows.get(j, {}).get("processData", {}).get("out_time_ms"))
-                       for j in ids)  # fmt: skip
-
-        engine.wait_all(all_running, f"{n} jobs to report progress")
+        ids = engine.record_all(sources, "soak")
         client = Client(api, ids)
         client.start()
         say(f"soak: {n} jobs running, API load on; warm-up {args.warmup:g} s")

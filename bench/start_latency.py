@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=50, help="measured runs (default 50)")
     p.add_argument("--bare-runs", type=int, default=10,
                    help="bare FFmpeg probe comparison runs per setting (default 10)")  # fmt: skip
+    p.add_argument("--probe-ms", type=int, default=None,
+                   help="the recorder's REELHOUSE_PROBE_MS (default: its own, 2000)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="8 runs, 2 bare runs (make bench)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the clip is kept")
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     work = Path(tempfile.mkdtemp(prefix="reelhouse-latency-"))
     say(f"work directory {work}")
-    engine = Engine(work, "recorder", "recording", 40)
+    probe_env = {"REELHOUSE_PROBE_MS": str(args.probe_ms)} if args.probe_ms else {}
+    engine = Engine(work, "recorder", "recording", 40, env_extra=probe_env)
     sources = Sources(1, clip, work / "sources")
     watcher: StatsWatcher | None = None
     samples: list[dict[str, float | None]] = []
@@ -204,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
     title = (
         f"Start latency: create (active: true) -> first progress / first byte, "
-        f"{len(samples)} runs, 6 Mbps 1080p30 SRT source, mp4 stream copy"
+        f"{len(samples)} runs, 6 Mbps 1080p30 SRT source, mp4 stream copy, "
+        f"probe {args.probe_ms or 2000} ms"
     )
     m = header(title, started, load0)
     rows = [("from create to", "p50 s", "p95 s", "p99 s", "min s", "max s", "missing")]
@@ -244,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     save_json(args.json, {
         "date": started.isoformat(timespec="seconds"), "command": "uv run python "
         "bench/start_latency.py " + " ".join(sys.argv[1:]), "runs": len(samples),
+        "probe_ms": args.probe_ms or 2000,
         "machine": m, "clip": clip.name, "load_start": load0, "load_end": load1,
         "results": results, "samples_s": samples, "bare_probe_s": bare,
         "target_met": met, "error": error,

@@ -73,8 +73,8 @@ class MidGopSrtSource(SrtSource):
         )  # fmt: skip
 
 
-def analyzeduration_of(recorder_pid: int, url: str) -> int | None:
-    """``-analyzeduration`` of the recorder's FFmpeg reading ``url`` (None: no such process)."""
+def ffmpeg_args(recorder_pid: int, url: str) -> list[str]:
+    """The arguments of the recorder's FFmpeg reading ``url`` ([] if there is none)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -87,14 +87,23 @@ def analyzeduration_of(recorder_pid: int, url: str) -> int | None:
             continue
         args = [a.decode() for a in argv]
         if any(a.startswith(url) for a in args) and "-analyzeduration" in args:
-            return int(args[args.index("-analyzeduration") + 1])
-    return None
+            return args
+    return []
+
+
+def analyzeduration_of(recorder_pid: int, url: str) -> int | None:
+    """``-analyzeduration`` of the recorder's FFmpeg reading ``url`` (None: no such process)."""
+    args = ffmpeg_args(recorder_pid, url)
+    return int(args[args.index("-analyzeduration") + 1]) if args else None
 
 
 async def test_short_probe_starts_keyframe_first_sources_and_falls_back_for_mid_gop_ones(
     stack: Stack, db, srt_source: SrtSource, mid_gop_ts: Path
 ) -> None:
-    recorder = await stack.start_recorder(REELHOUSE_PROBE_MS=str(SHORT_PROBE_MS))
+    # A node tuned for density and fast starts: short probe, no dashboard thumbnails.
+    recorder = await stack.start_recorder(
+        REELHOUSE_PROBE_MS=str(SHORT_PROBE_MS), REELHOUSE_THUMBNAILS="false"
+    )
     await recorder_ready(stack, db)
     async with MidGopSrtSource(mid_gop_ts) as mid_gop:
         async with Events(
@@ -117,6 +126,9 @@ async def test_short_probe_starts_keyframe_first_sources_and_falls_back_for_mid_
             # ... and the full one after FFmpeg found no keyframe in the short probe.
             assert analyzeduration_of(recorder.pid, mid_gop.url) == 2_000_000
             assert slow["restarts"] >= 1
+            args = ffmpeg_args(recorder.pid, srt_source.url)
+            assert "image2" not in args  # no thumbnail output ...
+            assert "-skip_frame:v" not in args  # ... and so no decoding at all
             assert mid_gop.launches >= 2  # the short attempt connected, then the retry
             await wait_recorded(stack, slow_id, 3.0)
             await wait_recorded(stack, fast_id, 3.0)
@@ -131,6 +143,7 @@ async def test_short_probe_starts_keyframe_first_sources_and_falls_back_for_mid_
 
             files = await eventually(filed, timeout=30, what="the recording filed")
             assert len(files) == 1, files  # the short attempt left no file behind
+            assert not list((stack.storage_root / job_id).glob(".thumb-*"))
             info = await probe(files[0]["file_path"])
             kinds = {(s["codec_type"], s.get("width")) for s in info["streams"]}
             assert kinds == {("video", 640), ("audio", None)}

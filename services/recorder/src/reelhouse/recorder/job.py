@@ -155,7 +155,7 @@ class RecordingRun(SupervisedRun):
         self._watch_task: asyncio.Task[None] | None = None
         self._degraded: str | None = None  # why the job cannot record right now (disk full)
         # The live JPEG output; dropped for good if the source turns out to have no video.
-        self._thumbnail = config.output_format != "mp3"
+        self._thumbnail = settings.thumbnails and config.output_format != "mp3"
         self._aligned = self._split and config.recording_mode_settings.align_to_clock
         self._quota = config.max_bytes_total  # bytes; 0: none
         self._quota_checked = 0.0  # monotonic time of the last quota check
