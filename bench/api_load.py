@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     CACHE_DIR,
     Engine,
-    Sources,
+    UdpSources,
     children,
     cpu_seconds,
     distribution,
@@ -132,7 +132,7 @@ async def post(client: httpx.AsyncClient, path: str, body: Any) -> tuple[Any, fl
 def phase_getstat(args: argparse.Namespace, clip: Path, work: Path) -> dict[str, Any]:
     n = args.stat_jobs
     engine = Engine(work, "recorder", "recording", n)
-    sources = Sources(n, clip, work / "sources")
+    sources = UdpSources(n, clip, work / "sources")
     out: dict[str, Any] = {"jobs": n, "load_start": loadavg()}
     try:
         api = engine.start()

@@ -65,10 +65,12 @@ TARGET_DRAIN_GAP_S = 2.0
 
 
 def run(scenario: str, args: argparse.Namespace, clip: Path, work: Path) -> dict[str, Any]:
-    kind, lease = scenario.split("-")
+    kind, lease, *probe = scenario.split("-")  # kill-15, term-6, term-6-p500 (probe 500 ms)
     sig = signal.SIGKILL if kind == "kill" else signal.SIGTERM
     n = args.jobs
     env = {"REELHOUSE_LEASE_S": lease, "REELHOUSE_NODE_ID": "recorder-1"}
+    if probe:
+        env["REELHOUSE_PROBE_MS"] = probe[0].removeprefix("p")
     engine = Engine(work, "recorder", "recording", n, env_extra=env)
     sources = Sources(n, clip, work / "sources")
     m: dict[str, Any] = {"load_start": loadavg()}
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--jobs", type=int, default=10, help="recordings on recorder-1 (default 10)")
     p.add_argument("--scenarios", default="kill-15,term-15,kill-6,term-6",
-                   help="comma-separated kill-<lease s> / term-<lease s>")  # fmt: skip
+                   help="comma-separated kill-<lease s> / term-<lease s>, optionally "
+                        "-p<probe ms> (REELHOUSE_PROBE_MS)")  # fmt: skip
     p.add_argument("--repeat", type=int, default=3, help="runs per scenario (median, min-max)")
     p.add_argument("--warmup", type=float, default=10.0, help="recording before the signal, s")
     p.add_argument("--after", type=float, default=5.0, help="recording after the move, s")

@@ -37,7 +37,13 @@ def test_thumbnail_is_a_second_output_after_the_recording() -> None:
     # Options of the second output: first video track only, one small JPEG overwritten in place.
     assert tail[:2] == ["-map", "0:v:0?"]
     assert "-an" in tail
-    assert tail[tail.index("-filter:v") + 1] == f"fps=1/{THUMBNAIL_EVERY_S},scale=320:-2"
+    # The first picture at once, then one per period (select, not fps: see THUMBNAIL_SELECT),
+    # each written as it comes (vfr: no duplicated frames to fill a constant rate).
+    graph = tail[tail.index("-filter:v") + 1]
+    assert graph.startswith("select='isnan(prev_selected_t)+")
+    assert f"prev_selected_t\\,{THUMBNAIL_EVERY_S})'" in graph
+    assert graph.endswith(",scale=320:-2")
+    assert tail[tail.index("-fps_mode") + 1] == "vfr"
     assert tail[tail.index("-f") + 1] == "image2"
     assert tail[tail.index("-update") + 1] == "1"
     assert tail[tail.index("-c:v") + 1] == "mjpeg"

@@ -693,6 +693,13 @@ THUMBNAIL_FILE_NAME: Final = ".thumb-%d.jpg"
 :func:`thumbnail_output_args`); hidden, so file listings and the janitor skip it."""
 
 
+THUMBNAIL_SELECT: Final = (
+    f"select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,{THUMBNAIL_EVERY_S})'"
+)
+"""The thumbnail's frames: the first one at once, then one every ``THUMBNAIL_EVERY_S``. (The
+``fps`` filter would hold its first frame until it had seen half a period more, and FFmpeg
+reports no progress until every output has written its header: 5 s to ``running``.)"""
+
 THUMBNAIL_DECODE_ARGS: Final = ("-skip_frame:v", "nokey")
 """Input options of a recording whose video is copied: its decoder (there only for the
 thumbnail) decodes keyframes alone. Never used when the video is encoded (every frame needed)."""
@@ -716,7 +723,8 @@ def thumbnail_output_args(thumbnail: Path) -> list[str]:
     return [
         "-map", "0:v:0?",
         "-an", "-sn", "-dn",
-        "-filter:v", f"fps=1/{THUMBNAIL_EVERY_S},scale={THUMBNAIL_WIDTH}:-2",
+        "-filter:v", f"{THUMBNAIL_SELECT},scale={THUMBNAIL_WIDTH}:-2",
+        "-fps_mode", "vfr",
         "-c:v", "mjpeg", "-q:v", "5",
         "-f", "image2", "-update", "1", "-atomic_writing", "1",
         str(thumbnail),

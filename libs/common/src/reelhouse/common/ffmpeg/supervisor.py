@@ -40,23 +40,22 @@ Process handling:
 - ``start_new_session=False``: FFmpeg stays in the worker's process group and session, so a signal
   to the group (Ctrl-C in a terminal, a container or systemd unit being stopped) reaches FFmpeg
   too and nothing outlives the worker's unit.
-- FFmpeg dies with its worker: on Linux the child sets ``prctl(PR_SET_PDEATHSIG, SIGTERM)``
+- FFmpeg dies with its worker: on Linux the child sets ``prctl(PR_SET_PDEATHSIG, SIGKILL)``
   (in ``preexec_fn``) before it execs FFmpeg, so a worker killed *alone* with SIGKILL (OOM
   killer, ``kill -9``) does not leave an orphan that writes files forever (FFmpeg ignores the
-  broken progress pipe and would never notice). SIGTERM makes FFmpeg end through its own
-  handler: it writes the trailer or last fragment and exits 255. A worker that dies between the
-  fork and the ``prctl`` is caught by comparing the parent pid afterwards. On other systems
-  nothing is set, and the job lease protocol bounds an orphan's life.
+  broken progress pipe and would never notice). A worker that dies between the fork and the
+  ``prctl`` is caught by comparing the parent pid afterwards. On other systems nothing is set,
+  and the job lease protocol bounds an orphan's life. The file ends as after any hard kill,
+  which the crash-safe formats survive (ARCHITECTURE §4) and the next owner finalises.
 
-  Caveats. The signal fires when the *thread* that forked FFmpeg ends, not the process:
-  ``asyncio.create_subprocess_exec`` forks from the event loop's thread, which lives as long as
-  the supervisor can run, so that is the right thread (an event loop run in a helper thread that
-  ends takes its FFmpeg processes with it, which is what we want too). The kernel also sends the
-  signal *again* each time FFmpeg passes from a dying thread to another live thread of the
-  worker, as the threads of a SIGKILLed worker die one by one. FFmpeg counts signals: after the
-  second it aborts its output I/O, after the fourth it exits at once (code 123). Then the file
-  ends as after a hard kill, which the crash-safe formats survive (ARCHITECTURE §4) minus what
-  FFmpeg had not yet flushed. FFmpeg exits in every case.
+  Why SIGKILL and not SIGTERM (which would let FFmpeg write its trailer): the signal fires
+  when the *thread* that forked FFmpeg ends, and the kernel sends it *again* each time FFmpeg
+  passes from a dying thread to another live thread of the worker, as the threads of a
+  SIGKILLed worker die one by one. FFmpeg counts SIGTERMs and after the fourth calls ``exit``
+  from its signal handler, which can deadlock: the failover benchmark left 12 FFmpeg of a
+  SIGKILLed recorder alive, every thread waiting on a lock, for good. SIGKILL cannot hang.
+  (``asyncio.create_subprocess_exec`` forks from the event loop's thread, which lives as long
+  as the supervisor can run, so the signal comes when the worker dies, not before.)
 - The argument list is never logged: it may carry stream keys and passphrases.
 """
 
@@ -255,7 +254,7 @@ def _libc_prctl() -> Callable[..., int] | None:
 
 
 def _die_with_parent_preexec() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies; None off Linux.
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies; None off Linux.
 
     It runs in the forked child before ``exec``, so it does as little as possible: one
     ``prctl`` and one ``getppid``. If the parent died before the ``prctl`` (the child was already
@@ -267,9 +266,9 @@ def _die_with_parent_preexec() -> Callable[[], None] | None:
     parent = os.getpid()
 
     def die_with_parent() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     return die_with_parent
 
