@@ -8,6 +8,7 @@ the test's own ``REELHOUSE_*`` settings and the stack's token, next to it.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ async def browser():
             yield browser
         finally:
             await browser.close()
+            shutil.rmtree(profile, ignore_errors=True)  # no profile left in /tmp per run
 
 
 @dataclass
