@@ -248,13 +248,26 @@ class Sources:
         self.items: list[Source] = []
         self.relaunches = 0
 
+    def _target(self, port: int) -> str:
+        """Where source ``port`` sends its stream."""
+        return f"srt://127.0.0.1:{port}?mode=listener"
+
     def _spawn(self, port: int, log: Path) -> subprocess.Popen:
         argv = [
             FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
             "-re", "-stream_loop", "-1", "-i", str(self.clip),
-            "-c", "copy", "-f", "mpegts", f"srt://127.0.0.1:{port}?mode=listener",
+            "-c", "copy", "-f", "mpegts", self._target(port),
         ]  # fmt: skip
         return spawn(argv, log)
+
+    def _wait_ready(self) -> None:
+        """Until every listener listens (or has exited: then the caller raises)."""
+        for s in self.items:
+            wait_for(
+                lambda s=s: port_in_use(s.port, "udp", pid=s.proc.pid) or s.proc.poll() is not None,
+                timeout=20,
+                what=f"{self.kind} on udp/{s.port}",
+            )
 
     def start(self) -> Sources:
         self.logdir.mkdir(parents=True, exist_ok=True)
@@ -264,14 +277,8 @@ class Sources:
                 port = free_udp_port(used)
                 log = self.logdir / f"{self.kind}-{i:02d}.log"
                 self.items.append(self.item(port, log, self._spawn(port, log)))
+            self._wait_ready()
             for s in self.items:
-                wait_for(
-                    lambda s=s: (
-                        port_in_use(s.port, "udp", pid=s.proc.pid) or s.proc.poll() is not None
-                    ),
-                    timeout=20,
-                    what=f"{self.kind} on udp/{s.port}",
-                )
                 if s.proc.poll() is not None:
                     raise RuntimeError(f"{self.kind} on port {s.port} exited: {tail(s.log)}")
         except BaseException:
@@ -297,27 +304,11 @@ class UdpSources(Sources):
     kind = "udp-source"
     item = UdpSource
 
-    def _spawn(self, port: int, log: Path) -> subprocess.Popen:
-        argv = [
-            FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
-            "-re", "-stream_loop", "-1", "-i", str(self.clip),
-            "-c", "copy", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316",
-        ]  # fmt: skip
-        return spawn(argv, log)
+    def _target(self, port: int) -> str:
+        return f"udp://127.0.0.1:{port}?pkt_size=1316"
 
-    def start(self) -> Sources:
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        used: set[int] = set()
-        for i in range(self.n):
-            port = free_udp_port(used)
-            log = self.logdir / f"{self.kind}-{i:02d}.log"
-            self.items.append(self.item(port, log, self._spawn(port, log)))
-        time.sleep(1.0)  # a sender that cannot start exits at once
-        for s in self.items:
-            if s.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"{self.kind} to port {s.port} exited: {tail(s.log)}")
-        return self
+    def _wait_ready(self) -> None:
+        time.sleep(1.0)  # nothing listens on our side; a sender that cannot start exits at once
 
 
 def free_udp_port(used: set[int]) -> int:
@@ -889,10 +880,15 @@ def parser(
     if extra is not None:
         extra(p)
     p.add_argument("--repeat", type=int, default=1, help="runs per phase (median, min-max)")
+    add_output_args(p)
+    return p
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """``--json``, ``--cache-dir`` and ``--keep``: every benchmark has them."""
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the clip is kept")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, files)")
-    return p
 
 
 def run_main(

@@ -45,9 +45,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
-    CACHE_DIR,
     Engine,
     UdpSources,
+    add_output_args,
     children,
     cpu_seconds,
     distribution,
@@ -270,9 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="getstat, or getall (getAll and create/stop), or both")  # fmt: skip
     p.add_argument("--quick", action="store_true",
                    help="20 active jobs, 200 stored, 5 s per step (make bench)")  # fmt: skip
-    p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the clip is kept")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, files)")
+    add_output_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.stat_jobs, args.all_jobs, args.duration = 20, 200, 5.0

@@ -42,9 +42,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
-    CACHE_DIR,
     Engine,
     Sources,
+    add_output_args,
     aggregate,
     children,
     ensure_clip,
@@ -214,9 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--after", type=float, default=5.0, help="recording after the move, s")
     p.add_argument("--quick", action="store_true",
                    help="3 jobs, kill-6 and term-6 once, 5 s warm-up (make bench)")  # fmt: skip
-    p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the clip is kept")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, files)")
+    add_output_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.jobs, args.scenarios, args.repeat, args.warmup, args.after = (

@@ -36,11 +36,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
-    CACHE_DIR,
     MIB,
     Api,
     Engine,
     Sources,
+    add_output_args,
     children,
     cpu_seconds,
     distribution,
@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=60.0, help="before the first sample, s")
     p.add_argument("--quick", action="store_true",
                    help="2 min, a sample every 30 s, 20 s warm-up (make bench)")  # fmt: skip
-    p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the clip is kept")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, files)")
+    add_output_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.sample, args.warmup = 120.0, 30.0, 20.0

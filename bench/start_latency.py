@@ -40,11 +40,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
-    CACHE_DIR,
     FFMPEG,
     Engine,
     Sources,
     StatsWatcher,
+    add_output_args,
     children,
     distribution,
     ensure_clip,
@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-ms", type=int, default=None,
                    help="the recorder's REELHOUSE_PROBE_MS (default: its own, 2000)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="8 runs, 2 bare runs (make bench)")
-    p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the clip is kept")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, files)")
+    add_output_args(p)
     args = p.parse_args(argv)
     runs = 8 if args.quick else args.runs
     bare_runs = 2 if args.quick else args.bare_runs

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from support.events import Events
-from support.media import FFMPEG, SrtSource, _ffmpeg_argv
+from support.media import FFMPEG, SrtSource, _ffmpeg_argv, ffmpeg_children
 from support.stack import Stack, running_stack
 from support.wait import eventually
 from test_recording_jobs import job, job_body, probe, recorder_ready, stop_and_wait, wait_recorded
@@ -75,17 +75,11 @@ class MidGopSrtSource(SrtSource):
 
 def ffmpeg_args(recorder_pid: int, url: str) -> list[str]:
     """The arguments of the recorder's FFmpeg reading ``url`` ([] if there is none)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid, _ in ffmpeg_children(recorder_pid):
         try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            args = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
         except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) != recorder_pid:
-            continue
-        args = [a.decode() for a in argv]
+            continue  # gone meanwhile
         if any(a.startswith(url) for a in args) and "-analyzeduration" in args:
             return args
     return []

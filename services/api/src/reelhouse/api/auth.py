@@ -207,14 +207,16 @@ async def _authenticate(conn: HTTPConnection, token: str | None, missing: str) -
     return principal
 
 
+AccessTokenHeader = Annotated[
+    str | None, Header(description="Access JWT, API key or the bootstrap token.")
+]
+BearerHeader = Annotated[str | None, Header(description="`Bearer <token>`: the same credentials.")]
+
+
 async def authenticate(
     conn: HTTPConnection,
-    x_access_token: Annotated[
-        str | None, Header(description="Access JWT, API key or the bootstrap token.")
-    ] = None,
-    authorization: Annotated[
-        str | None, Header(description="`Bearer <token>`: the same credentials.")
-    ] = None,
+    x_access_token: AccessTokenHeader = None,
+    authorization: BearerHeader = None,
 ) -> AuthPrincipal:
     """Dependency: the caller, from ``x-access-token`` or ``Authorization: Bearer``."""
     return await _authenticate(
@@ -224,12 +226,8 @@ async def authenticate(
 
 async def authenticate_player(
     conn: HTTPConnection,
-    x_access_token: Annotated[
-        str | None, Header(description="Access JWT, API key or the bootstrap token.")
-    ] = None,
-    authorization: Annotated[
-        str | None, Header(description="`Bearer <token>`: the same credentials.")
-    ] = None,
+    x_access_token: AccessTokenHeader = None,
+    authorization: BearerHeader = None,
     token: Annotated[
         str | None, Query(description="The same token, for players that cannot send headers.")
     ] = None,
