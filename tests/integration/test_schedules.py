@@ -234,8 +234,11 @@ async def test_aligned_split_cuts_at_clock_boundaries(stack: Stack, db, srt_sour
     for seg in segments[:2]:
         mtime = os.stat(seg["file_path"]).st_mtime
         assert mtime % period < 1.8, (seg["file_name"], mtime % period)
+    # A full segment is one period, give or take one GOP (1 s in the test source): the cut is
+    # the first keyframe FFmpeg handles after the boundary, so a keyframe arriving within a few
+    # ms of it lands on either side of it with scheduling jitter (CI once saw 5.01 s).
     for seg in segments[1:2]:
-        assert abs(duration_s(await probe(seg["file_path"])) - period) <= 0.6, seg
+        assert abs(duration_s(await probe(seg["file_path"])) - period) <= 1.1, seg
     # The first runs from the start to the first boundary (plus the ~2 s FFmpeg probed first).
     assert duration_s(await probe(segments[0]["file_path"])) <= period + 3.0
 
