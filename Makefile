@@ -14,8 +14,12 @@ lint: install
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
 
+# Two pytest workers (pytest-xdist), each with its own nats-server and FerretDB: most tests wait on
+# live media, so two at once fit a 2-core machine and halve the run. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(UV) run --locked pytest $(PYTEST_ARGS)
+	$(UV) run --locked pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 format: install
 	$(UV) run --locked ruff check --fix .

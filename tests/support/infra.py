@@ -124,4 +124,6 @@ def ferretdb(tmp: Path, port: int | None = None) -> ServerProcess:
     tmp.mkdir(parents=True, exist_ok=True)
     argv = [ferretdb_binary(), "-listen", f"127.0.0.1:{port}", "-data", str(tmp),
             "-log-level", "error"]  # fmt: skip
+    if stats := os.environ.get("REELHOUSE_FERRETDB_STATS"):  # e.g. 30s: cost per command kind
+        argv += ["-stats", stats]
     return ServerProcess("ferretdb", argv, port, tmp / "ferretdb.log")

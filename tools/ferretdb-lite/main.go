@@ -15,6 +15,10 @@
 // read-modify-write command (update, findAndModify, delete) run at a time:
 // it takes a lock before forwarding such a command and releases it when the
 // reply passes back. Reads and inserts are not held up.
+//
+// With -stats D it also logs, every D, how many commands of each kind (command
+// and collection) it forwarded and how long FerretDB took for them: the way to
+// see which of the engine's queries cost the database its CPU.
 package main
 
 import (
@@ -29,6 +33,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,6 +57,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:27017", "TCP address to listen on (host:port)")
 	dataDir := flag.String("data", "data/db", "directory for the SQLite database files")
 	logLevel := flag.String("log-level", "warn", "log level: debug, info, warn or error")
+	statsEvery := flag.Duration("stats", 0, "log command counts and FerretDB time every this long (0: off)")
 	flag.Parse()
 
 	var level slog.Level
@@ -105,6 +111,10 @@ func main() {
 		fail("listen %s: %v", *listen, err)
 	}
 	p := &proxy{upstream: sock, log: logger}
+	if *statsEvery > 0 {
+		p.stats = map[string]*stat{}
+		go p.reportStats(ctx, *statsEvery)
+	}
 	go p.serve(ln)
 
 	logger.Warn("ferretdb-lite listening", "addr", ln.Addr().String(), "data", dir)
@@ -139,6 +149,58 @@ type proxy struct {
 	upstream string
 	log      *slog.Logger
 	writes   sync.Mutex
+
+	statsMu sync.Mutex
+	stats   map[string]*stat // nil: -stats is off
+}
+
+// stat is what one kind of command ("find recordings") cost since the last report.
+type stat struct {
+	count int
+	total time.Duration
+}
+
+func (p *proxy) record(key string, took time.Duration) {
+	p.statsMu.Lock()
+	s := p.stats[key]
+	if s == nil {
+		s = &stat{}
+		p.stats[key] = s
+	}
+	s.count++
+	s.total += took
+	p.statsMu.Unlock()
+}
+
+// reportStats logs the costliest kinds of command every period, then starts over.
+func (p *proxy) reportStats(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		p.statsMu.Lock()
+		stats := p.stats
+		p.stats = map[string]*stat{}
+		p.statsMu.Unlock()
+		keys := make([]string, 0, len(stats))
+		var total time.Duration
+		for k, s := range stats {
+			keys = append(keys, k)
+			total += s.total
+		}
+		sort.Slice(keys, func(i, j int) bool { return stats[keys[i]].total > stats[keys[j]].total })
+		fmt.Fprintf(os.Stderr, "ferretdb-lite stats over %s: %d kinds, %.3f s in FerretDB\n",
+			every, len(keys), total.Seconds())
+		for _, k := range keys {
+			s := stats[k]
+			fmt.Fprintf(os.Stderr, "  %8d  %9.3f s  %7.2f ms/op  %s\n", s.count, s.total.Seconds(),
+				s.total.Seconds()*1000/float64(s.count), k)
+		}
+	}
 }
 
 func (p *proxy) serve(ln net.Listener) {
@@ -161,6 +223,40 @@ type conn struct {
 	holding bool  // this connection holds p.writes
 	pending int32 // the request id whose reply releases it
 	timer   *time.Timer
+
+	inflight map[int32]sent // -stats: requests waiting for their reply
+}
+
+type sent struct {
+	key string
+	at  time.Time
+}
+
+func (c *conn) sent(msg []byte) {
+	if c.p.stats == nil || binary.LittleEndian.Uint32(msg[12:16]) != opMsg ||
+		binary.LittleEndian.Uint32(msg[16:20])&moreToCome != 0 { // no reply to time
+		return
+	}
+	name, target, ok := command(msg)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	c.inflight[int32(binary.LittleEndian.Uint32(msg[4:8]))] = sent{strings.ToLower(name) + " " + target, time.Now()}
+	c.mu.Unlock()
+}
+
+func (c *conn) replied(responseTo int32) {
+	if c.p.stats == nil {
+		return
+	}
+	c.mu.Lock()
+	s, ok := c.inflight[responseTo]
+	delete(c.inflight, responseTo)
+	c.mu.Unlock()
+	if ok {
+		c.p.record(s.key, time.Since(s.at))
+	}
 }
 
 func (c *conn) acquire(requestID int32) {
@@ -192,7 +288,7 @@ func (p *proxy) handle(client net.Conn) {
 		return
 	}
 	defer server.Close()
-	c := &conn{p: p}
+	c := &conn{p: p, inflight: map[int32]sent{}}
 	defer c.release(0, true)
 
 	replies := make(chan struct{})
@@ -205,7 +301,9 @@ func (p *proxy) handle(client net.Conn) {
 				return
 			}
 			_, werr := client.Write(msg)
-			c.release(int32(binary.LittleEndian.Uint32(msg[8:12])), false)
+			responseTo := int32(binary.LittleEndian.Uint32(msg[8:12]))
+			c.release(responseTo, false)
+			c.replied(responseTo)
 			if werr != nil {
 				return
 			}
@@ -216,6 +314,7 @@ func (p *proxy) handle(client net.Conn) {
 		if err != nil {
 			break
 		}
+		c.sent(msg)
 		locked := false
 		if needsLock(msg) {
 			c.acquire(int32(binary.LittleEndian.Uint32(msg[4:8])))
@@ -255,40 +354,51 @@ func needsLock(msg []byte) bool {
 	if binary.LittleEndian.Uint32(msg[12:16]) != opMsg {
 		return false
 	}
-	name, ok := commandName(msg)
+	name, _, ok := command(msg)
 	return ok && serialized[strings.ToLower(name)]
 }
 
-// commandName is the first key of the OP_MSG body (the kind 0 section).
-func commandName(msg []byte) (string, bool) {
+// command is the first key of the OP_MSG body (the kind 0 section) and, when
+// its value is a string, that value (the collection, for most commands).
+func command(msg []byte) (name, target string, ok bool) {
 	at := headerLen + 4 // flag bits
 	for at < len(msg) {
 		kind := msg[at]
 		at++
 		if at+4 > len(msg) {
-			return "", false
+			return "", "", false
 		}
 		size := int(int32(binary.LittleEndian.Uint32(msg[at : at+4])))
 		if kind == 1 { // document sequence: its size, an identifier, documents
 			if size < 4 {
-				return "", false
+				return "", "", false
 			}
 			at += size
 			continue
 		}
 		if kind != 0 || size < 5 || at+size > len(msg) {
-			return "", false
+			return "", "", false
 		}
 		doc := msg[at : at+size]
 		// int32 length, then elements: type byte, cstring key, value.
 		if doc[4] == 0 {
-			return "", false
+			return "", "", false
 		}
 		end := 5
 		for end < len(doc) && doc[end] != 0 {
 			end++
 		}
-		return string(doc[5:end]), end < len(doc)
+		if end >= len(doc) {
+			return "", "", false
+		}
+		name = string(doc[5:end])
+		if doc[4] == 0x02 && end+5 <= len(doc) { // a string: int32 length (with its NUL), bytes
+			n := int(int32(binary.LittleEndian.Uint32(doc[end+1 : end+5])))
+			if n >= 1 && end+5+n <= len(doc) {
+				target = string(doc[end+5 : end+5+n-1])
+			}
+		}
+		return name, target, true
 	}
-	return "", false
+	return "", "", false
 }
