@@ -9,7 +9,7 @@ from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.contracts.base import utcnow
-from reelhouse.common.jobs.lease import LeaseStore
+from reelhouse.common.jobs.lease import SCAN_FIELDS, JobScan, LeaseStore, idle_claimable
 from reelhouse.common.mongo import Collections
 
 JOBS = Collections.RECORDINGS
@@ -148,3 +148,61 @@ async def test_concurrent_updates_of_one_document_all_land(db: AsyncDatabase) ->
     )
     doc = await db[JOBS].find_one({"_id": job_id})
     assert {f"f{i}" for i in range(30)} <= set(doc)
+
+
+async def test_the_pass_scan_reads_what_claim_and_claim_idle_would_take(db: AsyncDatabase) -> None:
+    """A node claims only when its one scan per pass says a claim can succeed, and the finisher
+    leases idle only what ``idle_claimable`` says: both Python readings must agree with the
+    server's filters, job by job, across the states a job can be in."""
+    now = utcnow()
+    live = {"node": "x", "lease_until": now + timedelta(seconds=30)}
+    expired = {"node": "x", "lease_until": now - timedelta(seconds=1)}
+    open_w = {"scheduled": True, "schedule_next_start": now - timedelta(minutes=1),
+              "schedule_next_stop": now + timedelta(minutes=1)}  # fmt: skip
+    later_w = {"scheduled": True, "schedule_next_start": now + timedelta(minutes=1),
+               "schedule_next_stop": None}  # fmt: skip
+    closed_w = {"scheduled": True, "schedule_next_start": now - timedelta(minutes=2),
+                "schedule_next_stop": now - timedelta(minutes=1)}  # fmt: skip
+    none_left = {"scheduled": True, "schedule_next_start": None, "schedule_next_stop": None}
+    cases = {
+        "free": {},
+        "leased": {"runtime": live},
+        "expired": {"runtime": expired},
+        "runtime without lease_until": {"runtime": {"node": "x"}},
+        "inactive": {"active": False},
+        "inactive and leased": {"active": False, "runtime": live},
+        "paused": {"paused": True},
+        "paused and expired": {"paused": True, "runtime": expired},
+        "window open": open_w,
+        "window open, leased": {**open_w, "runtime": live},
+        "window later": later_w,
+        "window closed": closed_w,
+        "no window left": none_left,
+        "window later, expired": {**later_w, "runtime": expired},
+    }
+    ids = {name: await _job(db, **fields) for name, fields in cases.items()}
+    names = {job_id: name for name, job_id in ids.items()}
+    store = _store(db, "n")
+    scan = await store.scan()
+    scanned = {names[d["_id"]]: d for d in scan.docs}
+    claimed, idled = set(), set()
+    for name, job_id in ids.items():
+        one = JobScan(now=scan.now, docs=[scanned[name]] if name in scanned else [])
+        doc = await db[JOBS].find_one({"_id": job_id}, SCAN_FIELDS)
+        if await store.claim(job_id=job_id) is not None:
+            claimed.add(name)
+            await store.release(job_id)
+        assert one.claimable() == (name in claimed), name
+        if await store.claim_idle(job_id) is not None:
+            idled.add(name)
+            await store.release(job_id)
+        assert idle_claimable(doc, utcnow()) == (name in idled), name
+    assert claimed == {"free", "expired", "window open"}
+    assert idled == {"inactive", "paused", "paused and expired", "window later", "window closed",
+                     "no window left", "window later, expired"}  # fmt: skip
+    # Every scheduled job is in the scan (its windows are kept from it), and so is every job
+    # that could be claimed; a job held by a live lease outside a schedule is not.
+    assert {n for n, f in cases.items() if f.get("scheduled")} <= set(scanned)
+    assert claimed <= set(scanned)
+    assert "leased" not in scanned
+    assert "inactive and leased" not in scanned

@@ -196,14 +196,21 @@ class Janitor:
 
     async def _retention(self, report: PassReport, now: datetime) -> None:
         projection = {"delete_after": 1, "max_files": 1, "max_bytes": 1, "tenant": 1}
+        rules_of: dict[str, RetentionRules] = {}
         async for job in self.db[Collections.RECORDINGS].find({}, projection):
             rules = RetentionRules.of(job)
-            if not rules.any:
-                continue
-            job_id = str(job["_id"])
-            query = {"entity_id": job_id, "status": {"$nin": list(COUNTED_OUT)}}
-            files = [f async for f in self.db[Collections.FILES].find(query).sort("created", 1)]
-            for record, reason in select_for_deletion(files, rules, now):
+            if rules.any:
+                rules_of[str(job["_id"])] = rules
+        if not rules_of:
+            return
+        # One read of the files of every job with rules, not one per job (FerretDB reads the
+        # whole collection for each query).
+        files_of: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in rules_of}
+        query = {"entity_id": {"$in": list(rules_of)}, "status": {"$nin": list(COUNTED_OUT)}}
+        async for record in self.db[Collections.FILES].find(query).sort("created", 1):
+            files_of[record["entity_id"]].append(record)
+        for job_id, rules in rules_of.items():
+            for record, reason in select_for_deletion(files_of[job_id], rules, now):
                 await self._delete(report, record, reason, now)
 
     async def _delete(

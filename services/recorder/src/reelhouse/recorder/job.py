@@ -197,8 +197,18 @@ class RecordingRun(SupervisedRun):
             await self._db[Collections.FILES].update_one(
                 {"_id": self._part_record}, {"$set": {"ended_by": "pause"}}
             )
-        if self._ended(job, self.lease.generation):
+        if self._ended(job, self.lease.generation) and self._holds(job):
             await self._join_session(self.lease.generation)
+
+    def _holds(self, job: dict[str, Any] | None) -> bool:
+        """Whether this node still holds the job (its lease, kept by ``hold`` while stopping).
+        A node that was fenced or taken over leaves the join to the holder: two joins of one
+        session at once would remove each other's files."""
+        runtime = (job or {}).get("runtime")
+        held = isinstance(runtime, dict) and runtime.get("node") == self._node_id
+        if not held:
+            self._log.info("session_join_left_to_holder", session=self.lease.generation)
+        return held
 
     async def finish_idle(self) -> None:
         """Under an idle lease (the job is stopped or paused; no FFmpeg runs): finish parts a
@@ -556,7 +566,8 @@ class RecordingRun(SupervisedRun):
 
     async def _job_state(self) -> dict[str, Any] | None:
         return await self._db[Collections.RECORDINGS].find_one(
-            {"_id": self.lease.job_id}, {"active": 1, "paused": 1, "generation": 1}
+            {"_id": self.lease.job_id},
+            {"active": 1, "paused": 1, "generation": 1, "runtime.node": 1},
         )
 
     @staticmethod

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from bson import ObjectId
 
+from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.files import MODULE_RECORDINGS
-from reelhouse.common.jobs.lease import Lease
+from reelhouse.common.jobs.lease import SCAN_FIELDS, Lease, idle_claimable
 from reelhouse.common.jobs.node import InvalidJob, JobNode
 from reelhouse.common.mongo import Collections
 from reelhouse.recorder.job import RecordingRun, recording_config
@@ -48,26 +50,52 @@ class RecorderNode(JobNode):
         )
         while not self.ctx.stop.is_set():
             try:
-                await self.finish_idle_jobs()
-                await reprocessor.run_pending()
+                unfinished = await self._unfinished_files()
+                await self.finish_idle_jobs(unfinished)
+                if any(Reprocessor.claimable(doc, utcnow()) for doc in unfinished):
+                    await reprocessor.run_pending()
             except Exception as exc:
                 self.log.warning("finisher_failed", error=str(exc).splitlines()[0][:200])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ctx.stop.wait(), self.reconcile_s)
 
-    async def finish_idle_jobs(self) -> None:
-        """Finish the files of stopped or paused jobs that still have unfinished parts."""
-        pending = await self.ctx.db[Collections.FILES].distinct(
-            "entity_id",
-            {"module_name": MODULE_RECORDINGS, "reprocess": {"$ne": True},
-             "status": {"$in": ["recording", "processing"]}},
-        )  # fmt: skip
-        for job_id in pending:
-            if job_id in self.runs or not ObjectId.is_valid(job_id) or self.ctx.stop.is_set():
-                continue
-            lease = await self.leases.claim_idle(ObjectId(job_id))
+    async def _unfinished_files(self) -> list[dict[str, Any]]:
+        """The pass's one read of the file records: every part still ``recording`` or
+        ``processing`` (one per running job, and what is left to finish or reprocess). FerretDB
+        reads the whole collection for each query, so the finisher and the reprocessor share it."""
+        cursor = self.ctx.db[Collections.FILES].find(
+            {"module_name": MODULE_RECORDINGS, "status": {"$in": ["recording", "processing"]}},
+            {"entity_id": 1, "status": 1, "reprocess": 1, "reprocess_until": 1},
+        )
+        return await cursor.to_list(None)
+
+    async def finish_idle_jobs(self, unfinished: list[dict[str, Any]]) -> None:
+        """Finish the files of stopped or paused jobs that still have unfinished parts (of the
+        file records ``unfinished``)."""
+        pending = {
+            doc["entity_id"] for doc in unfinished
+            if doc.get("reprocess") is not True and isinstance(doc.get("entity_id"), str)
+            and doc["entity_id"] not in self.runs and ObjectId.is_valid(doc["entity_id"])
+        }  # fmt: skip
+        if not pending:
+            return
+        # Most are jobs that run on another node (its parts are open): one read tells which
+        # may be leased idle, instead of a refused claim per job.
+        idle = (
+            await self.ctx.db[self.collection]
+            .find({"_id": {"$in": [ObjectId(j) for j in pending]}}, SCAN_FIELDS)
+            .to_list(None)
+        )
+        now = utcnow()
+        for job in idle:
+            if self.ctx.stop.is_set():
+                return
+            if not idle_claimable(job, now):
+                continue  # running (its owner finishes it) or owned
+            job_id = str(job["_id"])
+            lease = await self.leases.claim_idle(job["_id"])
             if lease is None:
-                continue  # running (its owner finishes it), owned, or gone
+                continue  # taken since the read
             keeper = asyncio.create_task(self._hold(lease))
             try:
                 run = await self.make_run(lease)

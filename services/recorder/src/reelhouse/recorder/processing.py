@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.contracts.messages import JobEvent
 from reelhouse.common.ffmpeg.probe import probe_file
 from reelhouse.common.files import checked_path, hls_segments, present_file
+from reelhouse.common.jobs.lease import as_aware
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections
 from reelhouse.common.subjects import Event
@@ -121,6 +122,15 @@ class Reprocessor:
                     await keeper
             done += 1
         return done
+
+    @staticmethod
+    def claimable(doc: dict[str, Any], now: datetime) -> bool:
+        """Whether a file record (read with ``status``, ``reprocess``, ``reprocess_until``) is a
+        request :meth:`run_pending` would take now."""
+        if doc.get("status") != "processing" or doc.get("reprocess") is not True:
+            return False
+        until = doc.get("reprocess_until")
+        return until is None or as_aware(until, now) < now
 
     async def _claim(self) -> dict[str, Any] | None:
         now = utcnow()

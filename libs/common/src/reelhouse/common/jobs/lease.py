@@ -49,7 +49,18 @@ from pymongo.asynchronous.database import AsyncDatabase
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.schedule import window_fields
 
-__all__ = ["Clock", "Lease", "LeaseStore", "in_window", "outside_window", "window_open"]
+__all__ = [
+    "Clock",
+    "JobScan",
+    "Lease",
+    "LeaseStore",
+    "as_aware",
+    "idle_claimable",
+    "in_window",
+    "lease_free",
+    "outside_window",
+    "window_open",
+]
 
 Clock = Callable[[], datetime]
 """Now, timezone-aware UTC (tests inject their own)."""
@@ -80,6 +91,11 @@ def outside_window(now: datetime) -> dict[str, Any]:
     }
 
 
+def as_aware(value: datetime, like: datetime) -> datetime:
+    """``value`` with ``like``'s timezone if it has none (read without ``tz_aware``)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=like.tzinfo)
+
+
 def window_open(doc: dict[str, Any], now: datetime) -> bool:
     """:func:`in_window` for a document already read."""
     if doc.get("scheduled") is not True:
@@ -87,11 +103,53 @@ def window_open(doc: dict[str, Any], now: datetime) -> bool:
     start, stop = doc.get("schedule_next_start"), doc.get("schedule_next_stop")
     if start is None:
         return False
-    if start.tzinfo is None:  # read without tz_aware
-        start = start.replace(tzinfo=now.tzinfo)
-    if stop is not None and stop.tzinfo is None:
-        stop = stop.replace(tzinfo=now.tzinfo)
-    return start <= now and (stop is None or now < stop)
+    return as_aware(start, now) <= now and (stop is None or now < as_aware(stop, now))
+
+
+SCAN_FIELDS: dict[str, int] = {
+    "active": 1, "paused": 1, "runtime.node": 1, "runtime.lease_until": 1, "tenant": 1,
+    "scheduled": 1, "schedule": 1, "schedule_next_start": 1, "schedule_next_stop": 1,
+    "schedule_skipped": 1,
+}  # fmt: skip
+"""What a reconcile pass reads of each job it looks at (:meth:`LeaseStore.scan`)."""
+
+
+@dataclass
+class JobScan:
+    """One reconcile pass's read of a job collection (:meth:`LeaseStore.scan`): every scheduled
+    job, and every job whose lease is free while it wants to run."""
+
+    now: datetime
+    docs: list[dict[str, Any]]
+
+    @property
+    def scheduled(self) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d.get("scheduled") is True]
+
+    def claimable(self) -> bool:
+        """Whether some job may be claimed now (as :meth:`LeaseStore.claim` would, save its
+        ``where``): active, not paused, lease free, inside its window."""
+        return any(
+            doc.get("active") is True and doc.get("paused") is not True
+            and lease_free(doc, self.now) and window_open(doc, self.now)
+            for doc in self.docs
+        )  # fmt: skip
+
+
+def lease_free(doc: dict[str, Any], now: datetime) -> bool:
+    """Nobody holds the job's lease: no ``runtime``, or its ``lease_until`` has passed."""
+    runtime = doc.get("runtime")
+    if runtime is None:
+        return True
+    until = runtime.get("lease_until") if isinstance(runtime, dict) else None
+    return until is not None and as_aware(until, now) < now
+
+
+def idle_claimable(doc: dict[str, Any], now: datetime) -> bool:
+    """What :meth:`LeaseStore.claim_idle` takes, for a document read with :data:`SCAN_FIELDS`:
+    no FFmpeg may run (stopped, paused, or outside its window) and nobody holds the lease."""
+    idle = doc.get("active") is not True or doc.get("paused") is True or not window_open(doc, now)
+    return idle and lease_free(doc, now)
 
 
 @dataclass
@@ -181,6 +239,18 @@ class LeaseStore:
             await self.release(doc["_id"])
             return None
         return Lease(job_id=doc["_id"], generation=generation, doc=doc)
+
+    async def scan(self) -> JobScan:
+        """One read for a node's reconcile pass: the scheduled jobs (their windows) and the jobs
+        that want to run while nobody holds their lease (worth a claim). One query, not one per
+        question: FerretDB's SQLite backend reads the whole collection for any filter but a
+        bare ``_id``, so each query costs every document (docs/DECISIONS.md "Fewer scans")."""
+        now = self.clock()
+        free = {"$or": [{"runtime": {"$exists": False}}, {"runtime.lease_until": {"$lt": now}}]}
+        query = {"$or": [{"scheduled": True},
+                         {"active": True, "paused": {"$ne": True}, **free}]}  # fmt: skip
+        docs = await self._jobs.find(query, SCAN_FIELDS).to_list(None)
+        return JobScan(now=now, docs=docs)
 
     async def claim_idle(self, job_id: ObjectId) -> Lease | None:
         """Lease a job that is stopped or paused (no FFmpeg will run) to finish its files.
@@ -282,26 +352,38 @@ class LeaseStore:
         )
         return result.matched_count == 1
 
-    async def advance_windows(self, job_id: ObjectId | None = None) -> int:
-        """Move closed schedule windows on to each job's next window (all jobs, or one).
+    async def advance_windows(
+        self, job_id: ObjectId | None = None, *, scan: JobScan | None = None
+    ) -> int:
+        """Move closed schedule windows on to each job's next window (all jobs, one, or those
+        of ``scan``'s scheduled jobs whose window has closed).
 
         Each move is one atomic update conditioned on the closed window (so of several nodes one
         moves it) and increments ``generation``: every window is a session of its own, and an
         owner still running in the closed window finds its renewal refused. Returns how many
         windows moved.
         """
-        now = self.clock()
-        query: dict[str, Any] = {"scheduled": True, "schedule_next_stop": {"$lte": now}}
-        if job_id is not None:
-            query["_id"] = job_id
+        now = self.clock() if scan is None else scan.now
+        closed: list[dict[str, Any]]
+        if scan is not None:
+            closed = [d for d in scan.scheduled if d.get("schedule_next_stop") is not None
+                      and as_aware(d["schedule_next_stop"], now) <= now]  # fmt: skip
+        else:
+            query: dict[str, Any] = {"scheduled": True, "schedule_next_stop": {"$lte": now}}
+            if job_id is not None:
+                query["_id"] = job_id
+            projection = {"schedule": 1, "schedule_next_stop": 1}
+            closed = await self._jobs.find(query, projection).to_list(None)
         moved = 0
-        async for doc in self._jobs.find(query, {"schedule": 1, "schedule_next_stop": 1}):
+        for doc in closed:
             fields = window_fields(doc.get("schedule"), now)
             result = await self._jobs.update_one(
                 {"_id": doc["_id"], "schedule_next_stop": doc["schedule_next_stop"]},
                 {"$set": fields, "$inc": {"generation": 1}},
             )
             moved += result.modified_count
+            if result.modified_count:
+                doc.update(fields)  # the scan reads the next window, not the closed one
         return moved
 
     async def release(self, job_id: ObjectId) -> bool:

@@ -8,9 +8,11 @@ this node runs:
   whose renewal matches nothing (stopped, removed, updated, restarted, taken over) has its FFmpeg
   stopped at once. The runtime block's other fields are written by the run when its worker's
   state changes, not on every renewal;
-- every ``reconcile_s``, and at once on a NATS hint, it claims claimable jobs while it runs fewer
-  than ``max_jobs``; on a hint it first waits ``claim_delay_s * load`` so that the least loaded
-  node wins the claim.
+- every ``reconcile_s`` it reads the job collection once (:meth:`LeaseStore.scan`: the
+  scheduled jobs and those whose lease is free) and, if that shows a job to claim, or at once on
+  a NATS hint, claims claimable jobs while it runs fewer than ``max_jobs``; on a hint it first
+  waits ``claim_delay_s * load`` so that the least loaded node wins the claim. The same read
+  drives the schedule windows (:class:`ScheduleKeeper`).
 
 Hints arrive on ``<p>.cmd.<service>.*`` to every node of the service (fan-out, not a queue group:
 the owner of a job must hear a stop or a restart, and a claim race is settled by MongoDB
@@ -43,7 +45,7 @@ from bson import ObjectId
 from pydantic import ValidationError
 
 from reelhouse.common.contracts.messages import JobCommand, NodeBeat
-from reelhouse.common.jobs.lease import Lease, LeaseStore
+from reelhouse.common.jobs.lease import JobScan, Lease, LeaseStore
 from reelhouse.common.jobs.windows import ScheduleKeeper
 from reelhouse.common.service import ServiceContext
 from reelhouse.common.settings import WorkerSettings
@@ -107,7 +109,7 @@ class JobNode(ABC):
         # (doubling per failure, up to a minute), so a job that cannot start is no claim storm.
         self._cooldown: dict[str, tuple[int, float]] = {}
         self._windows: ScheduleKeeper | None = None  # schedule windows (issue 10)
-        self._tick_at = 0.0  # loop time of the next schedule tick
+        self._tick_at = 0.0  # loop time of the next reconcile pass (scan, schedule tick)
         self._edge_at: float | None = None  # loop time of the next window edge
 
     # Worker services read these from WorkerSettings; another service may map its own settings.
@@ -175,10 +177,19 @@ class JobNode(ABC):
                 next_renew = loop.time() + renew_every
             if hinted:
                 await self._claim_delay()
-            await self._claim()
+            scan, scanned = await self._scan_if_due()
+            # A claim is a read-modify-write of the job collection: tried on a hint, while
+            # MongoDB is failing (the claim path handles coming back), or when the pass's scan
+            # saw a job to claim (or could not look).
+            if (
+                hinted
+                or self._failing_since is not None
+                or (scanned and (scan is None or scan.claimable()))
+            ):
+                await self._claim()
             self.ctx.node.running_jobs = len(self.runs)
             timeout = min(self.reconcile_s, max(0.0, next_renew - loop.time()))
-            edge = await self._schedule_tick()
+            edge = await self._schedule_tick(scan)
             if edge is not None and edge < timeout:
                 # A schedule window opens (claim) or a run's closes (renewal fails): look then.
                 timeout, next_renew = edge, min(next_renew, loop.time() + edge)
@@ -192,20 +203,39 @@ class JobNode(ABC):
             for waiter in pending:
                 waiter.cancel()
 
-    async def _schedule_tick(self) -> float | None:
-        """Advance closed schedule windows, report skipped ones (issue 10); seconds until the
-        next window edge that concerns this node, or None."""
+    async def _scan_if_due(self) -> tuple[JobScan | None, bool]:
+        """The pass's one read of the job collection (:meth:`LeaseStore.scan`), at most once per
+        ``reconcile_s`` or at a window edge: ``(scan, True)``, ``(None, True)`` if it failed,
+        ``(None, False)`` if not due."""
+        now = asyncio.get_running_loop().time()
+        if now < self._tick_at:
+            return None, False
+        self._tick_at = now + self.reconcile_s
+        try:
+            scan = await self.leases.scan()
+        except Exception as exc:
+            self._db_failed(now)
+            self.log.warning("scan_failed", error=str(exc).splitlines()[0][:200])
+            return None, True
+        if self._failing_since is None:
+            # Fresh proof for the beats that this node reaches MongoDB (a peer cut off from it
+            # fences on that). After a failure the claim path says it is back (and holds claims).
+            self._db_worked()
+        return scan, True
+
+    async def _schedule_tick(self, scan: JobScan | None) -> float | None:
+        """Advance closed schedule windows, report skipped ones (issue 10) from ``scan``; seconds
+        until the next window edge that concerns this node, or None."""
         now = asyncio.get_running_loop().time()
         if self._windows is None:
             self._windows = ScheduleKeeper(
                 leases=self.leases, bus=self.ctx.bus, module=self.module, grace_s=self.lease_s
             )
-        elif now < self._tick_at:  # at most once per reconcile_s, or at the edge
+        if scan is None:  # no pass now (or it could not read): the edge known from the last
             return None if self._edge_at is None else max(0.1, self._edge_at - now)
-        self._tick_at = now + self.reconcile_s
         try:
             leases = [r.lease for r in self.runs.values() if not r.stopping]
-            edge = await self._windows.tick(leases)
+            edge = await self._windows.tick(leases, scan)
         except Exception as exc:
             self.log.warning("schedule_tick_failed", error=str(exc).splitlines()[0][:200])
             edge = None

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import format_timestamp
 from reelhouse.common.contracts.messages import JobEvent
-from reelhouse.common.jobs.lease import Lease, LeaseStore
+from reelhouse.common.jobs.lease import JobScan, Lease, LeaseStore, as_aware, lease_free
 from reelhouse.common.logging import get_logger
 from reelhouse.common.subjects import Module
 
@@ -33,10 +34,6 @@ __all__ = ["ScheduleKeeper"]
 
 EDGE_SLACK_S = 0.05
 """Seconds past a window edge at which the node looks (timers may fire a little early)."""
-
-
-def _aware(value: datetime, like: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=like.tzinfo)
 
 
 class ScheduleKeeper:
@@ -52,49 +49,50 @@ class ScheduleKeeper:
         self._grace = timedelta(seconds=grace_s)  # a window open this long, unclaimed: skipped
         self._log = get_logger("reelhouse.schedule").bind(module=module)
 
-    async def tick(self, leases: Iterable[Lease]) -> float | None:
+    async def tick(self, leases: Iterable[Lease], scan: JobScan) -> float | None:
         """Advance closed windows, report skipped ones; seconds until the next edge (a window of
-        a claimable job opens, or one of ``leases`` closes), or None."""
-        await self._leases.advance_windows()
-        await self._report_skips()
-        return await self._next_edge(list(leases))
+        a claimable job opens, or one of ``leases`` closes), or None. Reads nothing itself: the
+        jobs come from the pass's one :meth:`LeaseStore.scan`."""
+        held = list(leases)
+        await self._leases.advance_windows(scan=scan)
+        await self._report_skips(scan, {lease.job_id for lease in held})
+        return self._next_edge(held, scan)
 
-    async def _report_skips(self) -> None:
-        now = self._clock()
-        cursor = self._jobs.find(
-            {
-                "scheduled": True,
-                "schedule_skipped": {"$ne": True},
-                "schedule_next_start": {"$lte": now},
-                "$and": [
-                    {"$or": [{"schedule_next_stop": None}, {"schedule_next_stop": {"$gt": now}}]},
-                    {"$or": [
-                        {"active": {"$ne": True}},
-                        {"paused": True},
-                        {"schedule_next_start": {"$lte": now - self._grace},
-                         "$or": [{"runtime": {"$exists": False}},
-                                 {"runtime.lease_until": {"$lt": now}}]},
-                    ]},
-                ],
-            },
-            {"tenant": 1, "active": 1, "paused": 1, "schedule_next_start": 1,
-             "schedule_next_stop": 1},
-        )  # fmt: skip
-        async for doc in cursor:
-            result = await self._jobs.update_one(
-                {"_id": doc["_id"], "schedule_skipped": {"$ne": True},
-                 "schedule_next_start": doc["schedule_next_start"]},
-                {"$set": {"schedule_skipped": True}},
-            )  # fmt: skip
-            if not result.modified_count:
-                continue  # another node reported it, or the window moved on
+    def _skipped(self, doc: dict[str, Any], now: datetime) -> bool:
+        """A window that is open now, not yet reported, in which the job cannot run: stopped,
+        paused, or not claimed by anyone ``grace`` after it opened."""
+        start, stop = doc.get("schedule_next_start"), doc.get("schedule_next_stop")
+        if doc.get("schedule_skipped") is True or start is None:
+            return False
+        start = as_aware(start, now)
+        if start > now or (stop is not None and as_aware(stop, now) <= now):
+            return False
+        if doc.get("active") is not True or doc.get("paused") is True:
+            return True
+        return lease_free(doc, now) and start <= now - self._grace
+
+    async def _report_skips(self, scan: JobScan, owned: set[Any]) -> None:
+        now = scan.now
+        for doc in scan.scheduled:
+            if doc["_id"] in owned or not self._skipped(doc, now):
+                continue  # (a job this node claimed since the scan is not skipped)
+            # The update re-checks why (atomically: the scan may be a moment old).
             if doc.get("active") is not True:
-                state, why = "stopped", "the job is stopped"
+                state, why, still = "stopped", "the job is stopped", {"active": {"$ne": True}}
             elif doc.get("paused"):
-                state, why = "paused", "the job is paused"
+                state, why, still = "paused", "the job is paused", {"paused": True}
             else:
                 state = "unclaimed"
                 why = f"no node started it within {self._grace.total_seconds():g} s"
+                still = {"$or": [{"runtime": {"$exists": False}},
+                                 {"runtime.lease_until": {"$lt": now}}]}  # fmt: skip
+            result = await self._jobs.update_one(
+                {"_id": doc["_id"], "schedule_skipped": {"$ne": True},
+                 "schedule_next_start": doc["schedule_next_start"], **still},
+                {"$set": {"schedule_skipped": True}},
+            )  # fmt: skip
+            if not result.modified_count:
+                continue  # another node reported it, the window moved on, or it runs now
             start, stop = doc["schedule_next_start"], doc.get("schedule_next_stop")
             window = f"{format_timestamp(start)} to {format_timestamp(stop) if stop else 'open'}"
             reason = f"schedule window {window} opened but {why}"
@@ -110,21 +108,19 @@ class ScheduleKeeper:
             except Exception as exc:
                 self._log.debug("event_not_published", error=str(exc))
 
-    async def _next_edge(self, leases: list[Lease]) -> float | None:
-        now = self._clock()
+    def _next_edge(self, leases: list[Lease], scan: JobScan) -> float | None:
+        now = scan.now
         edges: list[datetime] = []
         for lease in leases:
             stop = lease.doc.get("schedule_next_stop")
             if lease.doc.get("scheduled") and stop is not None:
-                edges.append(_aware(stop, now))
-        upcoming = await self._jobs.find_one(
-            {"active": True, "paused": {"$ne": True}, "scheduled": True,
-             "schedule_next_start": {"$gt": now}},
-            {"schedule_next_start": 1},
-            sort=[("schedule_next_start", 1)],
-        )  # fmt: skip
-        if upcoming is not None:
-            edges.append(_aware(upcoming["schedule_next_start"], now))
+                edges.append(as_aware(stop, now))
+        for doc in scan.scheduled:  # the next window of a job that will want to run
+            if doc.get("active") is not True or doc.get("paused") is True:
+                continue
+            start = doc.get("schedule_next_start")
+            if start is not None and as_aware(start, now) > now:
+                edges.append(as_aware(start, now))
         if not edges:
             return None
         return max(0.1, (min(edges) - now).total_seconds() + EDGE_SLACK_S)
