@@ -223,9 +223,14 @@ class WebhookWorker:
         claimed = 0
         while not self._slots.locked():
             now = utcnow()
+            due = {"status": "pending", "next_attempt_at": {"$lte": now}}
+            # A plain read first: the poll finds nothing due almost always, and a claim is a
+            # write (serialized on the local FerretDB, a lock on MongoDB).
+            if await self.state.db[DELIVERIES].find_one(due, {"_id": 1}) is None:
+                return claimed
             hold = timedelta(seconds=self.settings.webhook_timeout_s + 30)
             doc = await self.state.db[DELIVERIES].find_one_and_update(
-                {"status": "pending", "next_attempt_at": {"$lte": now}},
+                due,
                 {"$set": {"next_attempt_at": now + hold, "claimed_by": self.node}},
                 sort=[("next_attempt_at", ASCENDING)],
                 return_document=ReturnDocument.AFTER,
