@@ -12,9 +12,11 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bson import ObjectId
 from pymongo import AsyncMongoClient
 from support import infra as local
 from support.events import Events
@@ -24,6 +26,7 @@ from support.stack import Stack, running_stack
 from support.wait import eventually
 from test_recording_jobs import job, job_body, out_time_s, stop_and_wait, wait_recorded
 
+from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.mongo import Collections
 
 
@@ -242,6 +245,37 @@ async def test_mongodb_down_20_s_jobs_run_on_api_says_503_and_recovers(
     finally:
         await client.close()
         ferret.stop()
+
+
+async def test_a_renewal_held_up_past_the_lease_never_starts_a_second_run_on_its_owner(
+    service_env, tmp_path, db, srt_source
+):
+    """A database slowed down by load can hold a renewal up past the lease: the job's lease
+    looks free while its owner still runs it. The owner must not claim it again (a second run
+    would orphan the first one's FFmpeg); its next renewal simply extends the lease."""
+    async with stack_on(service_env, tmp_path) as stack:
+        recorder = await stack.start_recorder(REELHOUSE_RECONCILE_S="0.5")
+        await nodes_running(db, 1)
+        job_id = (await stack.ok("create", job_body(srt_source.url)))["id"]
+        await running_on(stack, job_id, "recorder-1")
+        pid = one_ffmpeg(recorder.pid)
+        jobs = db[Collections.RECORDINGS]
+        # Keep the lease expired for 3 s (6 reconcile passes; renewals come every 5 s).
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            past = {"runtime.lease_until": utcnow() - timedelta(seconds=1)}
+            await jobs.update_one({"_id": ObjectId(job_id)}, {"$set": past})
+            assert [p for p, state in ffmpeg_children(recorder.pid) if state != "Z"] == [pid]
+            await asyncio.sleep(0.2)  # the scenario: the lease stays expired for a while
+
+        async def renewed() -> bool:
+            doc = await jobs.find_one({"_id": ObjectId(job_id)})
+            return doc["runtime"]["lease_until"] > utcnow()
+
+        await eventually(renewed, timeout=10, what="the owner's next renewal")
+        assert one_ffmpeg(recorder.pid) == pid
+        assert recorder.output().count('"recording_claimed"') == 1
+        assert (await runtime_of(stack, job_id))["node"] == "recorder-1"
 
 
 # -- bad sources ------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ same code runs on MongoDB and FerretDB.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -126,12 +126,14 @@ class JobScan:
     def scheduled(self) -> list[dict[str, Any]]:
         return [d for d in self.docs if d.get("scheduled") is True]
 
-    def claimable(self) -> bool:
+    def claimable(self, running: Container[str] = ()) -> bool:
         """Whether some job may be claimed now (as :meth:`LeaseStore.claim` would, save its
-        ``where``): active, not paused, lease free, inside its window."""
+        ``where``): active, not paused, lease free, inside its window, and not one of
+        ``running`` (job ids this node runs: a late renewal is not a free job)."""
         return any(
             doc.get("active") is True and doc.get("paused") is not True
             and lease_free(doc, self.now) and window_open(doc, self.now)
+            and str(doc["_id"]) not in running
             for doc in self.docs
         )  # fmt: skip
 

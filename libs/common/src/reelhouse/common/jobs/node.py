@@ -184,7 +184,7 @@ class JobNode(ABC):
             if (
                 hinted
                 or self._failing_since is not None
-                or (scanned and (scan is None or scan.claimable()))
+                or (scanned and (scan is None or scan.claimable(self.runs)))
             ):
                 await self._claim()
             self.ctx.node.running_jobs = len(self.runs)
@@ -261,8 +261,12 @@ class JobNode(ABC):
                 return
             now = loop.time()
             cooling = [ObjectId(j) for j, (_, until) in self._cooldown.items() if until > now]
+            # Never a job this node already runs: a renewal held up past the lease (a database
+            # slow under load) makes its lease look free, and a second run would orphan the
+            # first one's FFmpeg.
+            ours = [ObjectId(j) for j in self.runs]
             try:
-                lease = await self.leases.claim(where=self.claim_where, exclude=cooling)
+                lease = await self.leases.claim(where=self.claim_where, exclude=cooling + ours)
             except Exception as exc:
                 self._db_failed(now)
                 self.log.warning("claim_failed", error=str(exc).splitlines()[0][:200])
