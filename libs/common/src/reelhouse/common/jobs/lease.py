@@ -59,6 +59,7 @@ __all__ = [
     "in_window",
     "lease_free",
     "outside_window",
+    "unleased",
     "window_open",
 ]
 
@@ -77,6 +78,11 @@ def in_window(now: datetime) -> dict[str, Any]:
             },
         ]
     }
+
+
+def unleased(now: datetime) -> dict[str, Any]:
+    """Filter: nobody holds the job's lease (no ``runtime``, or its ``lease_until`` has passed)."""
+    return {"$or": [{"runtime": {"$exists": False}}, {"runtime.lease_until": {"$lt": now}}]}
 
 
 def outside_window(now: datetime) -> dict[str, Any]:
@@ -139,7 +145,7 @@ class JobScan:
 
 
 def lease_free(doc: dict[str, Any], now: datetime) -> bool:
-    """Nobody holds the job's lease: no ``runtime``, or its ``lease_until`` has passed."""
+    """:func:`unleased` for a document already read."""
     runtime = doc.get("runtime")
     if runtime is None:
         return True
@@ -202,10 +208,7 @@ class LeaseStore:
             **(where or {}),
             "active": True,
             "paused": {"$ne": True},
-            "$and": [
-                {"$or": [{"runtime": {"$exists": False}}, {"runtime.lease_until": {"$lt": now}}]},
-                in_window(now),
-            ],
+            "$and": [unleased(now), in_window(now)],
         }
         if job_id is not None:
             query["_id"] = job_id
@@ -248,9 +251,8 @@ class LeaseStore:
         question: FerretDB's SQLite backend reads the whole collection for any filter but a
         bare ``_id``, so each query costs every document (docs/DECISIONS.md "Fewer scans")."""
         now = self.clock()
-        free = {"$or": [{"runtime": {"$exists": False}}, {"runtime.lease_until": {"$lt": now}}]}
         query = {"$or": [{"scheduled": True},
-                         {"active": True, "paused": {"$ne": True}, **free}]}  # fmt: skip
+                         {"active": True, "paused": {"$ne": True}, **unleased(now)}]}  # fmt: skip
         docs = await self._jobs.find(query, SCAN_FIELDS).to_list(None)
         return JobScan(now=now, docs=docs)
 
@@ -266,8 +268,7 @@ class LeaseStore:
                 "_id": job_id,
                 "$and": [
                     {"$or": [{"active": {"$ne": True}}, {"paused": True}, outside_window(now)]},
-                    {"$or": [{"runtime": {"$exists": False}},
-                             {"runtime.lease_until": {"$lt": now}}]},
+                    unleased(now),
                 ],
             },
             {"$set": {"runtime": {"node": self.node_id, "lease_until": self._until(now),

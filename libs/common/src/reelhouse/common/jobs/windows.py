@@ -26,7 +26,14 @@ from typing import Any
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import format_timestamp
 from reelhouse.common.contracts.messages import JobEvent
-from reelhouse.common.jobs.lease import JobScan, Lease, LeaseStore, as_aware, lease_free
+from reelhouse.common.jobs.lease import (
+    JobScan,
+    Lease,
+    LeaseStore,
+    as_aware,
+    lease_free,
+    unleased,
+)
 from reelhouse.common.logging import get_logger
 from reelhouse.common.subjects import Module
 
@@ -45,7 +52,6 @@ class ScheduleKeeper:
         self._bus = bus
         self._module = module
         self._node_id = leases.node_id
-        self._clock = leases.clock
         self._grace = timedelta(seconds=grace_s)  # a window open this long, unclaimed: skipped
         self._log = get_logger("reelhouse.schedule").bind(module=module)
 
@@ -58,34 +64,32 @@ class ScheduleKeeper:
         await self._report_skips(scan, {lease.job_id for lease in held})
         return self._next_edge(held, scan)
 
-    def _skipped(self, doc: dict[str, Any], now: datetime) -> bool:
-        """A window that is open now, not yet reported, in which the job cannot run: stopped,
-        paused, or not claimed by anyone ``grace`` after it opened."""
+    def _skip(self, doc: dict[str, Any], now: datetime) -> tuple[str, str, dict[str, Any]] | None:
+        """For a window that is open now and not yet reported, in which the job cannot run
+        (stopped, paused, or not claimed by anyone ``grace`` after it opened): the state, why,
+        and the filter that re-checks it atomically (the scan may be a moment old). Else None."""
         start, stop = doc.get("schedule_next_start"), doc.get("schedule_next_stop")
         if doc.get("schedule_skipped") is True or start is None:
-            return False
+            return None
         start = as_aware(start, now)
         if start > now or (stop is not None and as_aware(stop, now) <= now):
-            return False
-        if doc.get("active") is not True or doc.get("paused") is True:
-            return True
-        return lease_free(doc, now) and start <= now - self._grace
+            return None
+        if doc.get("active") is not True:
+            return "stopped", "the job is stopped", {"active": {"$ne": True}}
+        if doc.get("paused") is True:
+            return "paused", "the job is paused", {"paused": True}
+        if lease_free(doc, now) and start <= now - self._grace:
+            why = f"no node started it within {self._grace.total_seconds():g} s"
+            return "unclaimed", why, unleased(now)
+        return None
 
     async def _report_skips(self, scan: JobScan, owned: set[Any]) -> None:
         now = scan.now
         for doc in scan.scheduled:
-            if doc["_id"] in owned or not self._skipped(doc, now):
+            skip = None if doc["_id"] in owned else self._skip(doc, now)
+            if skip is None:
                 continue  # (a job this node claimed since the scan is not skipped)
-            # The update re-checks why (atomically: the scan may be a moment old).
-            if doc.get("active") is not True:
-                state, why, still = "stopped", "the job is stopped", {"active": {"$ne": True}}
-            elif doc.get("paused"):
-                state, why, still = "paused", "the job is paused", {"paused": True}
-            else:
-                state = "unclaimed"
-                why = f"no node started it within {self._grace.total_seconds():g} s"
-                still = {"$or": [{"runtime": {"$exists": False}},
-                                 {"runtime.lease_until": {"$lt": now}}]}  # fmt: skip
+            state, why, still = skip
             result = await self._jobs.update_one(
                 {"_id": doc["_id"], "schedule_skipped": {"$ne": True},
                  "schedule_next_start": doc["schedule_next_start"], **still},
