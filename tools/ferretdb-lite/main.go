@@ -232,17 +232,13 @@ type sent struct {
 	at  time.Time
 }
 
-func (c *conn) sent(msg []byte) {
-	if c.p.stats == nil || binary.LittleEndian.Uint32(msg[12:16]) != opMsg ||
-		binary.LittleEndian.Uint32(msg[16:20])&moreToCome != 0 { // no reply to time
-		return
-	}
-	name, target, ok := command(msg)
-	if !ok {
+// sent notes when request requestID (a command of kind key) went to FerretDB.
+func (c *conn) sent(requestID int32, key string) {
+	if c.p.stats == nil {
 		return
 	}
 	c.mu.Lock()
-	c.inflight[int32(binary.LittleEndian.Uint32(msg[4:8]))] = sent{strings.ToLower(name) + " " + target, time.Now()}
+	c.inflight[requestID] = sent{key, time.Now()}
 	c.mu.Unlock()
 }
 
@@ -314,16 +310,25 @@ func (p *proxy) handle(client net.Conn) {
 		if err != nil {
 			break
 		}
-		c.sent(msg)
-		locked := false
-		if needsLock(msg) {
-			c.acquire(int32(binary.LittleEndian.Uint32(msg[4:8])))
-			locked = true
+		requestID := int32(binary.LittleEndian.Uint32(msg[4:8]))
+		name, target, isCommand := "", "", false
+		if binary.LittleEndian.Uint32(msg[12:16]) == opMsg {
+			name, target, isCommand = command(msg)
+			name = strings.ToLower(name)
+		}
+		noReply := isCommand && binary.LittleEndian.Uint32(msg[16:20])&moreToCome != 0
+		if isCommand && !noReply { // (a request without a reply has nothing to time)
+			c.sent(requestID, name+" "+target)
+		}
+		// A read-modify-write command runs alone (see the package comment).
+		locked := isCommand && serialized[name]
+		if locked {
+			c.acquire(requestID)
 		}
 		if _, err := server.Write(msg); err != nil {
 			break
 		}
-		if locked && binary.LittleEndian.Uint32(msg[16:20])&moreToCome != 0 {
+		if locked && noReply {
 			c.release(0, true) // no reply will come: nothing to wait for
 		}
 	}
@@ -347,15 +352,6 @@ func readMessage(r io.Reader) ([]byte, error) {
 		return nil, err
 	}
 	return msg, nil
-}
-
-// needsLock says whether msg is an OP_MSG whose command is a read-modify-write.
-func needsLock(msg []byte) bool {
-	if binary.LittleEndian.Uint32(msg[12:16]) != opMsg {
-		return false
-	}
-	name, _, ok := command(msg)
-	return ok && serialized[strings.ToLower(name)]
 }
 
 // command is the first key of the OP_MSG body (the kind 0 section) and, when
