@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what `make up` and `make test` need and skips what is already there (idempotent):
-#   - Debian packages: ffmpeg (with ffprobe, libsrt, librist, libx264), nats-server, and chromium
-#     (the dashboard's browser tests drive /usr/bin/chromium with Playwright)
+#   - Debian packages: ffmpeg (with ffprobe, libsrt, librist, libx264) and chromium (the
+#     dashboard's browser tests drive /usr/bin/chromium with Playwright)
+#   - nats-server, the official Go module at the exact version pinned in tools/nats-server/go.mod
+#     (Debian's 2.9 lacks per-key TTLs and expiry markers, which the live plane needs), built once
+#     per machine and cached in ${XDG_CACHE_HOME:-~/.cache}/reelhouse; needs Go
 #   - uv (pinned), when it is not on PATH: into .cache/tools
 #   - the FerretDB helper (tools/ferretdb-lite), built once per machine and cached in
 #     ${XDG_CACHE_HOME:-~/.cache}/reelhouse; skipped when REELHOUSE_MONGODB_URL points at a real MongoDB
@@ -17,7 +20,6 @@ if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
 
 missing=()
 { command -v ffmpeg && command -v ffprobe; } >/dev/null 2>&1 || missing+=(ffmpeg)
-command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
@@ -25,9 +27,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
 fi
-# Debian installs nats-server under /usr/sbin, which a non-root PATH may lack.
-command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || {
-  say "nats-server is still missing after apt-get install"; exit 1; }
 
 UV="$(command -v uv || true)"
 if [ -z "$UV" ]; then
@@ -38,22 +37,29 @@ if [ -z "$UV" ]; then
   fi
 fi
 
-if [ -z "${REELHOUSE_MONGODB_URL:-}" ]; then
-  src=tools/ferretdb-lite
-  hash="$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-16)"
-  cache="${XDG_CACHE_HOME:-$HOME/.cache}/reelhouse"
-  bin="$cache/ferretdb-lite-$hash"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/reelhouse"
+mkdir -p .cache/bin
+
+# build_go NAME SRC PACKAGE: builds PACKAGE from the Go module in SRC once per machine (the binary
+# is named after a hash of the module's pins and sources) and links it as .cache/bin/NAME.
+build_go() {
+  local name="$1" src="$2" pkg="$3" hash bin
+  hash="$(cat "$src"/go.mod "$src"/go.sum "$src"/*.go | sha256sum | cut -c1-16)"
+  bin="$cache/$name-$hash"
   if [ ! -x "$bin" ]; then
     command -v go >/dev/null 2>&1 || {
-      say "Go is needed once to build the FerretDB helper (tools/ferretdb-lite); install Go >= 1.22"
-      say "or set REELHOUSE_MONGODB_URL to a real MongoDB"; exit 1; }
-    say "building the FerretDB helper (once per machine; about a minute)"
+      say "Go >= 1.24 is needed once to build $name ($src); install Go"; exit 1; }
+    say "building $name from $src (once per machine; a few minutes)"
     mkdir -p "$cache"
-    (cd "$src" && CGO_ENABLED=0 go build -trimpath -o "$bin.tmp.$$" .)
+    (cd "$src" && CGO_ENABLED=0 go build -trimpath -o "$bin.tmp.$$" "$pkg")
     mv "$bin.tmp.$$" "$bin"
   fi
-  mkdir -p .cache/bin
-  ln -sfn "$bin" .cache/bin/ferretdb-lite
+  ln -sfn "$bin" ".cache/bin/$name"
+}
+
+build_go nats-server tools/nats-server github.com/nats-io/nats-server/v2
+if [ -z "${REELHOUSE_MONGODB_URL:-}" ]; then
+  build_go ferretdb-lite tools/ferretdb-lite .
 fi
 
 "$UV" sync --locked --quiet

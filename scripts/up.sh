@@ -11,7 +11,6 @@ root="$PWD"
 data="$(realpath -m "${UP_DATA_DIR:-$root/data}")"
 mkdir -p "$data/nats" "$data/db" "$data/recordings"
 
-export PATH="$PATH:/usr/sbin"
 export UP_NATS_PORT="${NATS_PORT:-4222}"
 export UP_DB_PORT="${DB_PORT:-27017}"
 export UP_DATA_DIR="$data"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 import pytest
@@ -71,3 +73,50 @@ async def test_negative_capacity_is_refused(service_env, tmp_path):
         code = await proc.wait(timeout=20)
     assert code == 2
     assert "REELHOUSE_MAX_JOBS" in proc.output()
+
+
+class _OldNatsServer:
+    """A TCP listener that greets like nats-server 2.9.10 (Debian's) and answers PING: the one
+    stand-in here, for a server version the pinned build can never be (ARCHITECTURE §2 needs
+    2.11's per-key TTLs)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.server: asyncio.base_events.Server | None = None
+
+    async def __aenter__(self) -> _OldNatsServer:
+        info = {"server_id": "OLD", "version": "2.9.10", "proto": 1, "max_payload": 1 << 20,
+                "host": "127.0.0.1", "port": self.port, "headers": True}  # fmt: skip
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(f"INFO {json.dumps(info)}\r\n".encode())
+            await writer.drain()
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while line := await reader.readline():
+                    if line.startswith(b"PING"):
+                        writer.write(b"PONG\r\n")
+                        await writer.drain()
+            writer.close()
+
+        self.server = await asyncio.start_server(serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+@pytest.mark.parametrize("service", ["api", "recorder"])
+async def test_a_nats_server_older_than_2_11_is_refused_naming_its_version(
+    service, service_env, tmp_path
+):
+    async with _OldNatsServer() as old:
+        env = {**service_env, "REELHOUSE_NATS_URL": f"nats://127.0.0.1:{old.port}",
+               "REELHOUSE_API_PORT": str(free_port())}  # fmt: skip
+        async with running_service(service, env, tmp_path) as proc:
+            code = await proc.wait(timeout=30)
+    assert code == 3, proc.output()[-2000:]
+    out = proc.output()
+    assert "nats_server_too_old" in out
+    assert "2.9.10" in out
+    assert "2.11" in out

@@ -7,7 +7,6 @@ stopped and started again on the same port (tests of outages do exactly that).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -46,10 +45,12 @@ def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interva
 
 
 def nats_server_binary() -> str:
-    found = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
-    if not found:
-        raise RuntimeError("nats-server not found: run `make test` (it installs it)")
-    return found
+    """The pinned nats-server that `make test` builds (tools/nats-server), never one on PATH."""
+    configured = os.environ.get("REELHOUSE_NATS_SERVER_BIN")
+    path = Path(configured) if configured else ROOT / ".cache/bin/nats-server"
+    if not path.exists():
+        raise RuntimeError(f"{path} not found: run `make test` (it builds the pinned nats-server)")
+    return str(path)
 
 
 def ferretdb_binary() -> str:

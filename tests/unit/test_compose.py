@@ -253,7 +253,13 @@ def test_mongo_is_mongodb_7_with_a_ping_healthcheck(services: dict[str, Any]) ->
 
 def test_nats_runs_jetstream_with_monitoring_healthcheck(services: dict[str, Any]) -> None:
     nats = services["nats"]
-    assert nats["image"].startswith("nats:2.10")
+    # The same minor version as the pinned build (tools/nats-server/go.mod), 2.11 or newer.
+    gomod = (ROOT / "tools/nats-server/go.mod").read_text()
+    pinned = re.search(r"github.com/nats-io/nats-server/v2 v(\d+)\.(\d+)\.\d+", gomod)
+    assert pinned is not None
+    major, minor = int(pinned[1]), int(pinned[2])
+    assert (major, minor) >= (2, 11)
+    assert nats["image"].startswith(f"nats:{major}.{minor}-")
     # the scratch image cannot run a healthcheck: it has no wget
     assert "alpine" in nats["image"]
     argv = as_argv(nats["command"])

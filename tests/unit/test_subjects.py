@@ -92,3 +92,18 @@ def test_no_subject_literals_outside_the_subjects_module():
     assert offenders == []
     # The scan itself can fail: a literal in the usual form is caught.
     assert pattern.search('nc.publish("reelhouse.stats.recording.x")')
+
+
+def test_nats_server_versions_below_2_11_are_refused_by_name():
+    from reelhouse.common.bus import check_server_version, parse_version
+
+    assert parse_version("2.15.3") == (2, 15, 3)
+    assert parse_version("v2.11.0-RC.1") == (2, 11, 0)
+    assert parse_version("2.11") == (2, 11, 0)
+    assert check_server_version("2.15.3") is None
+    assert check_server_version("2.11.0") is None
+    reason = check_server_version("2.9.10")
+    assert reason is not None
+    assert "2.9.10" in reason
+    assert "2.11" in reason
+    assert check_server_version("nonsense") is not None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from typing import Any
 
 import nats
@@ -23,6 +25,42 @@ from reelhouse.common.subjects import Subjects
 
 log = get_logger("reelhouse.bus")
 
+MIN_SERVER_VERSION = (2, 11, 0)
+"""The oldest nats-server the live plane works on: per-key TTLs and the delete markers an expired
+key leaves (``limit_marker_ttl``) came in 2.11 (ARCHITECTURE §2)."""
+
+incompatible_server: str | None = None
+"""Set (to the reason) when this process met a nats-server older than :data:`MIN_SERVER_VERSION`;
+the process then stops itself and its ``main()`` exits 3 (:func:`exit_if_incompatible`)."""
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """``"2.15.3"`` (or ``"v2.11.0-RC.1"``) as ``(2, 15, 3)``; ``(0, 0, 0)`` if unreadable."""
+    parts: list[int] = []
+    for piece in text.lstrip("v").split("-")[0].split(".")[:3]:
+        try:
+            parts.append(int(piece))
+        except ValueError:
+            return (0, 0, 0)
+    return (*parts, 0, 0, 0)[:3]  # type: ignore[return-value]
+
+
+def check_server_version(version: str) -> str | None:
+    """None if ``version`` is new enough, else the reason to refuse it (naming what was found)."""
+    if parse_version(version) >= MIN_SERVER_VERSION:
+        return None
+    need = ".".join(map(str, MIN_SERVER_VERSION[:2]))
+    return (
+        f"nats-server {version} is too old: Reelhouse needs {need} or newer (per-key TTLs and "
+        "expiry markers for the live plane); `make up` and `make test` build the pinned one"
+    )
+
+
+def exit_if_incompatible() -> None:
+    """End a service's ``main()`` with exit code 3 if it stopped itself over the server version."""
+    if incompatible_server is not None:
+        raise SystemExit(3)
+
 
 class Bus:
     """A process's NATS connection and its subject builder."""
@@ -35,6 +73,7 @@ class Bus:
         self._nc = NATS()
         self._connect_task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
         self.disconnects = 0  # times the connection was lost (for /metrics)
         self.reconnects = 0  # times it came back
 
@@ -65,8 +104,20 @@ class Bus:
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
         )
+        version = str(self._nc._server_info.get("version", "unknown"))  # nats-py keeps INFO here
+        if (reason := check_server_version(version)) is not None:
+            self._refuse(reason, version)
+            return
         self._connected.set()
-        log.info("nats_connected", server=str(self._nc.connected_url.netloc))
+        log.info("nats_connected", server=str(self._nc.connected_url.netloc), version=version)
+
+    def _refuse(self, reason: str, version: str) -> None:
+        """Refuse to run against this server: log why, close, and ask the process to stop."""
+        global incompatible_server
+        incompatible_server = reason
+        log.error("nats_server_too_old", version=version, error=reason)
+        self._closing = asyncio.create_task(self._nc.close(), name="nats-refuse")
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the first connection is made; False on timeout."""

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 import structlog
 from pymongo.asynchronous.database import AsyncDatabase
 
-from reelhouse.common.bus import Bus
+from reelhouse.common.bus import Bus, exit_if_incompatible
 from reelhouse.common.logging import configure_logging, get_logger, ship_logs
 from reelhouse.common.mongo import connect_mongo, ensure_indexes, get_database
 from reelhouse.common.nodes import NodeRegistry
@@ -150,3 +150,4 @@ def run_service(
             capacity=capacity(settings) if capacity else 0,
         )
     )
+    exit_if_incompatible()

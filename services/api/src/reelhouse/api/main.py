@@ -9,6 +9,7 @@ import uvicorn
 
 from reelhouse.api.app import create_app
 from reelhouse.api.settings import ApiSettings
+from reelhouse.common.bus import exit_if_incompatible
 from reelhouse.common.logging import configure_logging
 from reelhouse.common.settings import load_settings
 
@@ -45,3 +46,4 @@ def main() -> None:
         timeout_graceful_shutdown=10,
     )
     asyncio.run(_Server(config).serve())
+    exit_if_incompatible()
