@@ -28,7 +28,7 @@ from reelhouse.common.subjects import Subjects
 FAST_PROBER = {
     "REELHOUSE_MONITOR_INTERVAL_S": "1",
     "REELHOUSE_MONITOR_TIMEOUT_S": "5",
-    "REELHOUSE_MONITOR_LEASE_S": "3",
+    "REELHOUSE_MONITOR_RECONCILE_S": "1",
     "REELHOUSE_PROBE_CACHE_S": "1",
 }
 

@@ -1,9 +1,10 @@
-"""Node registry: each running service keeps one row in the ``nodes`` collection.
+"""Node registry: each running service's durable row in the ``nodes`` collection.
 
-A row says who the node is (service, node id, host, pid, version), when it started, when it was
-last seen, how many jobs it runs and how many it may run. The heartbeat renews ``last_seen``; a
-clean stop sets ``state: "stopped"``. A row whose ``last_seen`` is older than a few heartbeats
-belongs to a node that died.
+A row says who the node is (service, node id, host, pid, version), when it started, and, after a
+clean stop, when it stopped. It is written when the node registers and when it stops, never
+periodically: liveness is the live plane's (:mod:`reelhouse.common.live`, a heartbeat key per node
+every ``node_heartbeat_s`` with a ``node_ttl_s`` TTL), and :meth:`NodeRegistry.beat_fields` is
+what that heartbeat says beside the node's identity (capacity, running jobs).
 """
 
 from __future__ import annotations
@@ -34,19 +35,19 @@ class NodeRegistry:
         service: str,
         node_id: str,
         capacity: int = 0,
-        interval_s: float = 5.0,
+        interval_s: float = 2.0,
     ) -> None:
         self.db = db
         self.service = service
         self.node_id = node_id
         self.capacity = capacity  # jobs this node may run; 0 for services that run none
         self.running_jobs = 0  # updated by the service
-        self.interval_s = interval_s  # seconds between heartbeats
+        self.interval_s = interval_s  # seconds between tries to register while MongoDB is away
         self.started: datetime = utcnow()
         self._registered = False
 
     async def beat(self) -> None:
-        """Write one heartbeat (registers the node on the first one)."""
+        """Write the node's row (registers it)."""
         now = utcnow()
         update = {
             "$set": {
@@ -67,21 +68,26 @@ class NodeRegistry:
             self._registered = True
             log.info("node_registered", node=self.node_id, service=self.service)
 
+    def beat_fields(self) -> dict[str, object]:
+        """What this node's live-plane heartbeat carries besides its identity."""
+        return {"capacity": self.capacity, "running_jobs": self.running_jobs}
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Heartbeat until ``stop`` is set; a DB outage is logged and retried, never fatal."""
+        """Register once (retried while MongoDB is away, never fatal), then wait for ``stop``."""
         failing = False
         while not stop.is_set():
             try:
                 await self.beat()
                 if failing:
-                    log.info("node_heartbeat_recovered", node=self.node_id)
-                failing = False
+                    log.info("node_register_recovered", node=self.node_id)
+                break
             except Exception as exc:
                 if not failing:
-                    log.warning("node_heartbeat_failed", node=self.node_id, error=str(exc))
+                    log.warning("node_register_failed", node=self.node_id, error=str(exc))
                 failing = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
+        await stop.wait()
 
     async def mark_stopped(self) -> None:
         """Record a clean stop."""

@@ -2,7 +2,8 @@
 
 ``run_service()`` is a service's whole ``main()``: settings → logging → connect → serve → drain.
 Signals (SIGTERM, SIGINT) set a stop event; an ``AsyncExitStack`` holds the NATS and MongoDB
-connections; the node registers and heartbeats into ``nodes``; the service's own ``serve``
+connections; the node registers in ``nodes`` (MongoDB, once) and heartbeats into the live plane
+(NATS key-value, :mod:`reelhouse.common.live`); the service's own ``serve``
 coroutine runs until the stop event is set and must then stop its FFmpeg children gracefully
 and return. Exit code 0 on a clean stop.
 """
@@ -21,6 +22,7 @@ import structlog
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.bus import Bus, exit_if_incompatible
+from reelhouse.common.live import LivePlane
 from reelhouse.common.logging import configure_logging, get_logger, ship_logs
 from reelhouse.common.mongo import connect_mongo, ensure_indexes, get_database
 from reelhouse.common.nodes import NodeRegistry
@@ -40,6 +42,7 @@ class ServiceContext(Generic[S]):
     bus: Bus
     db: AsyncDatabase
     node: NodeRegistry
+    live: LivePlane
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     log: structlog.stdlib.BoundLogger = field(default_factory=lambda: get_logger())
 
@@ -90,13 +93,12 @@ async def serve_service(
         client = connect_mongo(settings, app_name=node_id)
         stack.push_async_callback(client.close)
         db = get_database(client, settings)
-        node = NodeRegistry(
-            db=db,
-            service=service,
-            node_id=node_id,
-            capacity=capacity,
-            interval_s=settings.node_heartbeat_s,
-        )
+        node = NodeRegistry(db=db, service=service, node_id=node_id, capacity=capacity)
+        subjects = bus.subjects
+        live = LivePlane(bus, service=service, node_id=node_id,
+                         heartbeat_s=settings.node_heartbeat_s, ttl_s=settings.node_ttl_s,
+                         watch=(subjects.live_nodes(), subjects.live_owners()))  # fmt: skip
+        live.beat_fields = node.beat_fields
         ctx: ServiceContext[S] = ServiceContext(
             service=service,
             settings=settings,
@@ -104,12 +106,14 @@ async def serve_service(
             bus=bus,
             db=db,
             node=node,
+            live=live,
             stop=stop,
             log=log,
         )
         log.info("service_starting", nats=settings.nats_url, database=settings.mongodb_database)
         await _ensure_indexes_when_reachable(ctx)
-        heartbeat = asyncio.create_task(node.run(stop), name="heartbeat")
+        heartbeat = asyncio.create_task(node.run(stop), name="node-row")
+        live_task = asyncio.create_task(live.run(stop), name="live-plane")
         # Issue 7: warn+ logs into `logs`; runtime settings applied live (docs/DECISIONS.md).
         watcher = RuntimeSettingsWatcher(
             db=db, bus=bus, settings=settings, service=service, node_id=node_id, node=node
@@ -127,6 +131,7 @@ async def serve_service(
             stop.set()
             await asyncio.gather(*extras, return_exceptions=True)
             await heartbeat
+            await live_task
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(node.mark_stopped(), timeout=5)
             log.info("service_stopped")

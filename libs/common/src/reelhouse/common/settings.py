@@ -49,7 +49,13 @@ class CommonSettings(BaseSettings):
     )
     node_id: str = Field("", description="Node identity; default `<service>-<host>-<random>`.")
     node_heartbeat_s: float = Field(
-        5.0, gt=0, description="Seconds between heartbeats into the `nodes` collection."
+        0.5, gt=0, description="Seconds between heartbeats into the live plane (`nodes.` keys)."
+    )
+    node_ttl_s: int = Field(
+        2,
+        ge=1,
+        description="Seconds a node's heartbeat key lives without a heartbeat (whole seconds): "
+        "a node silent this long is dead and its jobs are taken over.",
     )
     nats_reconnect_wait_s: float = Field(
         1.0, gt=0, description="Seconds between NATS reconnect attempts (forever)."
@@ -106,10 +112,22 @@ class WorkerSettings(CommonSettings):
 
     max_jobs: int = Field(40, ge=1, description="Most jobs this node runs at once.")
     lease_s: float = Field(
-        15.0, gt=0, description="Seconds a job lease lasts without renewal before failover."
+        15.0,
+        gt=0,
+        description="Seconds a file-reprocessing claim (MongoDB) lasts without renewal; job "
+        "ownership has no lease (live plane).",
     )
     reconcile_s: float = Field(
-        2.0, gt=0, description="Seconds between looks for claimable jobs (NATS hints act at once)."
+        30.0,
+        gt=0,
+        description="Seconds between reconcile passes against MongoDB, which repair what a lost "
+        "NATS hint missed (hints and the live plane act at once).",
+    )
+    schedule_grace_s: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a schedule window may be open with no node running its job before "
+        "`schedule_skip` reports it.",
     )
     claim_delay_s: float = Field(
         0.5,

@@ -46,6 +46,14 @@ def _check(kind: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _key_token(value: str) -> str:
+    """``value`` as one key token: anything but letters, digits, ``-`` and ``_`` becomes ``_``."""
+    token = re.sub(r"[^A-Za-z0-9_-]", "_", value)
+    if not token:
+        raise ValueError("a key token cannot be empty")
+    return token
+
+
 def _job(job_id: str) -> str:
     if not _OBJECT_ID.match(job_id):
         raise ValueError(f"job id must be a 24-hex ObjectId string, got {job_id!r}")
@@ -115,6 +123,43 @@ class Subjects:
     def all_events(self) -> str:
         """Wildcard for every event (what the JetStream events stream captures)."""
         return f"{self.prefix}.evt.>"
+
+    # -- the live plane's key-value bucket (ARCHITECTURE §2) ------------------------------------
+
+    def live_bucket(self) -> str:
+        """The live plane's key-value bucket, e.g. ``reelhouse_live``."""
+        return f"{self.prefix.replace('-', '_')}_live"
+
+    def live_node(self, service: str, node_id: str) -> str:
+        """A node's heartbeat key ``nodes.<service>.<node>`` (a node id's dots become ``_``)."""
+        return f"nodes.{_check('service', service, SERVICES)}.{_key_token(node_id)}"
+
+    def live_nodes(self) -> str:
+        """Every node key."""
+        return "nodes.>"
+
+    def live_owner(self, kind: str, job_id: str) -> str:
+        """A job's owner key ``owners.<kind>.<job_id>``."""
+        return f"owners.{_check('module', kind, MODULES)}.{_job(job_id)}"
+
+    def live_owners(self, kind: str | None = None) -> str:
+        """Every owner key (of one kind)."""
+        if kind is None:
+            return "owners.>"
+        return f"owners.{_check('module', kind, MODULES)}.*"
+
+    def live_progress(self, kind: str, job_id: str) -> str:
+        """A running job's last progress ``progress.<kind>.<job_id>``."""
+        return f"progress.{_check('module', kind, MODULES)}.{_job(job_id)}"
+
+    def live_all_progress(self) -> str:
+        """Every progress key."""
+        return "progress.>"
+
+    def live_key_subject(self, key: str) -> str:
+        """The JetStream subject a key of the live bucket is stored on (a plain publish there
+        writes the key)."""
+        return f"$KV.{self.live_bucket()}.{key}"
 
     def events_stream_name(self) -> str:
         """Name of the JetStream stream that keeps events by age."""

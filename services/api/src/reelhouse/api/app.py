@@ -33,6 +33,7 @@ from reelhouse.api.stats import LiveStats
 from reelhouse.api.tools import tool_version
 from reelhouse.common import __version__
 from reelhouse.common.bus import Bus
+from reelhouse.common.live import LivePlane
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import connect_mongo, ensure_indexes, get_database
 from reelhouse.common.nodes import NodeRegistry
@@ -66,11 +67,16 @@ def create_app(settings: ApiSettings) -> FastAPI:
         await bus.start()
         client = connect_mongo(settings, app_name=node_id)
         db = get_database(client, settings)
-        node = NodeRegistry(
-            db=db, service="api", node_id=node_id, interval_s=settings.node_heartbeat_s
-        )
-        live_stats = LiveStats(bus, ttl_s=settings.stats_ttl_s)
-        state = AppState(settings=settings, bus=bus, db=db, node=node, live_stats=live_stats)
+        node = NodeRegistry(db=db, service="api", node_id=node_id)
+        subjects = bus.subjects
+        live = LivePlane(bus, service="api", node_id=node_id,
+                         heartbeat_s=settings.node_heartbeat_s, ttl_s=settings.node_ttl_s,
+                         watch=(subjects.live_nodes(), subjects.live_owners(),
+                                subjects.live_all_progress()))  # fmt: skip
+        live.beat_fields = node.beat_fields
+        live_stats = LiveStats(live)
+        state = AppState(settings=settings, bus=bus, db=db, node=node, live=live,
+                         live_stats=live_stats)  # fmt: skip
         state.tool_versions = {b: await tool_version(b) for b in ("ffmpeg", "ffprobe")}
         app.state.reelhouse = state
         app.state.bootstrap_token = bootstrap_token
@@ -78,8 +84,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.state.jwt_secret = jwt_secret
         tasks = [
             asyncio.create_task(_ensure_indexes(state, stop), name="indexes"),
-            asyncio.create_task(node.run(stop), name="heartbeat"),
-            asyncio.create_task(live_stats.run(stop), name="live-stats"),
+            asyncio.create_task(node.run(stop), name="node-row"),
+            asyncio.create_task(live.run(stop), name="live-plane"),
             asyncio.create_task(accounts.purge_expired_forever(db, stop, 60.0), name="purge"),
             *start_operations(app, state, stop),  # issue 7: events, webhooks, settings, logs
         ]

@@ -132,9 +132,6 @@ class ApiMetrics:
 
     async def refresh(self, state: Any) -> None:
         """Read the job and node gauges (at scrape time)."""
-        from datetime import timedelta
-
-        from reelhouse.common.contracts.base import utcnow
 
         self.jobs.clear()
         self.restarts.clear()
@@ -162,13 +159,10 @@ class ApiMetrics:
                     tenant_stats.processData.bitrate_kbits
                 )
         self.nodes.clear()
-        cutoff = utcnow() - timedelta(seconds=3 * state.settings.node_heartbeat_s)
         alive: dict[str, int] = {}
-        cursor = state.db[Collections.NODES].find(
-            {"state": "running", "last_seen": {"$gte": cutoff}}, {"service": 1}
-        )
-        async for doc in cursor:
-            alive[doc.get("service", "?")] = alive.get(doc.get("service", "?"), 0) + 1
+        for entry in list(state.live.nodes.values()):
+            if entry.alive:
+                alive[entry.service] = alive.get(entry.service, 0) + 1
         for service, n in alive.items():
             self.nodes.labels(service).set(n)
 

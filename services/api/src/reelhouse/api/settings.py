@@ -30,9 +30,6 @@ class ApiSettings(CommonSettings):
         le=300,
         description="How long `remove` waits for the worker to let go of a job, seconds.",
     )
-    stats_ttl_s: float = Field(
-        5.0, gt=0, le=60, description="Seconds a job's last stats stay in getStat."
-    )
     probe_timeout_s: float = Field(
         10.0,
         gt=0,

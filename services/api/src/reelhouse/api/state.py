@@ -11,6 +11,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from reelhouse.api.settings import ApiSettings
 from reelhouse.api.stats import LiveStats
 from reelhouse.common.bus import Bus
+from reelhouse.common.live import LivePlane
 from reelhouse.common.nodes import NodeRegistry
 
 
@@ -22,6 +23,7 @@ class AppState:
     bus: Bus
     db: AsyncDatabase
     node: NodeRegistry
+    live: LivePlane
     live_stats: LiveStats
     tool_versions: dict[str, str | None] = field(default_factory=dict)
 

@@ -1,19 +1,15 @@
-"""The live stats cache behind ``getStat``: fed by NATS stats messages, never by polling MongoDB.
+"""The live stats behind ``getStat``: the live plane's ``progress.`` keys, never MongoDB.
 
-Every API replica subscribes to ``<p>.stats.>`` (fan-out) and keeps the latest message per job. An
-entry older than ``ttl_s`` belongs to a job that stopped reporting and is not served.
+Every API replica watches ``progress.>`` in the live-plane bucket (:mod:`reelhouse.common.live`);
+a watcher made at start delivers every current key at once, so a replica answers right after its
+own restart. A key expires by itself (its TTL) when the node that wrote it dies; a job that
+stops purges its key. Values are :class:`JobStats` JSON, decoded once per revision.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Any
-
-from pydantic import ValidationError
-
-from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.messages import JobStats
+from reelhouse.common.live import LivePlane
 from reelhouse.common.logging import get_logger
 from reelhouse.common.subjects import Module
 
@@ -21,56 +17,53 @@ log = get_logger("reelhouse.api.stats")
 
 
 class LiveStats:
-    """Latest stats per (module, job id), as received."""
+    """Latest stats per (module, job id), read from the live plane's map."""
 
-    def __init__(self, bus: Bus, *, ttl_s: float = 5.0) -> None:
-        self._bus = bus
-        self._ttl_s = ttl_s  # seconds a stats message stays current
-        self._latest: dict[tuple[str, str], tuple[float, JobStats]] = {}
-        self._sub: Any = None
+    def __init__(self, live: LivePlane) -> None:
+        self._live = live
+        self._decoded: dict[tuple[str, str], tuple[int, JobStats]] = {}
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Subscribe once NATS is connected (nats-py resubscribes after reconnects)."""
-        while not stop.is_set():
-            if await self._bus.wait_connected(timeout=1.0):
-                break
-        if stop.is_set():
-            return
-        self._sub = await self._bus.nc.subscribe(self._bus.subjects.all_stats(), cb=self._on_msg)
-        await stop.wait()
-
-    async def _on_msg(self, msg: Any) -> None:
+    def _stats(self, key: tuple[str, str], revision: int, value: dict) -> JobStats | None:
+        cached = self._decoded.get(key)
+        if cached is not None and cached[0] == revision:
+            return cached[1]
         try:
-            stats = JobStats.model_validate_json(msg.data)
-        except ValidationError:
-            log.warning("stats_message_invalid", subject=msg.subject)
-            return
-        key = (stats.module, stats.job_id)
-        if stats.processData.progress == "end":  # FFmpeg's last block: the job stopped
-            self._latest.pop(key, None)
-        else:
-            self._latest[key] = (time.monotonic(), stats)
+            stats = JobStats.model_validate(value)
+        except ValueError:
+            log.warning("stats_value_invalid", module=key[0], job_id=key[1])
+            return None
+        self._decoded[key] = (revision, stats)
+        return stats
 
     def forget(self, module: Module, job_id: str) -> None:
         """Drop a job's entry (it was stopped or removed through this API)."""
-        self._latest.pop((module, job_id), None)
+        self._live.progress.pop((module, job_id), None)
+        self._decoded.pop((module, job_id), None)
 
-    def current(self, module: Module, *, tenant: str) -> list[JobStats]:
-        """Current stats of the tenant's running jobs of one module."""
-        now = time.monotonic()
-        rows = []
-        for key, (received, stats) in list(self._latest.items()):
-            if now - received > self._ttl_s:
-                del self._latest[key]
-            elif key[0] == module and stats.tenant == tenant:
-                rows.append(stats)
-        return rows
+    def get(self, module: Module, job_id: str) -> JobStats | None:
+        found = self._live.progress.get((module, job_id))
+        if found is None:
+            return None
+        stats = self._stats((module, job_id), *found)
+        if stats is None or stats.processData.progress == "end":
+            return None
+        owner = self._live.owners.get((module, job_id))
+        if owner is not None and owner.node != stats.node:
+            return None  # a dead owner's last word, until the new owner reports
+        return stats
 
     def current_all(self, module: Module) -> list[JobStats]:
         """Current stats of every tenant's running jobs of one module (metrics)."""
-        now = time.monotonic()
-        return [
-            stats
-            for key, (received, stats) in list(self._latest.items())
-            if key[0] == module and now - received <= self._ttl_s
-        ]
+        rows = []
+        for key in [k for k in self._live.progress if k[0] == module]:
+            stats = self.get(module, key[1])
+            if stats is not None:
+                rows.append(stats)
+        stale = set(self._decoded) - set(self._live.progress)
+        for key in stale:
+            self._decoded.pop(key, None)
+        return rows
+
+    def current(self, module: Module, *, tenant: str) -> list[JobStats]:
+        """Current stats of the tenant's running jobs of one module."""
+        return [stats for stats in self.current_all(module) if stats.tenant == tenant]

@@ -1,10 +1,10 @@
 """Monitoring of started streams: claim by lease, probe periodically, keep the row current.
 
 A stream row with ``active: true`` and a ``stream_url`` is claimed by one prober
-(``jobs.lease``, as recordings are: claim, batched renewal every ``lease/3``, release), so
-several prober replicas never monitor one stream twice. Its monitor probes the URL every
-``monitor_interval_s`` (sharing the node's ffprobe slots) and writes, only when something
-changed and only while it still holds the lease:
+(``jobs.lease``, as recordings are: an owner key in the live plane, taken over when its prober's
+heartbeat expires, released on stop), so several prober replicas never monitor one stream twice.
+Its monitor probes the URL every ``monitor_interval_s`` (sharing the node's ffprobe slots) and
+writes, only when something changed and only while the row still names it:
 
 - ``status: {state: online|offline, since, node, error}``, publishing a ``stream_status`` event
   on each change of state. A stream that was online goes offline after two failed probes in a
@@ -129,7 +129,7 @@ class StreamMonitor:
                         since=utcnow(),
                     )
                 )
-            await node.leases.release(self.lease.job_id)
+            await node.leases.release(self.lease)
         except Exception as exc:
             node.log.warning("monitor_end_failed", stream_id=self.stream_id, error=str(exc))
         node.log.info("stream_monitor_stopped", stream_id=self.stream_id, reason=reason)
@@ -232,16 +232,12 @@ class MonitorNode(JobNode):
         self.engine = engine
 
     @property
-    def lease_s(self) -> float:
-        return self.settings.monitor_lease_s
-
-    @property
     def max_jobs(self) -> int:
         return self.settings.max_monitors
 
     @property
     def reconcile_s(self) -> float:
-        return min(2.0, self.lease_s / 3)
+        return self.settings.monitor_reconcile_s
 
     @property
     def claim_delay_s(self) -> float:

@@ -37,11 +37,11 @@ class ProberSettings(CommonSettings):
         8.0, gt=0, le=60, description="Deadline of a monitoring probe, seconds."
     )
     max_monitors: int = Field(50, ge=1, description="Most streams this node monitors at once.")
-    monitor_lease_s: float = Field(
-        15.0,
+    monitor_reconcile_s: float = Field(
+        10.0,
         gt=0,
-        description="Seconds a stream's monitoring lease lasts without renewal before another "
-        "prober takes it over.",
+        description="Seconds between the prober's reconcile passes over started streams (hints "
+        "and the live plane act at once; a dead prober's streams are taken over on its expiry).",
     )
     ffprobe_path: str = Field("ffprobe", description="The ffprobe binary (path or name on PATH).")
 

@@ -201,11 +201,12 @@ class RecordingRun(SupervisedRun):
             await self._join_session(self.lease.generation)
 
     def _holds(self, job: dict[str, Any] | None) -> bool:
-        """Whether this node still holds the job (its lease, kept by ``hold`` while stopping).
-        A node that was fenced or taken over leaves the join to the holder: two joins of one
-        session at once would remove each other's files."""
+        """Whether this node still holds the job (the document names it and the live plane does
+        not name another owner). A node that was taken over leaves the join to the holder: two
+        joins of one session at once would remove each other's files."""
         runtime = (job or {}).get("runtime")
         held = isinstance(runtime, dict) and runtime.get("node") == self._node_id
+        held = held and self._leases.holds(self.lease)
         if not held:
             self._log.info("session_join_left_to_holder", session=self.lease.generation)
         return held

@@ -5,7 +5,7 @@ watermarks"); jobs it already runs go on.
 
 Beside the jobs it runs, every ``reconcile_s`` it finishes files nobody else will: a job that is
 stopped or paused while it still has parts in ``recording`` (its owner died, or it was stopped
-while paused) is leased idle (:meth:`LeaseStore.claim_idle`) and its parts closed and its ended
+while paused) is owned idle (:meth:`LeaseStore.claim_idle`) and its parts closed and its ended
 sessions joined; and it takes ``reprocessFile`` requests (:mod:`reelhouse.recorder.processing`).
 """
 
@@ -27,7 +27,7 @@ from reelhouse.recorder.processing import Reprocessor
 
 
 class RecorderNode(JobNode):
-    """Claims recording jobs by lease and runs one :class:`RecordingRun` for each."""
+    """Claims recording jobs and runs one :class:`RecordingRun` for each."""
 
     module = "recording"
     service = "recorder"
@@ -87,16 +87,16 @@ class RecorderNode(JobNode):
             .to_list(None)
         )
         now = utcnow()
+        owned = self.leases.owned_ids()
         for job in idle:
             if self.ctx.stop.is_set():
                 return
-            if not idle_claimable(job, now):
+            if not idle_claimable(job, now, owned):
                 continue  # running (its owner finishes it) or owned
             job_id = str(job["_id"])
-            lease = await self.leases.claim_idle(job["_id"])
+            lease = await self.leases.claim_idle(job["_id"], job.get("tenant"))
             if lease is None:
                 continue  # taken since the read
-            keeper = asyncio.create_task(self._hold(lease))
             try:
                 run = await self.make_run(lease)
                 self.log.info("recording_finishing", job_id=job_id)
@@ -104,16 +104,7 @@ class RecorderNode(JobNode):
             except Exception as exc:
                 self.log.warning("recording_finish_failed", job_id=job_id, error=str(exc)[:300])
             finally:
-                keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
-                await self.leases.release(lease.job_id)
-
-    async def _hold(self, lease: Lease) -> None:
-        while True:
-            await asyncio.sleep(self.lease_s / 3)
-            with contextlib.suppress(Exception):
-                await self.leases.hold(lease)
+                await self.leases.release(lease)
 
     async def can_claim(self) -> bool:
         """No new job while the disk is critical; logged once each time that changes."""

@@ -1,37 +1,32 @@
-"""A worker node: claims jobs by lease, runs them, renews, stops, fails over (ARCHITECTURE §2).
+"""A worker node: claims jobs, runs them, stops them, takes a dead node's over (ARCHITECTURE §2).
 
-The recorder and the restreamer are both a :class:`JobNode`; each only says how to turn a claimed
-job document into a running :class:`JobRun`. One loop reconciles desired state (MongoDB) with what
-this node runs:
+The recorder, the restreamer and the prober's monitors are each a :class:`JobNode`; each only
+says how to turn a claimed job document into a running :class:`JobRun`. Ownership lives in the
+live plane (:mod:`reelhouse.common.live`, :mod:`reelhouse.common.jobs.lease`): an owner key per
+job, a heartbeat key per node, no per-job renewals. One loop reconciles desired state (MongoDB)
+with what this node runs:
 
-- every ``lease_s / 3`` it renews the leases of all the jobs it runs in one round trip; a job
-  whose renewal matches nothing (stopped, removed, updated, restarted, taken over) has its FFmpeg
-  stopped at once. The runtime block's other fields are written by the run when its worker's
-  state changes, not on every renewal;
-- every ``reconcile_s`` it reads the job collection once (:meth:`LeaseStore.scan`: the
-  scheduled jobs and those whose lease is free) and, if that shows a job to claim, or at once on
-  a NATS hint, claims claimable jobs while it runs fewer than ``max_jobs``; on a hint it first
-  waits ``claim_delay_s * load`` so that the least loaded node wins the claim. The same read
-  drives the schedule windows (:class:`ScheduleKeeper`).
+- **hints** (``<p>.cmd.<service>.*``, fan-out: the owner of a job must hear its stop or restart,
+  and a claim race is settled by the owner key's atomic create) wake the loop: a hint naming a
+  job this node runs reads that job once (:meth:`LeaseStore.check`) and stops it if it changed;
+  any hint is a chance to claim, after ``claim_delay_s * load`` so the least loaded node wins;
+- **failover**: when a node's key expires, the watcher says so at once; every peer waits its
+  ``claim_delay_s * load``, re-reads the dead node's key, and takes its owner keys over by
+  compare-and-set (exactly one wins each job). A node that sees its own job's owner key name
+  another node stops that run at once (it was cut off from NATS and is back: overlap, not loss);
+- **the reconcile pass** (every ``reconcile_s``, tens of seconds; tests run it short) reads the
+  job collection once (:meth:`LeaseStore.scan`) and the jobs this node runs once, and repairs
+  what a lost hint missed: claims, stops, and owner keys left by nodes that died while nobody
+  watched (a whole-stack restart). A schedule window's edge wakes the loop on time.
+- With N jobs running a node makes **no periodic database queries** but that pass: the heartbeat,
+  progress and ownership all go to NATS.
 
-Hints arrive on ``<p>.cmd.<service>.*`` to every node of the service (fan-out, not a queue group:
-the owner of a job must hear a stop or a restart, and a claim race is settled by MongoDB
-atomically).
-
-Faults (docs/DECISIONS.md "Scale-out and faults"):
-
-- **MongoDB away**: a failed renewal keeps FFmpeg running (a database blip never kills live
-  work). Every ``lease_s / 3`` each node publishes a :class:`NodeBeat` on ``<p>.beat.<service>``
-  saying whether its last MongoDB round trip worked. A node whose renewals have failed for two
-  thirds of a lease while a peer says it reaches MongoDB is the one cut off: its leases are about
-  to expire and the peer to claim its jobs, so it **fences** itself (stops every FFmpeg first, so
-  the two do not record at once). When MongoDB
-  is down for everyone, nobody can claim, nobody fences, and FFmpeg runs on. When MongoDB comes
-  back every lease looks expired, so a node that saw it fail claims nothing for ``lease_s / 2``:
-  the owners renew first and keep their jobs (no needless handover after an outage).
-- **Drain** (SIGTERM): the loop stops claiming, every FFmpeg is stopped gracefully (trailer
-  written, part closed) and its lease released at once, and as each one is released a ``start``
-  hint names it so a peer claims it now instead of at its next reconcile.
+Faults (docs/DECISIONS.md "The live plane"): NATS away → FFmpeg keeps running, nothing is claimed;
+after any reconnect nothing is claimed on a node's absence until the live plane has been
+connected for one TTL plus one heartbeat. MongoDB away → running jobs are untouched (nothing
+periodic needs it); claims wait for it. Drain (SIGTERM): the loop stops claiming, every FFmpeg is
+stopped gracefully and its owner key released, and a ``start`` hint names each released job so a
+peer claims it at once.
 """
 
 from __future__ import annotations
@@ -44,18 +39,14 @@ from typing import Any, Protocol
 from bson import ObjectId
 from pydantic import ValidationError
 
-from reelhouse.common.contracts.messages import JobCommand, NodeBeat
+from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.jobs.lease import JobScan, Lease, LeaseStore
 from reelhouse.common.jobs.windows import ScheduleKeeper
 from reelhouse.common.service import ServiceContext
 from reelhouse.common.settings import WorkerSettings
 from reelhouse.common.subjects import Module
 
-__all__ = ["FENCE_AFTER", "InvalidJob", "JobNode", "JobRun"]
-
-FENCE_AFTER = 2 / 3
-"""Share of a lease after which a node whose renewals fail, while a peer reaches MongoDB, stops
-its FFmpegs (before the leases expire and the peer claims them)."""
+__all__ = ["InvalidJob", "JobNode", "JobRun"]
 
 
 class InvalidJob(ValueError):
@@ -92,31 +83,24 @@ class JobNode(ABC):
         self.ctx = ctx
         self.settings = ctx.settings
         self.log = ctx.log
-        self.leases = LeaseStore(
-            db=ctx.db, collection=self.collection, node_id=ctx.node_id, lease_s=self.lease_s
-        )
+        self.live = ctx.live
+        self.leases = LeaseStore(db=ctx.db, collection=self.collection, live=ctx.live,
+                                 kind=self.module, node_id=ctx.node_id)  # fmt: skip
         self.runs: dict[str, JobRun] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._hinted: set[str] = set()
-        self._failing_since: float | None = None  # loop time the failing MongoDB calls began
-        self._db_ok_at: float | None = None  # loop time of the last MongoDB call that worked
-        self._renewed_at = 0.0  # loop time of the last renewal that reached MongoDB
-        self._peer_db_ok_at = float("-inf")  # loop time a peer last said it reaches MongoDB
-        self.fenced = 0  # runs stopped because this node was cut off from MongoDB
-        self._claims_from = 0.0  # loop time before which this node claims nothing (after an outage)
+        self._gone: set[str] = set()  # nodes whose key expired: take their jobs over
+        self._taken: set[str] = set()  # runs whose owner key now names another node
         # Jobs whose start failed here: not claimed again by this node before the loop time given
         # (doubling per failure, up to a minute), so a job that cannot start is no claim storm.
         self._cooldown: dict[str, tuple[int, float]] = {}
         self._windows: ScheduleKeeper | None = None  # schedule windows (issue 10)
-        self._tick_at = 0.0  # loop time of the next reconcile pass (scan, schedule tick)
+        self._tick_at = 0.0  # loop time of the next reconcile pass (scan, checks, orphans)
         self._edge_at: float | None = None  # loop time of the next window edge
+        self.taken_over = 0  # jobs this node took from dead nodes (for /metrics and tests)
 
     # Worker services read these from WorkerSettings; another service may map its own settings.
-    @property
-    def lease_s(self) -> float:
-        return float(self.settings.lease_s)
-
     @property
     def max_jobs(self) -> int:
         return int(self.settings.max_jobs)
@@ -124,6 +108,11 @@ class JobNode(ABC):
     @property
     def reconcile_s(self) -> float:
         return float(self.settings.reconcile_s)
+
+    @property
+    def schedule_grace_s(self) -> float:
+        """A window open this long without any node running its job is reported skipped."""
+        return float(getattr(self.settings, "schedule_grace_s", 15.0))
 
     @property
     def claim_delay_s(self) -> float:
@@ -146,13 +135,14 @@ class JobNode(ABC):
     async def run(self) -> None:
         """Serve until the service is asked to stop; then stop every FFmpeg gracefully."""
         await self.prepare()
+        self.live.on_node_gone.append(self._node_gone)
+        self.live.on_owner.append(self._owner_changed)
+        self.live.on_resync.append(self._resynced)
         hints = asyncio.create_task(self._subscribe(), name="hints")
-        fence = asyncio.create_task(self._fence_watch(), name="fence")
         try:
             await self._loop()
         finally:
             hints.cancel()
-            fence.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await hints
             draining = len(self.runs)
@@ -160,39 +150,59 @@ class JobNode(ABC):
             if draining:
                 self.log.info("drained", jobs=draining)
 
+    # -- live-plane callbacks -----------------------------------------------------------------
+
+    async def _node_gone(self, node: str) -> None:
+        """A node's heartbeat key expired (or was deleted): take its jobs over, if it had any."""
+        if self.live.owned_by(self.module, node):
+            self._gone.add(node)
+            self._wake.set()
+
+    def _owner_changed(self, key: tuple[str, str], entry: Any) -> None:
+        kind, job_id = key
+        run = self.runs.get(job_id) if kind == self.module else None
+        if run is None or run.stopping or entry is None or entry.node == self.ctx.node_id:
+            return
+        self._taken.add(job_id)
+        self._wake.set()
+
+    async def _resynced(self) -> None:
+        """After (re)connecting: runs whose owner key names another node stop at once; the next
+        pass looks for orphaned keys (once the live plane has settled)."""
+        for job_id, run in list(self.runs.items()):
+            owner = self.live.owners.get((self.module, job_id))
+            if not run.stopping and owner is not None and owner.node != self.ctx.node_id:
+                self._taken.add(job_id)
+        self._wake.set()
+
     # -- the loop -----------------------------------------------------------------------------
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        renew_every = self.lease_s / 3
-        next_renew = loop.time() + renew_every
+        await self._wait_live()
         while not self.ctx.stop.is_set():
             hinted = self._wake.is_set()
             self._wake.clear()
-            if hinted:
+            self._stop_taken()
+            if self._hinted:
                 await self._check_hinted()
-            if loop.time() >= next_renew:
-                await self._renew_all()
-                await self._beat()
-                next_renew = loop.time() + renew_every
             if hinted:
                 await self._claim_delay()
+            if self._gone:
+                await self._take_over_gone()
             scan, scanned = await self._scan_if_due()
-            # A claim is a read-modify-write of the job collection: tried on a hint, while
-            # MongoDB is failing (the claim path handles coming back), or when the pass's scan
-            # saw a job to claim (or could not look).
-            if (
-                hinted
-                or self._failing_since is not None
-                or (scanned and (scan is None or scan.claimable(self.runs)))
-            ):
+            if scanned:
+                await self._check_all()
+                await self._take_over_orphans()
+            # A claim reads the job collection: tried on a hint, or when the pass's scan saw a
+            # job to claim (or could not look).
+            if hinted or (scanned and (scan is None or scan.claimable(self.runs))):
                 await self._claim()
             self.ctx.node.running_jobs = len(self.runs)
-            timeout = min(self.reconcile_s, max(0.0, next_renew - loop.time()))
+            timeout = max(0.05, self._tick_at - loop.time())
             edge = await self._schedule_tick(scan)
             if edge is not None and edge < timeout:
-                # A schedule window opens (claim) or a run's closes (renewal fails): look then.
-                timeout, next_renew = edge, min(next_renew, loop.time() + edge)
+                timeout = edge  # a schedule window opens (claim) or a run's closes (stop)
             waiters = {
                 asyncio.ensure_future(self._wake.wait()),
                 asyncio.ensure_future(self.ctx.stop.wait()),
@@ -202,6 +212,66 @@ class JobNode(ABC):
             )
             for waiter in pending:
                 waiter.cancel()
+
+    async def _wait_live(self) -> None:
+        """Claim nothing before the live plane is open (the owner map is what claims consult)."""
+        while not self.ctx.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.live.ready.wait(), 1.0)
+                return
+
+    def _stop_taken(self) -> None:
+        taken, self._taken = self._taken, set()
+        for job_id in taken:
+            run = self.runs.get(job_id)
+            owner = self.live.owners.get((self.module, job_id))
+            if run is None or run.stopping or owner is None or owner.node == self.ctx.node_id:
+                continue
+            self.log.warning(f"{self.module}_taken_over", job_id=job_id, by=owner.node)
+            self._begin_stop(run, f"taken over by {owner.node}")
+
+    async def _take_over_gone(self) -> None:
+        """Take the jobs of nodes whose key expired, once the live plane has settled."""
+        if not self.live.settled:
+            return  # the reconcile pass's orphan sweep takes them, if they are still orphaned
+        gone, self._gone = self._gone, set()
+        for node in gone:
+            if await self.live.node_alive_now(node):
+                continue  # it heartbeats again (a blip): nothing to take
+            await self._take_over(node)
+
+    async def _take_over_orphans(self) -> None:
+        """Owner keys of nodes that are not alive (died while nobody watched): take them over."""
+        if not self.live.settled or self.ctx.stop.is_set():
+            return
+        dead = {e.node for e in self.live.owned_by(self.module).values()
+                if e.node != self.ctx.node_id and not self.live.alive(e.node)}  # fmt: skip
+        for node in dead:
+            if not await self.live.node_alive_now(node):
+                await self._take_over(node)
+
+    async def _take_over(self, node: str) -> None:
+        entries = list(self.live.owned_by(self.module, node).values())
+        if not entries or self.ctx.stop.is_set():
+            return
+        for entry in entries:
+            if len(self.runs) >= self.max_jobs or self.ctx.stop.is_set():
+                return
+            if not await self.can_claim():
+                return
+            current = self.live.owners.get((self.module, entry.job_id))
+            if current is None or current.node != node or entry.job_id in self.runs:
+                continue  # released, or already taken by a peer
+            try:
+                lease = await self.leases.take_over(current)
+            except Exception as exc:
+                self.log.warning("take_over_failed", job_id=entry.job_id,
+                                 error=str(exc).splitlines()[0][:200])  # fmt: skip
+                continue
+            if lease is not None:
+                self.taken_over += 1
+                self.log.info(f"{self.module}_taken_over_from", job_id=entry.job_id, node=node)
+                await self._start(lease)
 
     async def _scan_if_due(self) -> tuple[JobScan | None, bool]:
         """The pass's one read of the job collection (:meth:`LeaseStore.scan`), at most once per
@@ -214,13 +284,8 @@ class JobNode(ABC):
         try:
             scan = await self.leases.scan()
         except Exception as exc:
-            self._db_failed(now)
             self.log.warning("scan_failed", error=str(exc).splitlines()[0][:200])
             return None, True
-        if self._failing_since is None:
-            # Fresh proof for the beats that this node reaches MongoDB (a peer cut off from it
-            # fences on that). After a failure the claim path says it is back (and holds claims).
-            self._db_worked()
         return scan, True
 
     async def _schedule_tick(self, scan: JobScan | None) -> float | None:
@@ -229,7 +294,10 @@ class JobNode(ABC):
         now = asyncio.get_running_loop().time()
         if self._windows is None:
             self._windows = ScheduleKeeper(
-                leases=self.leases, bus=self.ctx.bus, module=self.module, grace_s=self.lease_s
+                leases=self.leases,
+                bus=self.ctx.bus,
+                module=self.module,
+                grace_s=self.schedule_grace_s,
             )
         if scan is None:  # no pass now (or it could not read): the edge known from the last
             return None if self._edge_at is None else max(0.1, self._edge_at - now)
@@ -253,29 +321,20 @@ class JobNode(ABC):
     async def _claim(self) -> None:
         loop = asyncio.get_running_loop()
         while len(self.runs) < self.max_jobs and not self.ctx.stop.is_set():
-            if loop.time() < self._claims_from:
-                return  # MongoDB just came back: the owners renew first
-            if self._failing_since is not None and not await self._back_after_outage():
-                return
+            if not self.live.ready.is_set() or not self.ctx.bus.connected:
+                return  # the owner map is what a claim consults
             if not await self.can_claim():
                 return
             now = loop.time()
             cooling = [ObjectId(j) for j, (_, until) in self._cooldown.items() if until > now]
-            # Never a job this node already runs: a renewal held up past the lease (a database
-            # slow under load) makes its lease look free, and a second run would orphan the
-            # first one's FFmpeg.
-            ours = [ObjectId(j) for j in self.runs]
+            ours = [ObjectId(j) for j in self.runs]  # never a second run of a job this node runs
             try:
                 lease = await self.leases.claim(where=self.claim_where, exclude=cooling + ours)
             except Exception as exc:
-                self._db_failed(now)
                 self.log.warning("claim_failed", error=str(exc).splitlines()[0][:200])
                 return
-            self._db_worked()
             if lease is None:
                 return
-            if not self.runs:
-                self._renewed_at = asyncio.get_running_loop().time()
             await self._start(lease)
 
     async def _start(self, lease: Lease) -> None:
@@ -290,13 +349,13 @@ class JobNode(ABC):
                 {"$set": {"active": False, "runtime.state": "failed",
                           "runtime.last_error": f"invalid configuration: {exc}"[:2000]}},
             )  # fmt: skip
-            await self.leases.release(lease.job_id)
+            await self.leases.release(lease)
             return
         except Exception as exc:
             # MongoDB away while loading: give the job back; the next pass retries.
             self.log.warning(f"{self.module}_load_failed", job_id=job_id, error=str(exc)[:200])
             with contextlib.suppress(Exception):
-                await self.leases.release(lease.job_id)
+                await self.leases.release(lease)
             return
         self.runs[job_id] = run
         self.log.info(f"{self.module}_claimed", job_id=job_id, generation=lease.generation)
@@ -311,108 +370,23 @@ class JobNode(ABC):
         else:
             self._cooldown.pop(job_id, None)
 
-    async def _renew_all(self) -> None:
-        """One round trip renews every running job's lease; stopping jobs keep theirs by hold."""
-        running = [run for run in self.runs.values() if not run.stopping]
-        now = asyncio.get_running_loop().time()
-        try:
-            lost = await self.leases.renew_many([run.lease for run in running])
-        except Exception as exc:
-            # MongoDB away: keep running; the lease protocol settles it when it is back.
-            self._db_failed(now)
-            self.log.warning("lease_renew_failed", jobs=len(running), error=str(exc)[:200])
-        else:
-            self._renewed_at = now
-            if running and self._db_worked():
-                # Back after an outage: let the other owners renew first.
-                self._claims_from = now + self.lease_s / 2
-            for run in running:
-                if run.lease.job_id in lost:
-                    self._begin_stop(run, "job stopped, changed or taken over")
-        for run in list(self.runs.values()):
-            if run.stopping and run not in running:
-                try:
-                    await self.leases.hold(run.lease)
-                except Exception as exc:
-                    self.log.warning("lease_hold_failed", job_id=run.job_id, error=str(exc)[:200])
+    async def _check_all(self) -> None:
+        """The reconcile pass's one read of the jobs this node runs: stop what changed."""
+        runs = [run for run in self.runs.values() if not run.stopping]
+        await self._check(runs, "job stopped, changed or taken over")
 
-    async def _back_after_outage(self) -> bool:
-        """After a failed round trip: ping; if MongoDB is back, hold claims for ``lease_s / 2``
-        (the owners renew first). False in both cases: this pass claims nothing."""
-        try:
-            await self.ctx.db.command("ping")
-        except Exception:
-            return False
-        self._db_worked()
-        self._claims_from = asyncio.get_running_loop().time() + self.lease_s / 2
-        self.log.info("mongo_back", claims_in_s=round(self.lease_s / 2, 1))
-        return False
-
-    def _db_failed(self, started: float) -> None:
-        """A MongoDB call begun at loop time ``started`` failed."""
-        if self._failing_since is None:
-            self._failing_since = started
-
-    def _db_worked(self) -> bool:
-        """A MongoDB call worked; True if calls were failing until now."""
-        recovering = self._failing_since is not None
-        self._failing_since = None
-        self._db_ok_at = asyncio.get_running_loop().time()
-        return recovering
-
-    async def _fence_watch(self) -> None:
-        """Check often (not only when a slow renewal returns) whether to fence."""
-        period = min(0.5, self.lease_s / 6)
-        while not self.ctx.stop.is_set():
-            if self._should_fence():
-                # Sure it is us and not the database: a fresh try, begun after the peer's success.
-                try:
-                    await self.ctx.db.command("ping")
-                except Exception:
-                    self._fence()
-                else:
-                    self._db_worked()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ctx.stop.wait(), period)
-
-    def _should_fence(self) -> bool:
-        """Our renewals have failed for ``FENCE_AFTER`` of a lease and a peer has reached MongoDB
-        since they began failing: the peer will claim our jobs when the leases expire."""
-        now = asyncio.get_running_loop().time()
-        failing_since = self._failing_since
-        if failing_since is None or not any(not r.stopping for r in self.runs.values()):
-            return False
-        if now - self._renewed_at < FENCE_AFTER * self.lease_s:
-            return False
-        return self._peer_db_ok_at > failing_since
-
-    def _fence(self) -> None:
-        """Stop every run (gracefully) before the peer claims the jobs, so that the two never
-        record at once."""
-        running = [run for run in self.runs.values() if not run.stopping]
-        now = asyncio.get_running_loop().time()
-        self.log.error(
-            "lease_fenced",
-            jobs=len(running),
-            since_s=round(now - self._renewed_at, 1),
-            reason="cut off from MongoDB while peers reach it; they take the jobs over",
-        )
-        for run in running:
-            self.fenced += 1
-            self._begin_stop(run, "fenced: this node lost MongoDB, a peer takes over")
-
-    async def _beat(self) -> None:
-        """Tell peers whether this node reaches MongoDB (see the module's "Faults")."""
-        bus = self.ctx.bus
-        if not bus.connected:
+    async def _check(self, runs: list[JobRun], reason: str) -> None:
+        if not runs:
             return
-        now = asyncio.get_running_loop().time()
-        ok_age = 1e9 if self._db_ok_at is None else now - self._db_ok_at
-        beat = NodeBeat(service=self.service, node=self.ctx.node_id,
-                        db_ok=self._failing_since is None, ok_age_s=round(ok_age, 3),
-                        jobs=len(self.runs))  # fmt: skip
-        with contextlib.suppress(Exception):
-            await bus.publish(bus.subjects.beat(self.service), beat)
+        try:
+            lost = await self.leases.check([run.lease for run in runs])
+        except Exception as exc:
+            # MongoDB away: keep running (a database outage never kills live work).
+            self.log.warning("job_check_failed", jobs=len(runs), error=str(exc)[:200])
+            return
+        for run in runs:
+            if run.lease.job_id in lost and not run.stopping:
+                self._begin_stop(run, reason)
 
     async def _hint_peers(self, job_ids: list[str]) -> None:
         """Draining: ask peers to claim released jobs now (each as soon as its lease is let go,
@@ -430,17 +404,7 @@ class JobNode(ABC):
         """A hint named jobs this node runs: find out at once which of them must stop."""
         hinted, self._hinted = self._hinted, set()
         runs = [r for r in (self.runs.get(j) for j in hinted) if r is not None and not r.stopping]
-        if not runs:
-            return
-        try:
-            lost = await self.leases.renew_many([run.lease for run in runs])
-        except Exception as exc:
-            # The periodic renewal finds it out instead, at most lease/3 later.
-            self.log.warning("lease_check_failed", jobs=len(runs), error=str(exc)[:200])
-            return
-        for run in runs:
-            if run.lease.job_id in lost:
-                self._begin_stop(run, "job stopped, changed or restarted")
+        await self._check(runs, "job stopped, changed or restarted")
 
     def stop_run(self, run: JobRun, reason: str) -> None:
         """Stop one run now (it found out itself that its job is no longer its own)."""
@@ -488,18 +452,8 @@ class JobNode(ABC):
                 self._hinted.add(command.job_id)
                 self._wake.set()
 
-        async def on_beat(msg: Any) -> None:
-            try:
-                beat = NodeBeat.model_validate_json(msg.data)
-            except ValidationError:
-                return
-            if beat.node != self.ctx.node_id and beat.db_ok:
-                ok_at = asyncio.get_running_loop().time() - beat.ok_age_s
-                self._peer_db_ok_at = max(self._peer_db_ok_at, ok_at)
-
         subs = [
             await bus.nc.subscribe(bus.subjects.commands(self.service), cb=on_hint),
-            await bus.nc.subscribe(bus.subjects.beat(self.service), cb=on_beat),
         ]
         try:
             await asyncio.Event().wait()

@@ -46,7 +46,7 @@ FULL_PROBE_MS = ANALYZE_DURATION_US // 1000
 
 
 class SupervisedRun:
-    """One job's FFmpeg under supervision while this node holds the job's lease."""
+    """One job's FFmpeg under supervision while this node owns the job."""
 
     module: Module
 
@@ -166,9 +166,10 @@ class SupervisedRun:
         with contextlib.suppress(Exception):
             await self._after_stop()
         try:
-            await self._leases.release(self.lease.job_id)
+            await self._leases.release(self.lease)
         except Exception as exc:
-            self._log.warning("lease_release_failed", error=str(exc))
+            self._log.warning("release_failed", error=str(exc))
+        await self._leases.live.clear_progress(self.module, self.job_id)
         event: Event = "job_failed" if state is SupervisorState.FAILED else "job_stopped"
         await self._event(event, state=state.value, reason=reason)
         self._log.info(f"{self.module}_stopped", state=state.value)
@@ -200,8 +201,8 @@ class SupervisedRun:
     def runtime_fields(self) -> dict[str, Any]:
         """What ``runtime`` says about this worker; written on every state change.
 
-        Lease renewals write only ``lease_until`` (one batched update per node); ``last_progress``
-        is therefore the progress at the last state change, and live numbers come from getStat.
+        ``last_progress`` is the progress at the last state change; live numbers are in the live
+        plane's ``progress.`` key (getStat, getById's runtime).
         """
         sup = self.supervisor
         fields: dict[str, Any] = {
@@ -218,7 +219,7 @@ class SupervisedRun:
         return fields
 
     async def write_runtime(self) -> None:
-        """Write the runtime block now (the lease is kept whatever the desired state)."""
+        """Write the runtime block now (while the document still names this node)."""
         try:
             await self._leases.hold(self.lease, self.runtime_fields())
         except Exception as exc:
@@ -262,8 +263,11 @@ class SupervisedRun:
             processData=self._process_data(snapshot),
             **self._stats_fields(),
         )
+        payload = stats.model_dump_json().encode()
         with contextlib.suppress(Exception):
-            await self._bus.publish(self._bus.subjects.stats(self.module, self.job_id), stats)
+            await self._bus.nc.publish(self._bus.subjects.stats(self.module, self.job_id), payload)
+        with contextlib.suppress(Exception):
+            await self._leases.live.put_progress(self.module, self.job_id, payload)
 
     def _process_data(self, snapshot: ProgressSnapshot) -> ProcessData:
         return ProcessData(

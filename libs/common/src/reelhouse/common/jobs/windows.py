@@ -31,8 +31,6 @@ from reelhouse.common.jobs.lease import (
     Lease,
     LeaseStore,
     as_aware,
-    lease_free,
-    unleased,
 )
 from reelhouse.common.logging import get_logger
 from reelhouse.common.subjects import Module
@@ -64,7 +62,9 @@ class ScheduleKeeper:
         await self._report_skips(scan, {lease.job_id for lease in held})
         return self._next_edge(held, scan)
 
-    def _skip(self, doc: dict[str, Any], now: datetime) -> tuple[str, str, dict[str, Any]] | None:
+    def _skip(
+        self, doc: dict[str, Any], now: datetime, scan: JobScan
+    ) -> tuple[str, str, dict[str, Any]] | None:
         """For a window that is open now and not yet reported, in which the job cannot run
         (stopped, paused, or not claimed by anyone ``grace`` after it opened): the state, why,
         and the filter that re-checks it atomically (the scan may be a moment old). Else None."""
@@ -78,15 +78,15 @@ class ScheduleKeeper:
             return "stopped", "the job is stopped", {"active": {"$ne": True}}
         if doc.get("paused") is True:
             return "paused", "the job is paused", {"paused": True}
-        if lease_free(doc, now) and start <= now - self._grace:
+        if scan.free(doc) and start <= now - self._grace:
             why = f"no node started it within {self._grace.total_seconds():g} s"
-            return "unclaimed", why, unleased(now)
+            return "unclaimed", why, {}
         return None
 
     async def _report_skips(self, scan: JobScan, owned: set[Any]) -> None:
         now = scan.now
         for doc in scan.scheduled:
-            skip = None if doc["_id"] in owned else self._skip(doc, now)
+            skip = None if doc["_id"] in owned else self._skip(doc, now, scan)
             if skip is None:
                 continue  # (a job this node claimed since the scan is not skipped)
             state, why, still = skip

@@ -67,7 +67,7 @@ async def summary(state: AppState, tenant: str) -> dict[str, Any]:
     out["stream"] = {
         "total": await state.db[Collections.STREAMS].count_documents({"tenant": tenant})
     }
-    out["nodes_running"] = await state.db[Collections.NODES].count_documents({"state": "running"})
+    out["nodes_running"] = sum(1 for entry in list(state.live.nodes.values()) if entry.alive)
     return out
 
 

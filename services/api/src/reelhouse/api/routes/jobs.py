@@ -116,10 +116,39 @@ def present_runtime(runtime: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def live_runtime(live: Any, module: str, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The runtime block as the live plane says it now: ``None`` unless an owner key names a
+    node; else the owner's document block (state, pid, restarts, last_error, ...), with ``node``
+    from the owner key and ``state`` and ``last_progress`` from the job's last progress (current to
+    the second, not frozen at the last state change)."""
+    job_id = str(job["_id"])
+    owner = live.owners.get((module, job_id))
+    if owner is None:
+        return None
+    runtime = dict(job.get("runtime") or {})
+    if runtime.get("node") != owner.node:  # the document lags a take-over by a moment
+        runtime = {"state": owner.value.get("state", "starting")}
+    runtime["node"] = owner.node
+    progress = live.progress.get((module, job_id))
+    if progress is not None and progress[1].get("node") == owner.node:  # not a dead owner's
+        value = progress[1]
+        if value.get("state"):
+            runtime["state"] = value["state"]
+        if isinstance(value.get("processData"), dict):
+            runtime["last_progress"] = value["processData"]
+        runtime["progress_at"] = value.get("timestamp")
+    return runtime
+
+
 def present_job(
-    kind: JobKind, job: dict[str, Any], linked: dict[ObjectId, dict[str, Any]], **extra: Any
+    kind: JobKind,
+    job: dict[str, Any],
+    linked: dict[ObjectId, dict[str, Any]],
+    live: Any = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """A job object as the seed shows it, linked documents populated, plus ``extra`` fields."""
+    """A job object as the seed shows it, linked documents populated, plus ``extra`` fields;
+    ``runtime`` from the live plane when ``live`` is given (every API response but tests')."""
     out: dict[str, Any] = {"_id": str(job["_id"]), "id": str(job["_id"])}
     for key in kind.fields:
         if key in kind.links:
@@ -128,7 +157,8 @@ def present_job(
             value = job[key]
             out[key] = format_timestamp(value) if isinstance(value, datetime) else value
     out.update(extra)
-    out["runtime"] = present_runtime(job.get("runtime"))
+    runtime = job.get("runtime") if live is None else live_runtime(live, kind.module, job)
+    out["runtime"] = present_runtime(runtime)
     out["created"] = format_timestamp(job["created"])
     out["modified"] = format_timestamp(job["modified"])
     out["success"] = True
@@ -378,16 +408,16 @@ async def set_paused(
     return True
 
 
-async def wait_released(
-    db: AsyncDatabase, kind: JobKind, job_id: ObjectId, timeout_s: float
-) -> bool:
-    """Wait until no worker holds the job (runtime gone or its lease expired)."""
+async def wait_released(live: Any, kind: JobKind, job_id: ObjectId, timeout_s: float) -> bool:
+    """Wait until no live worker owns the job (no owner key, or its node is dead)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        job = await db[kind.collection].find_one({"_id": job_id}, {"runtime": 1})
-        runtime = (job or {}).get("runtime")
-        if not runtime or runtime.get("lease_until", utcnow()) < utcnow():
+        try:
+            owner = await live.owner(kind.module, str(job_id))
+        except Exception:
+            owner = live.owners.get((kind.module, str(job_id)))
+        if owner is None or not live.alive(owner.node):
             return True
         if loop.time() >= deadline:
             return False
@@ -401,7 +431,7 @@ async def stop_and_wait(state: AppState, kind: JobKind, job_id: str) -> None:
         {"_id": oid}, {"$set": {"active": False, "modified": utcnow()}}
     )
     await hint(state, kind, "stop", job_id)
-    if not await wait_released(state.db, kind, oid, state.settings.stop_wait_s):
+    if not await wait_released(state.live, kind, oid, state.settings.stop_wait_s):
         log.warning(f"{kind.module}_remove_worker_still_holds", job_id=job_id)
 
 

@@ -55,7 +55,9 @@ KIND = JobKind(
 )
 
 
-async def _populate(db: AsyncDatabase, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def _populate(
+    db: AsyncDatabase, found: list[dict[str, Any]], live: Any = None
+) -> list[dict[str, Any]]:
     linked = await jobs.fetch_linked(db, KIND, found)
     files: dict[str, list[dict[str, Any]]] = {str(job["_id"]): [] for job in found}
     if found:
@@ -64,14 +66,18 @@ async def _populate(db: AsyncDatabase, found: list[dict[str, Any]]) -> list[dict
             files[doc["entity_id"]].append(doc)
     return [
         jobs.present_job(
-            KIND, job, linked, recordedFiles=[present_file(f) for f in files[str(job["_id"])]]
+            KIND,
+            job,
+            linked,
+            live=live,
+            recordedFiles=[present_file(f) for f in files[str(job["_id"])]],
         )
         for job in found
     ]
 
 
-async def _loaded(db: AsyncDatabase, tenant: str, job_id: str) -> dict[str, Any]:
-    return (await _populate(db, [await jobs.load(db, KIND, tenant, job_id)]))[0]
+async def _loaded(db: AsyncDatabase, tenant: str, job_id: str, live: Any = None) -> dict[str, Any]:
+    return (await _populate(db, [await jobs.load(db, KIND, tenant, job_id)], live))[0]
 
 
 async def _event(state: Any, tenant: str, job_id: str, event: Any, **fields: Any) -> None:
@@ -95,7 +101,7 @@ async def create(
     async def run() -> dict[str, Any]:
         full = await jobs.with_defaults(state.db, MODULE, body)
         job_id = await jobs.create_job(state, KIND, tenant, full.config(), {"input": [full.input]})
-        return await _loaded(state.db, tenant, job_id)
+        return await _loaded(state.db, tenant, job_id, state.live)
 
     key = idempotency_key
     return await idempotency.once(state.db, principal, "recording", key, body, response, run)
@@ -114,33 +120,33 @@ async def get_all(
     state: State, principal: Principal, body: Annotated[ListBody | None, Body()] = None
 ) -> list[dict[str, Any]]:
     found = await jobs.find_jobs(state.db, KIND, tenant_of(principal), body or ListBody())
-    return await _populate(state.db, found)
+    return await _populate(state.db, found, state.live)
 
 
 @router.post("/getById", summary="One recording job, populated")
 async def get_by_id(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
-    return await _loaded(state.db, tenant_of(principal), body.id)
+    return await _loaded(state.db, tenant_of(principal), body.id, state.live)
 
 
 @router.post("/update", summary="Change a recording job; a running job restarts with it")
 async def update(state: State, principal: Operator, body: RecordingUpdate) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.update_job(state, KIND, tenant, body.id, body.config(), {"input": [body.input]})
-    return await _loaded(state.db, tenant, body.id)
+    return await _loaded(state.db, tenant, body.id, state.live)
 
 
 @router.post("/start", summary="Mark active and (re)start the recording worker")
 async def start(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=True)
-    return await _loaded(state.db, tenant, body.id)
+    return await _loaded(state.db, tenant, body.id, state.live)
 
 
 @router.post("/stop", summary="Mark inactive and stop the recording worker")
 async def stop(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=False)
-    return await _loaded(state.db, tenant, body.id)
+    return await _loaded(state.db, tenant, body.id, state.live)
 
 
 @router.post("/pause", summary="Close the current part; the job stays active but idle")
@@ -148,7 +154,7 @@ async def pause(state: State, principal: Operator, body: IdBody) -> dict[str, An
     tenant = tenant_of(principal)
     if await jobs.set_paused(state, KIND, tenant, body.id, paused=True):
         await _event(state, tenant, body.id, "job_paused")
-    return await _loaded(state.db, tenant, body.id)
+    return await _loaded(state.db, tenant, body.id, state.live)
 
 
 @router.post("/resume", summary="Open a new part of the paused session")
@@ -156,14 +162,14 @@ async def resume(state: State, principal: Operator, body: IdBody) -> dict[str, A
     tenant = tenant_of(principal)
     if await jobs.set_paused(state, KIND, tenant, body.id, paused=False):
         await _event(state, tenant, body.id, "job_resumed")
-    return await _loaded(state.db, tenant, body.id)
+    return await _loaded(state.db, tenant, body.id, state.live)
 
 
 @router.delete("/remove", summary="Stop, then delete the job, its input, its files")
 async def remove(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     db = state.db
-    loaded = await _loaded(db, tenant, body.id)
+    loaded = await _loaded(db, tenant, body.id, state.live)
     await jobs.stop_and_wait(state, KIND, body.id)
     root = state.settings.storage_root
     async for record in db[Collections.FILES].find({"entity_id": body.id, "tenant": tenant}):

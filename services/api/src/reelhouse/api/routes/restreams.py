@@ -63,13 +63,15 @@ _HLS_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 _PLAYLIST_URI_ATTR = re.compile(r'URI="([A-Za-z0-9_-][A-Za-z0-9._-]*)"')
 
 
-async def _populate(db: AsyncDatabase, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def _populate(
+    db: AsyncDatabase, found: list[dict[str, Any]], live: Any = None
+) -> list[dict[str, Any]]:
     linked = await jobs.fetch_linked(db, KIND, found)
-    return [jobs.present_job(KIND, job, linked) for job in found]
+    return [jobs.present_job(KIND, job, linked, live=live) for job in found]
 
 
-async def _loaded(db: AsyncDatabase, tenant: str, job_id: str) -> dict[str, Any]:
-    return (await _populate(db, [await jobs.load(db, KIND, tenant, job_id)]))[0]
+async def _loaded(db: AsyncDatabase, tenant: str, job_id: str, live: Any = None) -> dict[str, Any]:
+    return (await _populate(db, [await jobs.load(db, KIND, tenant, job_id)], live))[0]
 
 
 def _config(body: RestreamIn) -> dict[str, Any]:
@@ -93,7 +95,7 @@ async def create(
     async def run() -> dict[str, Any]:
         full = await jobs.with_defaults(state.db, KIND.module, body)
         job_id = await jobs.create_job(state, KIND, tenant, _config(full), _linked(full))
-        return await _loaded(state.db, tenant, job_id)
+        return await _loaded(state.db, tenant, job_id, state.live)
 
     key = idempotency_key
     return await idempotency.once(state.db, principal, "restream", key, body, response, run)
@@ -112,41 +114,40 @@ async def get_all(
     state: State, principal: Principal, body: Annotated[RestreamListBody | None, Body()] = None
 ) -> list[dict[str, Any]]:
     query = body or RestreamListBody()
-    return await _populate(
-        state.db, await jobs.find_jobs(state.db, KIND, tenant_of(principal), query)
-    )
+    found = await jobs.find_jobs(state.db, KIND, tenant_of(principal), query)
+    return await _populate(state.db, found, state.live)
 
 
 @router.post("/getById", summary="One restream job, populated")
 async def get_by_id(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
-    return await _loaded(state.db, tenant_of(principal), body.id)
+    return await _loaded(state.db, tenant_of(principal), body.id, state.live)
 
 
 @router.post("/update", summary="Change a restream job; a running job restarts with it")
 async def update(state: State, principal: Operator, body: RestreamUpdate) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.update_job(state, KIND, tenant, body.id, _config(body), _linked(body))
-    return await _loaded(state.db, tenant, body.id)
+    return await _loaded(state.db, tenant, body.id, state.live)
 
 
 @router.post("/start", summary="Mark active and (re)start the restream")
 async def start(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=True)
-    return await _loaded(state.db, tenant, body.id)
+    return await _loaded(state.db, tenant, body.id, state.live)
 
 
 @router.post("/stop", summary="Mark inactive and stop the restream")
 async def stop(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=False)
-    return await _loaded(state.db, tenant, body.id)
+    return await _loaded(state.db, tenant, body.id, state.live)
 
 
 @router.delete("/remove", summary="Stop, then delete the job, its input and outputs, its HLS")
 async def remove(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
-    loaded = await _loaded(state.db, tenant, body.id)
+    loaded = await _loaded(state.db, tenant, body.id, state.live)
     await jobs.stop_and_wait(state, KIND, body.id)
     root = state.settings.storage_root
     folder = restream_hls_dir(root, body.id).parent  # <root>/restreams/<job_id>
