@@ -2,16 +2,17 @@
 
 ``REELHOUSE_TEST_INFRA=local`` (default) starts nats-server and FerretDB (the ferretdb-lite helper)
 once per session on free loopback ports. ``REELHOUSE_TEST_INFRA=containers`` uses testcontainers
-(``mongo:7``, ``nats:2.10 -js``) instead, where Docker exists. With ``REELHOUSE_MONGODB_URL`` set,
+(``mongo:7``, ``nats:2.15 -js``) instead, where Docker exists. With ``REELHOUSE_MONGODB_URL`` set,
 that MongoDB is used instead of FerretDB. Every test gets its own database name and NATS subject
 prefix, so tests never see each other's data or messages.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from support import infra as local
+
+from reelhouse.common.bus import Bus
+from reelhouse.common.live import LivePlane
+from reelhouse.common.settings import CommonSettings
 
 pytest_plugins = ["support.media_fixtures"]
 
@@ -37,7 +42,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         from testcontainers.community.mongodb import MongoDbContainer
         from testcontainers.community.nats import NatsContainer
 
-        with MongoDbContainer("mongo:7") as mongo, NatsContainer("nats:2.10", jetstream=True) as n:
+        with MongoDbContainer("mongo:7") as mongo, NatsContainer("nats:2.15", jetstream=True) as n:
             yield Infra(mode, n.nats_uri(), mongo.get_connection_url())
         return
     if mode != "local":
@@ -100,3 +105,30 @@ async def db(infra: Infra, settings_env: dict[str, str]) -> AsyncIterator[AsyncD
     finally:
         await client.drop_database(name)
         await client.close()
+
+
+@pytest.fixture
+async def plane(settings_env: dict[str, str]) -> AsyncIterator[Callable[..., Awaitable[LivePlane]]]:
+    """Live planes (ARCHITECTURE §2) of named recorder nodes on this test's NATS, each on its own
+    connection, heartbeating every 0.2 s with a 1 s TTL; stopped at the end."""
+    settings = CommonSettings(nats_url=settings_env["REELHOUSE_NATS_URL"],
+                              subject_prefix=settings_env["REELHOUSE_SUBJECT_PREFIX"])  # fmt: skip
+    made: list[tuple[Bus, asyncio.Event, asyncio.Task[None]]] = []
+
+    async def make(node: str) -> LivePlane:
+        bus = Bus(settings, name=node)
+        await bus.start()
+        assert await bus.wait_connected(timeout=5)
+        subjects = bus.subjects
+        live = LivePlane(bus, service="recorder", node_id=node, heartbeat_s=0.2, ttl_s=1,
+                         watch=(subjects.live_nodes(), subjects.live_owners()))  # fmt: skip
+        stop = asyncio.Event()
+        made.append((bus, stop, asyncio.create_task(live.run(stop))))
+        await asyncio.wait_for(live.ready.wait(), 10)
+        return live
+
+    yield make
+    for bus, stop, task in made:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await bus.close()

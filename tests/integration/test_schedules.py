@@ -1,7 +1,7 @@
 """Capture on time (issue 10): schedule windows, failover inside a window, ``schedule_skip``,
 clock-aligned splits, jobs armed before their source is live, per-job quotas.
 
-Real nats-server, FerretDB and FFmpeg; recorders are subprocesses; live SRT sources. The lease
+Real nats-server, FerretDB and FFmpeg; recorders are subprocesses; live SRT sources. The ownership
 test injects a clock into :class:`LeaseStore`; the recorder tests use real time.
 """
 
@@ -55,7 +55,7 @@ class Clock:
         return self.now
 
 
-async def test_leases_follow_the_window_on_an_injected_clock(db: AsyncDatabase) -> None:
+async def test_ownership_follows_the_window_on_an_injected_clock(db: AsyncDatabase, plane) -> None:
     # Weekly, Mondays 09:00-10:00 Berlin; Monday 2026-03-23 is CET, 2026-03-30 CEST.
     schedule = Schedule(weekly=[{"days": ["mon"], "start": "09:00", "stop": "10:00"}],
                         timezone="Europe/Berlin")  # fmt: skip
@@ -66,27 +66,31 @@ async def test_leases_follow_the_window_on_an_injected_clock(db: AsyncDatabase) 
     job_id = (await db[JOBS].insert_one(doc)).inserted_id
     stored = await db[JOBS].find_one({"_id": job_id})
     assert stored["schedule_next_start"] == datetime(2026, 3, 23, 8, tzinfo=UTC)
-    a = LeaseStore(db=db, collection=JOBS, node_id="a", lease_s=30, clock=clock)
-    b = LeaseStore(db=db, collection=JOBS, node_id="b", lease_s=30, clock=clock)
+    live_a, live_b = await plane("a"), await plane("b")
+    a = LeaseStore(db=db, collection=JOBS, live=live_a, kind="recording", node_id="a",
+                   clock=clock)  # fmt: skip
+    b = LeaseStore(db=db, collection=JOBS, live=live_b, kind="recording", node_id="b",
+                   clock=clock)  # fmt: skip
     assert await a.claim() is None  # before the window
     clock.now = datetime(2026, 3, 23, 8, 0, tzinfo=UTC)  # 09:00 CET: opens (inclusive)
     lease = await a.claim()
     assert lease is not None
     clock.now += timedelta(minutes=30)
-    assert await a.renew(lease) is True
-    # a dies mid-window: after its lease, b claims the job; the window is not lost.
-    clock.now += timedelta(seconds=31)
-    taken = await b.claim()
+    assert await a.check([lease]) == set()
+    # a dies mid-window: b takes the job over; the window is not lost.
+    entry = await eventually(lambda: live_b.owners.get(("recording", str(job_id))), timeout=5,
+                             what="b to see a's owner key")  # fmt: skip
+    taken = await b.take_over(entry)
     assert taken is not None
-    assert await a.renew(lease) is False
-    # The window closes: b's renewal fails (stop exclusive) ...
+    assert await a.check([lease]) == {job_id}
+    # The window closes: b's check says stop (stop exclusive) ...
     clock.now = datetime(2026, 3, 23, 9, 0, tzinfo=UTC)
-    assert await b.renew_many([taken]) == {job_id}
+    assert await b.check([taken]) == {job_id}
     assert await b.claim() is None
     # ... b moves the window on (new session) and lets go; a stopped job outside its window
-    # can be leased idle (to finish its files).
+    # can be owned idle (to finish its files).
     assert await b.advance_windows(job_id) == 1
-    assert await b.release(job_id)
+    assert await b.release(taken)
     stored = await db[JOBS].find_one({"_id": job_id})
     assert stored["generation"] == 1
     # Next Monday is summer time: 09:00 CEST is 07:00 UTC.
@@ -95,10 +99,10 @@ async def test_leases_follow_the_window_on_an_injected_clock(db: AsyncDatabase) 
     assert await a.advance_windows() == 0  # nothing else closed
     idle = await a.claim_idle(job_id)
     assert idle is not None
-    await a.release(job_id)
+    await a.release(idle)
     clock.now = datetime(2026, 3, 30, 7, 0, 1, tzinfo=UTC)
     assert await a.claim() is not None
-    # An open-ended window (start_at only: no stop) is claimed and renewed for ever after.
+    # An open-ended window (start_at only: no stop) is claimed and kept for ever after.
     forever = Schedule(start_at=datetime(2026, 4, 1, tzinfo=UTC))
     doc = {"active": True, "generation": 0, "created": clock.now, "modified": clock.now,
            "schedule": forever.model_dump(mode="json"),
@@ -109,7 +113,7 @@ async def test_leases_follow_the_window_on_an_injected_clock(db: AsyncDatabase) 
     clock.now = datetime(2031, 1, 1, tzinfo=UTC)
     lease = await b.claim(job_id=open_id)
     assert lease is not None
-    assert await b.renew_many([lease]) == set()
+    assert await b.check([lease]) == set()
     assert await b.advance_windows(open_id) == 0  # it never closes
 
 

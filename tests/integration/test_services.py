@@ -6,45 +6,82 @@ import asyncio
 import contextlib
 import json
 
+import nats
+import nats.js.errors
 import pytest
 from support.infra import free_port
 from support.services import running_service
 from support.wait import eventually
 
+from reelhouse.common.subjects import Subjects
+
 SERVICES = ["api", "recorder", "restreamer", "prober", "janitor"]
 
 
+async def _bucket(js, subjects: Subjects):
+    try:
+        return await js.key_value(subjects.live_bucket())
+    except nats.js.errors.BucketNotFoundError:
+        return None
+
+
+async def _get(kv, key: str):
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return entry if entry.value else None
+
+
+async def _newer(kv, key: str, than):
+    entry = await _get(kv, key)
+    return entry if entry is not None and entry.revision > than.revision else None
+
+
 @pytest.mark.parametrize("service", SERVICES)
-async def test_service_heartbeats_and_exits_cleanly_on_sigterm(service, service_env, db, tmp_path):
+async def test_service_heartbeats_and_exits_cleanly_on_sigterm(
+    service, service_env, settings_env, db, tmp_path
+):
     env = {**service_env, "REELHOUSE_API_PORT": str(free_port())}
-    async with running_service(service, env, tmp_path) as proc:
-        nodes = db["nodes"]
-        first = await eventually(
-            lambda: nodes.find_one({"service": service}), timeout=30, what=f"{service} row"
-        )
-        # A second heartbeat moves last_seen forward: the node is alive, not just registered.
-        second = await eventually(
-            lambda: nodes.find_one({"_id": first["_id"], "last_seen": {"$gt": first["last_seen"]}}),
-            timeout=10,
-            what=f"{service} heartbeat",
-        )
-        assert second["pid"] == proc.pid
-        assert second["state"] == "running"
-        assert second["host"]
-        assert second["version"]
-        assert second["started"] <= second["last_seen"]
-        assert second["_id"].startswith(f"{service}-")
-        # Job workers: max_jobs; the prober: max_monitors (streams it may monitor).
-        expected_capacity = {"recorder": 40, "restreamer": 40, "prober": 50}.get(service, 0)
-        assert second["capacity"] == expected_capacity
-        assert second["running_jobs"] == 0
+    nc = await nats.connect(settings_env["REELHOUSE_NATS_URL"])
+    subjects = Subjects(settings_env["REELHOUSE_SUBJECT_PREFIX"])
+    try:
+        async with running_service(service, env, tmp_path) as proc:
+            nodes = db["nodes"]
+            row = await eventually(
+                lambda: nodes.find_one({"service": service}), timeout=30, what=f"{service} row"
+            )
+            assert row["pid"] == proc.pid
+            assert row["state"] == "running"
+            assert row["host"]
+            assert row["version"]
+            assert row["_id"].startswith(f"{service}-")
+            # The heartbeat is the live plane's: the node key, rewritten every 0.5 s with a TTL.
+            js = nc.jetstream()
+            kv = await eventually(lambda: _bucket(js, subjects), timeout=20, what="the bucket")
+            key = subjects.live_node(service, row["_id"])
+            first = await eventually(lambda: _get(kv, key), timeout=20, what="a heartbeat")
+            second = await eventually(
+                lambda: _newer(kv, key, first), timeout=10, what=f"{service} heartbeat"
+            )
+            beat = json.loads(second.value)
+            assert beat["pid"] == proc.pid
+            assert beat["node"] == row["_id"]
+            # Job workers: max_jobs; the prober: max_monitors (streams it may monitor).
+            expected_capacity = {"recorder": 40, "restreamer": 40, "prober": 50}.get(service, 0)
+            assert beat["capacity"] == expected_capacity
+            assert beat["running_jobs"] == 0
 
-        code = await proc.terminate(timeout=20)
-        assert code == 0, proc.output()[-2000:]
+            code = await proc.terminate(timeout=20)
+            assert code == 0, proc.output()[-2000:]
+        # A clean stop deletes the node key at once (peers need not wait for the TTL).
+        assert await _get(kv, key) is None
+    finally:
+        await nc.close()
 
-    final = await nodes.find_one({"_id": first["_id"]})
+    final = await nodes.find_one({"_id": row["_id"]})
     assert final["state"] == "stopped"
-    assert final["stopped"] >= second["last_seen"]
+    assert final["stopped"] >= row["started"]
 
     # Logs are structured: every line is a JSON object with event, level, timestamp, service.
     lines = [ln for ln in proc.output().splitlines() if ln.strip()]
