@@ -21,13 +21,14 @@ import nats
 import pytest
 import uvicorn
 from bson import ObjectId
+from support.auth import stored_user
 from support.services import settings_from_env
 from support.stack import HEADERS, TOKEN
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from reelhouse.api.app import create_app
-from reelhouse.api.auth import AuthPrincipal, issue_access_token
+from reelhouse.api.auth import issue_access_token
 from reelhouse.api.settings import ApiSettings
 from reelhouse.common.contracts.messages import JobEvent, JobStats, ProcessData
 from reelhouse.common.subjects import Subjects
@@ -237,8 +238,8 @@ async def test_tenants_never_see_each_other(
     api: LiveApi, nc: Any, settings_env: dict[str, str]
 ) -> None:
     prefix = settings_env["REELHOUSE_SUBJECT_PREFIX"]
-    other = AuthPrincipal(id="u-other", tenant="other", role="viewer", kind="user", name="o")
-    other_token = issue_access_token(api.app.state.jwt_secret, other, 300)
+    other = await stored_user(api.app.state.reelhouse.db, "viewer", "other")
+    other_token = issue_access_token(api.app.state.jwt_secret, other, 300, version=0)
     mine, theirs = str(ObjectId()), str(ObjectId())
     async with ws_client(api, "&stats=1") as admin, ws_client(api, "&stats=1", other_token) as o:
         assert (await admin.next())["tenant"] == "default"
