@@ -21,13 +21,14 @@ import nats
 import pytest
 import uvicorn
 from bson import ObjectId
+from support.auth import stored_user
 from support.services import settings_from_env
 from support.stack import HEADERS, TOKEN
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from reelhouse.api.app import create_app
-from reelhouse.api.auth import AuthPrincipal, issue_access_token
+from reelhouse.api.auth import issue_access_token
 from reelhouse.api.settings import ApiSettings
 from reelhouse.common.contracts.messages import JobEvent, JobStats, ProcessData
 from reelhouse.common.subjects import Subjects
@@ -237,8 +238,8 @@ async def test_tenants_never_see_each_other(
     api: LiveApi, nc: Any, settings_env: dict[str, str]
 ) -> None:
     prefix = settings_env["REELHOUSE_SUBJECT_PREFIX"]
-    other = AuthPrincipal(id="u-other", tenant="other", role="viewer", kind="user", name="o")
-    other_token = issue_access_token(api.app.state.jwt_secret, other, 300)
+    other = await stored_user(api.app.state.reelhouse.db, "viewer", "other")
+    other_token = issue_access_token(api.app.state.jwt_secret, other, 300, version=0)
     mine, theirs = str(ObjectId()), str(ObjectId())
     async with ws_client(api, "&stats=1") as admin, ws_client(api, "&stats=1", other_token) as o:
         assert (await admin.next())["tenant"] == "default"
@@ -368,3 +369,42 @@ def test_filter_semantics() -> None:
     assert f.matches("recording", "c" * 24, "job_failed")
     with pytest.raises(ValueError, match="events"):
         f.subscribe({"events": ["not_an_event"]})
+
+
+async def test_a_revoked_token_ends_its_stream_and_refresh_reuse_is_an_event(
+    api: LiveApi, settings_env: dict[str, str]
+) -> None:
+    """Issue 20 (docs/SECURITY.md): an open stream is refused like any other action once its
+    token is revoked; a reused refresh token is an ``auth_refresh_reuse`` event of its tenant."""
+    username = f"ws-admin-{ObjectId()}"
+    password = "correct horse battery"
+    await api.ok("users/create", {"username": username, "password": password, "role": "admin"})
+    pair = await api.ok("auth/login", {"username": username, "password": password})
+    other = await stored_user(api.app.state.reelhouse.db, "admin", "other")
+    other_token = issue_access_token(api.app.state.jwt_secret, other, 300, version=0)
+    async with (
+        ws_client(api, "&modules=auth", pair["access_token"]) as user_ws,
+        ws_client(api, "&modules=auth") as admin_ws,
+        ws_client(api, "&modules=auth", other_token) as other_ws,
+    ):
+        for client in (user_ws, admin_ws, other_ws):
+            assert (await client.next())["type"] == "connected"
+        await api.ok("auth/refresh", {"refresh_token": pair["refresh_token"]})
+        reused = {"refresh_token": pair["refresh_token"]}
+        r = await api.client.post("/api/auth/refresh", json=reused)
+        assert r.status_code == 401
+
+        frame = await admin_ws.until(lambda f: f["type"] == "event", timeout=5)
+        assert frame["event"]["type"] == "auth_refresh_reuse"
+        assert frame["event"]["user_id"] == pair["user"]["id"]
+        assert frame["event"]["tenant"] == "default"
+
+        error = await user_ws.until(lambda f: f["type"] == "error", timeout=1.0)
+        assert error["code"] == "UNAUTHORIZED"
+        with pytest.raises(ConnectionClosed) as closed:
+            await user_ws.next(timeout=1.0)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4401
+
+        await other_ws.drain(0.3)  # another tenant never hears of it
+        assert not [f for f in other_ws.frames if f["type"] in ("event", "error")]

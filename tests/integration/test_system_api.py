@@ -17,12 +17,12 @@ from typing import Any
 
 import httpx
 import nats
-from support.auth import make_key
+from support.auth import make_key, stored_user
 from support.seeds import recording_payload
 from support.services import ServiceProcess, api_client, settings_from_env
 from support.stack import HEADERS, TOKEN
 
-from reelhouse.api.auth import AuthPrincipal, issue_access_token
+from reelhouse.api.auth import issue_access_token
 from reelhouse.api.routes.system import parse_codecs, parse_protocols, trim_logs
 from reelhouse.api.settings import ApiSettings
 from reelhouse.common.logging import LOGS_COLLECTION
@@ -171,15 +171,15 @@ async def test_settings_validation(settings_env: dict[str, str], db: Any) -> Non
         err = await call(client, "settings/update", {"colour": "blue"}, 400)
         assert err["error"]["field"] == "colour"
         assert (await call(client, "settings/get"))["version"] == 0  # nothing half-written
-        viewer = AuthPrincipal(id="v", tenant="default", role="viewer", kind="user", name="v")
-        token = issue_access_token(client.app.state.jwt_secret, viewer, 300)  # type: ignore[attr-defined]
+        viewer = await stored_user(db, "viewer")
+        token = issue_access_token(client.app.state.jwt_secret, viewer, 300, version=0)  # type: ignore[attr-defined]
         for path in ("settings/update", "system/getLogs", "system/getDependencies"):
             body = {"disk_warning_pct": 50} if path == "settings/update" else {}
             err = await call(client, path, body, 403, headers={"x-access-token": token})
             assert err["error"]["code"] == "FORBIDDEN"
         # Settings and logs are deployment-wide: an admin of another tenant may not touch them.
-        tenant_admin = AuthPrincipal(id="a", tenant="acme", role="admin", kind="user", name="a")
-        token = issue_access_token(client.app.state.jwt_secret, tenant_admin, 300)  # type: ignore[attr-defined]
+        tenant_admin = await stored_user(db, "admin", "acme")
+        token = issue_access_token(client.app.state.jwt_secret, tenant_admin, 300, version=0)  # type: ignore[attr-defined]
         for path in ("settings/update", "settings/get", "system/getLogs"):
             body = {"disk_warning_pct": 50} if path == "settings/update" else {}
             err = await call(client, path, body, 403, headers={"x-access-token": token})

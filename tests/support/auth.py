@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
+from reelhouse.api.auth import AuthPrincipal
 from support.stack import HEADERS
 
 
@@ -54,3 +56,21 @@ async def make_key(
     )  # fmt: skip
     assert r.status_code == 200, r.text
     return Caller(role, tenant, "key", {"x-access-token": r.json()["key"]}, r.json()["id"])
+
+
+async def stored_user(db: Any, role: str, tenant: str = "default") -> AuthPrincipal:
+    """A user written straight to the database, for tests that sign their own access JWTs
+    (token version 0: ``issue_access_token(..., version=0)``). A JWT must name a user that
+    exists: the API checks its token version on every request."""
+    from bson import ObjectId
+
+    from reelhouse.common.contracts.base import utcnow
+
+    user_id = ObjectId()
+    name = f"{role}-{tenant}-{uuid.uuid4().hex[:8]}"
+    now = utcnow()
+    await db["users"].insert_one(
+        {"_id": user_id, "tenant": tenant, "username": name, "password_hash": None, "role": role,
+         "token_version": 0, "created": now, "modified": now}
+    )  # fmt: skip
+    return AuthPrincipal(id=str(user_id), tenant=tenant, role=role, kind="user", name=name)  # type: ignore[arg-type]

@@ -23,6 +23,9 @@ def test_subjects_follow_the_scheme():
     assert s.all_stats("restream") == "reelhouse.stats.restream.*"
     assert s.event("stream", JOB, "stream_status") == f"reelhouse.evt.stream.{JOB}.stream_status"
     assert s.all_events() == "reelhouse.evt.>"
+    assert s.auth_event("auth_refresh_reuse") == "reelhouse.evt.auth.auth_refresh_reuse"
+    assert s.auth_changed() == "reelhouse.auth.changed"
+    assert not s.auth_changed().startswith(s.all_events()[:-1])  # not kept as an event
 
 
 def test_prefix_separates_deployments():
@@ -77,6 +80,8 @@ def test_every_architecture_event_is_known():
     ]
     # Added by Reelhouse (docs/DECISIONS.md "Pause and resume"): the API's pause/resume.
     added = ["job_paused", "job_resumed", "schedule_skip"]
+    # Issue 20: a refresh token presented twice (docs/SECURITY.md).
+    added.append("auth_refresh_reuse")
     assert set(EVENTS) == set(expected) | set(added)
 
 

@@ -10,6 +10,10 @@ Scheme (``<p>`` is the deployment's subject prefix, default ``reelhouse``)::
     <p>.evt.<module>.<job_id>.<event>      events; kept in a JetStream stream by age
     <p>.evt.storage.<event>                storage-wide events of no job (``disk_warning``)
     <p>.evt.system.<event>                 deployment-wide events of no job (``config_reloaded``)
+    <p>.evt.auth.<event>                   account events of no job, with a tenant
+                                           (``auth_refresh_reuse``)
+    <p>.auth.changed                       an account changed (token version, role, removal,
+                                           key revoked): every API replica drops what it cached
 
 ``<module>`` is ``recording``, ``restream`` or ``stream``. Job ids are 24-hex ObjectId strings; user
 text (names, URLs) never goes into a subject.
@@ -29,6 +33,7 @@ Event = Literal[
     "file_opened", "file_closed", "file_ready", "file_failed", "file_deleted", "file_archived",
     "processing_started", "processing_progress", "processing_complete", "processing_failed",
     "quota_exceeded", "disk_warning", "stream_status", "config_reloaded", "schedule_skip",
+    "auth_refresh_reuse",
 ]  # fmt: skip
 
 SERVICES: tuple[str, ...] = Service.__args__  # type: ignore[attr-defined]
@@ -119,6 +124,16 @@ class Subjects:
     def system_event(self, event: Event) -> str:
         """A deployment-wide event of no job, e.g. ``reelhouse.evt.system.config_reloaded``."""
         return f"{self.prefix}.evt.system.{_check('event', event, EVENTS)}"
+
+    def auth_event(self, event: Event) -> str:
+        """An account event of no job, e.g. ``reelhouse.evt.auth.auth_refresh_reuse``."""
+        return f"{self.prefix}.evt.auth.{_check('event', event, EVENTS)}"
+
+    def auth_changed(self) -> str:
+        """Credentials changed (:class:`~reelhouse.common.contracts.messages.CredentialsChanged`):
+        every API replica drops its cached token versions and API-key lookups. Not an event: it is
+        not kept in the events stream (its subject is outside ``<p>.evt.>``)."""
+        return f"{self.prefix}.auth.changed"
 
     def all_events(self) -> str:
         """Wildcard for every event (what the JetStream events stream captures)."""

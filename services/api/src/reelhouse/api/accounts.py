@@ -1,13 +1,17 @@
 """Users, API keys and refresh tokens in MongoDB; every document carries its ``tenant``.
 
-- ``users``: ``{tenant, username, password_hash (argon2id), role, created, modified}``;
-  usernames are unique across tenants (login names only a username).
-- ``api_keys``: ``{tenant, name, role, key_hash, prefix, created, created_by, last_used}``.
-  A key is 32 random bytes, so its SHA-256 is enough to store and fast to look up on every
-  request (argon2 is for guessable secrets: passwords). ``remove`` deletes the document: the
-  key stops working at once.
-- ``refresh_tokens``: ``{tenant, user_id, token_hash, expires_at}`` (SHA-256 as for keys);
-  logout deletes it, a refresh rotates it; a TTL index purges expired ones.
+- ``users``: ``{tenant, username, password_hash (argon2id), role, token_version, created,
+  modified}``; usernames are unique across tenants (login names only a username).
+  ``token_version`` (absent = 0) is in every access JWT (claim ``ver``); bumping it refuses
+  every access token issued before (logout, password or role change, refresh-token reuse).
+- ``api_keys``: ``{tenant, name, role, key_hash, prefix, created, created_by, created_by_kind}``.
+  A key is 32 random bytes, so its SHA-256 is enough to store and fast to look up
+  (argon2 is for guessable secrets: passwords). ``remove`` deletes the document.
+  ``created_by`` is a user id, a key id or ``bootstrap`` (``created_by_kind`` says which).
+- ``refresh_tokens``: ``{tenant, user_id, token_hash, family, expires_at, used_at}`` (SHA-256
+  as for keys). One login starts a ``family`` (a chain); a refresh marks the token used and
+  stores its successor in the same family. A used token presented again revokes the family.
+  Logout deletes the family; a TTL index purges expired ones.
 - ``rate_limits`` and ``idempotency`` belong to :mod:`ratelimit` and :mod:`idempotency`; their
   indexes are made here with the others.
 
@@ -21,11 +25,13 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
@@ -62,6 +68,7 @@ async def ensure_indexes(db: AsyncDatabase) -> None:
     await db[Collections.API_KEYS].create_index([("key_hash", ASCENDING)], unique=True)
     await db[Collections.API_KEYS].create_index([("tenant", ASCENDING)])
     await db[Collections.REFRESH_TOKENS].create_index([("token_hash", ASCENDING)], unique=True)
+    await db[Collections.REFRESH_TOKENS].create_index([("user_id", ASCENDING)])
     for name in EXPIRING:
         try:
             await db[name].create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
@@ -113,19 +120,63 @@ def new_refresh_token() -> str:
     return REFRESH_PREFIX + secrets.token_urlsafe(32)
 
 
-async def find_key(db: AsyncDatabase, key: str) -> dict[str, Any] | None:
-    return await db[Collections.API_KEYS].find_one({"key_hash": sha256(key)})
+@dataclass(frozen=True)
+class UserFacts:
+    """What authenticating a request needs to know of a user (cached per replica)."""
+
+    id: str
+    tenant: str
+    role: str
+    token_version: int
+
+
+async def user_facts(db: AsyncDatabase, user_id: str) -> UserFacts | None:
+    """The user's tenant, role and token version; None if there is no such user."""
+    if not ObjectId.is_valid(user_id):
+        return None
+    doc = await db[Collections.USERS].find_one(
+        {"_id": ObjectId(user_id)}, {"tenant": 1, "role": 1, "token_version": 1}
+    )
+    if doc is None:
+        return None
+    return UserFacts(
+        id=user_id,
+        tenant=doc["tenant"],
+        role=doc["role"],
+        token_version=int(doc.get("token_version", 0)),
+    )
+
+
+async def bump_token_version(db: AsyncDatabase, user_id: str) -> None:
+    """Refuse every access token of the user issued so far (one atomic ``$inc``)."""
+    if ObjectId.is_valid(user_id):
+        await db[Collections.USERS].update_one(
+            {"_id": ObjectId(user_id)}, {"$inc": {"token_version": 1}}
+        )
+
+
+async def find_key_by_hash(db: AsyncDatabase, key_hash: str) -> dict[str, Any] | None:
+    return await db[Collections.API_KEYS].find_one({"key_hash": key_hash})
+
+
+async def find_key_by_id(db: AsyncDatabase, key_id: str) -> dict[str, Any] | None:
+    if not ObjectId.is_valid(key_id):
+        return None
+    return await db[Collections.API_KEYS].find_one({"_id": ObjectId(key_id)})
 
 
 async def store_refresh_token(
-    db: AsyncDatabase, *, tenant: str, user_id: str, token: str, ttl_s: int
+    db: AsyncDatabase, *, tenant: str, user_id: str, token: str, family: str, ttl_s: int
 ) -> datetime:
+    """Keep a new refresh token of chain ``family`` (one login)."""
     expires = utcnow() + timedelta(seconds=ttl_s)
     await db[Collections.REFRESH_TOKENS].insert_one(
         {
             "tenant": tenant,
             "user_id": user_id,
             "token_hash": sha256(token),
+            "family": family,
+            "used_at": None,
             "created": utcnow(),
             "expires_at": expires,
         }
@@ -133,9 +184,42 @@ async def store_refresh_token(
     return expires
 
 
-async def take_refresh_token(db: AsyncDatabase, token: str) -> dict[str, Any] | None:
-    """Remove the refresh token and return it if it was valid (one use: refresh rotates it)."""
-    doc = await db[Collections.REFRESH_TOKENS].find_one_and_delete({"token_hash": sha256(token)})
-    if doc is None or doc["expires_at"] <= utcnow():
-        return None
-    return doc
+@dataclass(frozen=True)
+class RefreshUse:
+    """What presenting a refresh token found: ``doc`` is the token's document (None: unknown);
+    ``reused`` is true when it had been used already (rotated or logged out)."""
+
+    doc: dict[str, Any] | None
+    reused: bool = False
+
+    @property
+    def family(self) -> str | None:
+        if self.doc is None:
+            return None
+        return str(self.doc.get("family") or self.doc["_id"])
+
+
+async def use_refresh_token(db: AsyncDatabase, token: str) -> RefreshUse:
+    """Mark the refresh token used, at most once (one atomic update decides between two
+    concurrent uses), and say what was found."""
+    now = utcnow()
+    collection = db[Collections.REFRESH_TOKENS]
+    doc = await collection.find_one_and_update(
+        {"token_hash": sha256(token), "used_at": None}, {"$set": {"used_at": now}}
+    )
+    if doc is not None:
+        return RefreshUse(doc if doc["expires_at"] > now else None)
+    doc = await collection.find_one({"token_hash": sha256(token)})
+    if doc is None or doc["expires_at"] <= now:
+        return RefreshUse(None)
+    return RefreshUse(doc, reused=True)
+
+
+async def revoke_refresh_family(db: AsyncDatabase, use: RefreshUse) -> int:
+    """Delete every refresh token of the chain ``use`` belongs to; how many went."""
+    if use.doc is None:
+        return 0
+    query: dict[str, Any] = {"user_id": use.doc["user_id"], "family": use.family}
+    if not use.doc.get("family"):  # a token from before chains: it is its own chain
+        query = {"_id": use.doc["_id"]}
+    return (await db[Collections.REFRESH_TOKENS].delete_many(query)).deleted_count

@@ -7,9 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from reelhouse.api import accounts
 from reelhouse.api.auth import resolve_bootstrap_token, resolve_jwt_secret
+from reelhouse.api.credentials import CredentialCache
 from reelhouse.api.downloads import resolve_download_secret
 from reelhouse.api.errors import install_error_handlers
 from reelhouse.api.middleware import HardeningMiddleware
@@ -75,8 +77,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
                                 subjects.live_all_progress()))  # fmt: skip
         live.beat_fields = node.beat_fields
         live_stats = LiveStats(live)
+        credentials = CredentialCache(bus=bus, ttl_s=settings.auth_cache_ttl_s, node=node_id)
         state = AppState(settings=settings, bus=bus, db=db, node=node, live=live,
-                         live_stats=live_stats)  # fmt: skip
+                         live_stats=live_stats, credentials=credentials)  # fmt: skip
         state.tool_versions = {b: await tool_version(b) for b in ("ffmpeg", "ffprobe")}
         app.state.reelhouse = state
         app.state.bootstrap_token = bootstrap_token
@@ -86,6 +89,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             asyncio.create_task(_ensure_indexes(state, stop), name="indexes"),
             asyncio.create_task(node.run(stop), name="node-row"),
             asyncio.create_task(live.run(stop), name="live-plane"),
+            asyncio.create_task(credentials.run(stop), name="credentials"),
             asyncio.create_task(accounts.purge_expired_forever(db, stop, 60.0), name="purge"),
             *start_operations(app, state, stop),  # issue 7: events, webhooks, settings, logs
         ]
@@ -122,4 +126,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(users.router)
     app.include_router(keys.router)
     install_operations(app)  # issue 7: events, webhooks, system, settings, /metrics
+    trusted = trusted_proxies(settings)
+    if trusted:  # outermost: everything after it (rate limits, logs) sees the real client
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
     return app
+
+
+def trusted_proxies(settings: ApiSettings) -> list[str]:
+    """REELHOUSE_TRUSTED_PROXIES as uvicorn's ``forwarded_allow_ips`` list (empty: none)."""
+    return [item.strip() for item in settings.trusted_proxies.split(",") if item.strip()]

@@ -14,9 +14,15 @@ Names other modules rely on:
 Credentials, in ``x-access-token`` or ``Authorization: Bearer``:
 
 - the bootstrap token (REELHOUSE_BOOTSTRAP_TOKEN): the first admin of tenant ``default``;
-- an access JWT from ``/api/auth/login`` (HS256, ``typ: access``; short-lived, stateless);
-- an API key (``rhk_…``) from ``/api/keys/create``: looked up by its SHA-256 on every request,
-  so a removed key stops working at once.
+- an access JWT from ``/api/auth/login`` (HS256, ``typ: access``, short-lived). Its ``ver``
+  claim must equal the user's current token version: logout, a password or role change, a
+  refresh-token reuse and removal bump or end it, and the old token is refused everywhere;
+- an API key (``rhk_…``) from ``/api/keys/create``, found by its SHA-256. Its role is at most
+  what its creator may still do: ``min(key role, creator's current role)``, recursively for a
+  key made by a key; a key whose creator was removed is refused.
+
+Token versions and key lookups come from the replica's :class:`~reelhouse.api.credentials.
+CredentialCache` (no database read per request); changes reach every replica over NATS.
 
 Authenticating an HTTP request also counts it against the caller's rate limit
 (:mod:`reelhouse.api.ratelimit`).
@@ -35,9 +41,11 @@ from typing import Annotated, Any, Literal
 
 import jwt
 from fastapi import Depends, Header, Query
+from pymongo.asynchronous.database import AsyncDatabase
 from starlette.requests import HTTPConnection
 
 from reelhouse.api import accounts
+from reelhouse.api.credentials import CredentialCache
 from reelhouse.api.ratelimit import count_request
 from reelhouse.api.settings import ApiSettings
 from reelhouse.common.contracts.messages import DEFAULT_TENANT
@@ -119,14 +127,15 @@ def resolve_jwt_secret(settings: ApiSettings) -> str:
     return secret
 
 
-def issue_access_token(secret: str, principal: AuthPrincipal, ttl_s: int) -> str:
-    """A signed access JWT for a user principal."""
+def issue_access_token(secret: str, principal: AuthPrincipal, ttl_s: int, *, version: int) -> str:
+    """A signed access JWT for a user principal whose token version is ``version``."""
     now = int(time.time())
     claims = {
         "sub": principal.id,
         "tid": principal.tenant,
         "role": principal.role,
         "name": principal.name,
+        "ver": version,
         "typ": "access",
         "iat": now,
         "exp": now + ttl_s,
@@ -135,26 +144,88 @@ def issue_access_token(secret: str, principal: AuthPrincipal, ttl_s: int) -> str
     return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
 
 
-def _from_jwt(secret: str, token: str) -> AuthPrincipal:
+REVOKED_JWT_MESSAGE = (
+    "the access token was revoked (logout, a password or role change, or the user was removed); "
+    "log in again"
+)
+REVOKED_KEY_MESSAGE = "invalid or revoked API key"
+
+
+def _from_jwt(secret: str, token: str) -> tuple[AuthPrincipal, int]:
+    """The principal the JWT names and its token version (signature and expiry checked)."""
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "iat", "sub", "tid", "role", "typ"]},
+            options={"require": ["exp", "iat", "sub", "tid", "role", "typ", "ver"]},
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("the access token has expired; use /api/auth/refresh") from None
     except jwt.InvalidTokenError:
         raise Unauthorized("invalid access token") from None
-    if claims.get("typ") != "access" or claims.get("role") not in ROLES:
+    version = claims.get("ver")
+    if claims.get("typ") != "access" or claims.get("role") not in ROLES or type(version) is not int:
         raise Unauthorized("invalid access token")
-    return AuthPrincipal(
+    principal = AuthPrincipal(
         id=str(claims["sub"]),
         tenant=str(claims["tid"]),
         role=claims["role"],
         kind="user",
         name=str(claims.get("name", "")),
+    )
+    return principal, version
+
+
+def _lower(a: Role, b: Role) -> Role:
+    return a if ROLES.index(a) <= ROLES.index(b) else b
+
+
+MAX_KEY_CHAIN = 8
+"""Keys made by keys made by keys...: deeper chains are refused (none is made in practice)."""
+
+
+async def _creator_ceiling(
+    db: AsyncDatabase, cache: CredentialCache, key: dict[str, Any], depth: int = 0
+) -> Role | None:
+    """The most a key may do because of who made it: its creator's current role (a user), the
+    creating key's own effective role (a key), admin (the bootstrap token); None when the
+    creator is gone, in another tenant, or the chain is too deep."""
+    creator = str(key.get("created_by") or "")
+    kind = key.get("created_by_kind")
+    if creator == BOOTSTRAP_ID and kind in (None, "bootstrap"):
+        return "admin"
+    if kind in (None, "user"):
+        facts = await cache.get("user", creator, lambda: accounts.user_facts(db, creator))
+        if facts is not None:
+            return facts.role if facts.tenant == key["tenant"] else None  # type: ignore[return-value]
+        if kind == "user":
+            return None
+    if depth >= MAX_KEY_CHAIN:
+        return None
+    parent = await accounts.find_key_by_id(db, creator)
+    if parent is None or parent["tenant"] != key["tenant"] or parent["role"] not in ROLES:
+        return None
+    ceiling = await _creator_ceiling(db, cache, parent, depth + 1)
+    return None if ceiling is None else _lower(parent["role"], ceiling)
+
+
+async def _key_principal(
+    db: AsyncDatabase, cache: CredentialCache, key_hash: str
+) -> AuthPrincipal | None:
+    key = await accounts.find_key_by_hash(db, key_hash)
+    if key is None or key["role"] not in ROLES:
+        return None
+    ceiling = await _creator_ceiling(db, cache, key)
+    if ceiling is None:
+        log.info("api_key_refused_creator_gone", key_id=str(key["_id"]))
+        return None
+    return AuthPrincipal(
+        id=str(key["_id"]),
+        tenant=key["tenant"],
+        role=_lower(key["role"], ceiling),
+        kind="key",
+        name=key.get("name", ""),
     )
 
 
@@ -165,19 +236,27 @@ async def verify_credential(conn: HTTPConnection, token: str) -> AuthPrincipal:
         return AuthPrincipal(
             id=BOOTSTRAP_ID, tenant=DEFAULT_TENANT, role="admin", kind="bootstrap", name="bootstrap"
         )
+    state = conn.app.state.reelhouse
+    cache: CredentialCache = state.credentials
     if token.startswith(accounts.KEY_PREFIX):
-        key = await accounts.find_key(conn.app.state.reelhouse.db, token)
-        if key is None:
-            raise Unauthorized("invalid or revoked API key")
-        return AuthPrincipal(
-            id=str(key["_id"]),
-            tenant=key["tenant"],
-            role=key["role"],
-            kind="key",
-            name=key.get("name", ""),
-        )
+        key_hash = accounts.sha256(token)
+        found = await cache.get("key", key_hash, lambda: _key_principal(state.db, cache, key_hash))
+        if found is None:
+            raise Unauthorized(REVOKED_KEY_MESSAGE)
+        return found
     if token.count(".") == 2:
-        return _from_jwt(conn.app.state.jwt_secret, token)
+        principal, version = _from_jwt(conn.app.state.jwt_secret, token)
+        facts = await cache.get(
+            "user", principal.id, lambda: accounts.user_facts(state.db, principal.id)
+        )
+        if (
+            facts is None
+            or facts.tenant != principal.tenant
+            or facts.role != principal.role
+            or facts.token_version != version
+        ):
+            raise Unauthorized(REVOKED_JWT_MESSAGE)
+        return principal
     raise Unauthorized("invalid access token")
 
 

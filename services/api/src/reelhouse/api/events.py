@@ -24,8 +24,9 @@ from reelhouse.common.subjects import EVENTS, MODULES
 
 log = get_logger("reelhouse.api.events")
 
-SYSTEM_MODULES = ("storage", "system")
-"""Pseudo-modules of events that belong to no job (no ``tenant``)."""
+SYSTEM_MODULES = ("storage", "system", "auth")
+"""Pseudo-modules of events that belong to no job (``auth`` events carry a ``tenant``: only
+that tenant sees them)."""
 
 
 async def ensure_events_stream(bus: Bus, *, max_age_s: float) -> None:

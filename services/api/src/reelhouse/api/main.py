@@ -43,6 +43,10 @@ def main() -> None:
         port=settings.api_port,
         log_config=None,
         access_log=False,
+        # Forwarded headers: only from REELHOUSE_TRUSTED_PROXIES, through the same uvicorn
+        # ProxyHeadersMiddleware that create_app() adds. uvicorn's own default would trust
+        # 127.0.0.1 (or $FORWARDED_ALLOW_IPS), which let any local client pick its address.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
     asyncio.run(_Server(config).serve())

@@ -61,6 +61,20 @@ class ApiSettings(CommonSettings):
         le=365 * 24 * 3600,
         description="Seconds a refresh token stays valid (logout revokes it sooner).",
     )
+    auth_cache_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description="Seconds a replica reuses a user's token version or an API key's lookup "
+        "without asking the database (0: ask on every request). Revocations reach every replica "
+        "over NATS at once; this bounds staleness only while NATS is unreachable.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or networks of reverse proxies whose "
+        "X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's forwarded_allow_ips; `*` "
+        "trusts everyone). Empty: forwarded headers are ignored and the peer address counts.",
+    )
     rate_limit_auth: str = Field(
         "10/minute",
         description="Limit of /api/auth/* calls per client address (`limits` notation).",

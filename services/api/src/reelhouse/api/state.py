@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from pymongo.asynchronous.database import AsyncDatabase
 
+from reelhouse.api.credentials import CredentialCache
 from reelhouse.api.settings import ApiSettings
 from reelhouse.api.stats import LiveStats
 from reelhouse.common.bus import Bus
@@ -25,6 +26,8 @@ class AppState:
     node: NodeRegistry
     live: LivePlane
     live_stats: LiveStats
+    credentials: CredentialCache
+    """Token versions and API-key lookups, forgotten on every replica when they change."""
     tool_versions: dict[str, str | None] = field(default_factory=dict)
 
 

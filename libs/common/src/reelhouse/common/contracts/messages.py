@@ -133,3 +133,39 @@ class DiskWarning(BusMessage):
     free_bytes: int
     reason: str
     timestamp: Timestamp = Field(default_factory=utcnow)
+
+
+class CredentialsChanged(BusMessage):
+    """An account's credentials changed, on ``<p>.auth.changed`` (not an event: not stored).
+
+    Published by the API replica that bumped a user's token version (logout, password or role
+    change, removal, refresh-token reuse) or removed an API key. Every API replica drops its
+    cached facts of that user and every cached API-key lookup (a key's role depends on its
+    creator's), so the old credentials are refused on the next request anywhere.
+    """
+
+    type: Literal["credentials_changed"] = "credentials_changed"
+    user_id: str | None = None
+    key_id: str | None = None
+    reason: str
+    node: str | None = None
+    timestamp: Timestamp = Field(default_factory=utcnow)
+
+
+class RefreshReuse(BusMessage):
+    """A refresh token that had already been rotated was presented again, on
+    ``<p>.evt.auth.auth_refresh_reuse``. The whole chain it belongs to (its successor
+    included) was revoked and the user's access tokens with it: one of the two holders of that
+    token is not the user."""
+
+    type: Literal["auth_refresh_reuse"] = "auth_refresh_reuse"
+    tenant: str
+    user_id: str
+    family: str
+    """The refresh-token chain (one login) that was revoked."""
+    revoked: int
+    """Refresh tokens of the chain deleted (the successor included)."""
+    client: str | None = None
+    """Address of the caller that presented the reused token (after trusted proxies)."""
+    node: str | None = None
+    timestamp: Timestamp = Field(default_factory=utcnow)

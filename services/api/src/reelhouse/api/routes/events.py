@@ -201,6 +201,23 @@ class Session:
                 await sub.unsubscribe()
 
 
+async def _until_revoked(ws: WebSocket, state: AppState, token: str) -> None:
+    """Return (after closing with 4401) once the connection's credential is refused: a logout,
+    a password or role change, a removed user or key ends the stream too."""
+    while True:
+        await state.credentials.wait_changed()
+        try:
+            await verify_credential(ws, token)
+        except ReelhouseError as exc:
+            frame = {"type": "error", "code": "UNAUTHORIZED", "message": exc.message}
+            with contextlib.suppress(Exception):
+                await ws.send_json(frame)
+                await ws.close(code=4401, reason="unauthorized")
+            return
+        except Exception as exc:  # the database is away: keep the stream, look again next time
+            log.debug("events_ws_recheck_failed", error=str(exc)[:200])
+
+
 @router.websocket("/api/events")
 async def events(ws: WebSocket) -> None:
     """The caller's tenant's events (and stats on request) as JSON frames; see module docs."""
@@ -266,6 +283,7 @@ async def events(ws: WebSocket) -> None:
             asyncio.create_task(session.send_loop(), name="ws-send"),
             asyncio.create_task(session.receive_loop(), name="ws-receive"),
             asyncio.create_task(session.overflow.wait(), name="ws-overflow"),
+            asyncio.create_task(_until_revoked(ws, state, token), name="ws-revoked"),
         ]
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if session.overflow.is_set():

@@ -1,7 +1,9 @@
 """``/api/keys``: API keys of the caller's tenant (admin only).
 
 The key itself is in the ``create`` answer only; the database keeps its SHA-256.
-A key's role is at most its creator's. ``remove`` revokes it at once.
+A key's role is at most its creator's, at creation and on every use afterwards: a key acts with
+``min(its role, what its creator may do now)``, and is refused once its creator (a user, or the
+key that made it) is removed. ``remove`` revokes it on every replica at once.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ async def create(state: State, principal: Admin, body: KeyIn) -> NewKey:
         "prefix": key[: len(accounts.KEY_PREFIX) + 6],
         "created": utcnow(),
         "created_by": principal.id,
+        "created_by_kind": principal.kind,
     }
     await state.db[Collections.API_KEYS].insert_one(doc)
     log.info("api_key_created", key_id=str(doc["_id"]), role=body.role)
@@ -91,5 +94,6 @@ async def remove(state: State, principal: Admin, body: IdBody) -> dict[str, Any]
     )
     if result.deleted_count == 0:
         raise NotFound(f"API key {body.id} not found", field="id")
+    await state.credentials.changed(reason="key_removed", key_id=body.id)
     log.info("api_key_removed", key_id=body.id)
     return {"id": body.id, "success": True}

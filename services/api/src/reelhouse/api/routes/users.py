@@ -2,6 +2,11 @@
 
 Usernames are unique across tenants, since login names only a username. Only the bootstrap
 admin may name another ``tenant`` in ``create`` (that is how a tenant gets its first admin).
+
+A password or role change bumps the user's token version and ``remove`` deletes the user: either
+way the user's access tokens are refused on every replica at once (the change is published on
+``<p>.auth.changed``), their refresh tokens are deleted, and API keys they made hold at most
+their new role (none, once removed).
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ async def create(state: State, principal: Admin, body: UserIn) -> UserOut:
         "username": body.username,
         "password_hash": accounts.hash_password(body.password),
         "role": body.role,
+        "token_version": 0,
         "created": now,
         "modified": now,
         "created_by": principal.id,
@@ -123,10 +129,15 @@ async def update(state: State, principal: Admin, body: UserUpdate) -> UserOut:
         change["role"] = body.role
     if body.password is not None:
         change["password_hash"] = accounts.hash_password(body.password)
-    await state.db[Collections.USERS].update_one({"_id": doc["_id"], "tenant": tenant},
-                                                {"$set": change})  # fmt: skip
-    if body.password is not None or body.role is not None:  # sign in again with the new facts
+    revoke = body.password is not None or body.role is not None  # sign in again, new facts
+    update: dict[str, Any] = {"$set": change}
+    if revoke:
+        update["$inc"] = {"token_version": 1}
+    await state.db[Collections.USERS].update_one({"_id": doc["_id"], "tenant": tenant}, update)
+    if revoke:
         await state.db[Collections.REFRESH_TOKENS].delete_many({"user_id": body.id})
+        reason = "password_changed" if body.password is not None else "role_changed"
+        await state.credentials.changed(reason=reason, user_id=body.id)
     log.info("user_updated", user_id=body.id, role=body.role)
     return present({**doc, **change})
 
@@ -137,5 +148,6 @@ async def remove(state: State, principal: Admin, body: IdBody) -> dict[str, Any]
     doc = await _load(state, tenant, body.id)
     await state.db[Collections.USERS].delete_one({"_id": doc["_id"], "tenant": tenant})
     await state.db[Collections.REFRESH_TOKENS].delete_many({"user_id": body.id})
+    await state.credentials.changed(reason="user_removed", user_id=body.id)
     log.info("user_removed", user_id=body.id)
     return {"id": body.id, "success": True}

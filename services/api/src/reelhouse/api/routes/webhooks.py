@@ -25,7 +25,7 @@ from reelhouse.common.subjects import Event, Module
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
 
-HookModule = Module | Literal["storage", "system"]
+HookModule = Module | Literal["storage", "system", "auth"]
 
 
 class WebhookCreate(BaseModel):
