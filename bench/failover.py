@@ -2,24 +2,25 @@
 until each job runs on the other recorder, and how much media the files miss.
 
 nats-server + FerretDB + the API + recorder-1 (``_common.Engine``; ``REELHOUSE_NODE_ID`` set, and
-``REELHOUSE_LEASE_S`` per scenario for every service). N copy-only SRT listener sources loop the
+``REELHOUSE_NODE_TTL_S``, the live plane's heartbeat TTL, per scenario for every service). N copy-only SRT listener sources loop the
 6 Mbps 1080p30 clip of the density benchmarks; N mp4 recording jobs (the seed's archive, stream
 copy, audio copy; seamless, the default) are created while only recorder-1 runs, and once all
 report progress recorder-2 is started with the same settings. After a warm-up recorder-1 gets the
 signal, and the script reads the jobs from MongoDB every 0.1 s:
 
-* ``claimed``: ``runtime.node == "recorder-2"`` (the new owner holds the lease);
+* ``claimed``: ``runtime.node == "recorder-2"`` (the new owner took the owner key and wrote it);
 * ``running``: ... and ``runtime.state == "running"`` (its FFmpeg reports progress).
 
 Times are from the signal. Then the jobs record on for a few seconds and are stopped; the session
 of each job is joined into one file whose record carries ``integrity.gaps`` (media the wall clock
 says is missing between parts, reported from 1 s); the sum of a job's gaps is its media gap.
 
-Scenarios are ``kill-<lease s>`` (SIGKILL: the FFmpeg children get SIGTERM through PDEATHSIG and
-the jobs wait for the lease to expire) and ``term-<lease s>`` (SIGTERM: graceful drain releases
-the leases at once and hints the peer).
+Scenarios are ``kill-<ttl s>`` (SIGKILL: the FFmpeg children die through PDEATHSIG, the node's
+heartbeat key expires after the TTL and recorder-2 takes the owner keys over) and ``term-<ttl s>``
+(SIGTERM: graceful drain releases the owner keys at once and hints the peer). Before the live
+plane (2026-12-02 and earlier results) the number was the MongoDB lease, ``REELHOUSE_LEASE_S``.
 
-    uv run python bench/failover.py [--jobs 10] [--scenarios kill-15,kill-6,term-15,term-6]
+    uv run python bench/failover.py [--jobs 10] [--scenarios kill-2,term-2]
         [--repeat 3] [--quick] [--json out.json]
 
 Every process this script starts gets PDEATHSIG=KILL (``setpriv``) and is stopped in ``finally``.
@@ -68,7 +69,7 @@ def run(scenario: str, args: argparse.Namespace, clip: Path, work: Path) -> dict
     kind, lease, *probe = scenario.split("-")  # kill-15, term-6, term-6-p500 (probe 500 ms)
     sig = signal.SIGKILL if kind == "kill" else signal.SIGTERM
     n = args.jobs
-    env = {"REELHOUSE_LEASE_S": lease, "REELHOUSE_NODE_ID": "recorder-1"}
+    env = {"REELHOUSE_NODE_TTL_S": lease, "REELHOUSE_NODE_ID": "recorder-1"}
     if probe:
         env["REELHOUSE_PROBE_MS"] = probe[0].removeprefix("p")
     engine = Engine(work, "recorder", "recording", n, env_extra=env)
@@ -159,7 +160,7 @@ def run(scenario: str, args: argparse.Namespace, clip: Path, work: Path) -> dict
                 m.setdefault("join_failed", []).append(integ["join_failed"])
         claim_v, run_v, gap_v = list(claimed.values()), list(running.values()), list(gap_s.values())
         m.update({
-            "jobs": n, "lease_s": float(lease), "signal": signal.Signals(sig).name,
+            "jobs": n, "ttl_s": float(lease), "signal": signal.Signals(sig).name,
             "recorder1_exit_s": rec1_exit, "old_ffmpeg_gone": old_ff_gone,
             "moved": len(running),
             "claimed_s_median": statistics.median(claim_v) if claim_v else None,
@@ -206,20 +207,20 @@ ROWS: list[tuple[str, str, str]] = [
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--jobs", type=int, default=10, help="recordings on recorder-1 (default 10)")
-    p.add_argument("--scenarios", default="kill-15,term-15,kill-6,term-6",
-                   help="comma-separated kill-<lease s> / term-<lease s>, optionally "
+    p.add_argument("--scenarios", default="kill-2,term-2",
+                   help="comma-separated kill-<ttl s> / term-<ttl s>, optionally "
                         "-p<probe ms> (REELHOUSE_PROBE_MS)")  # fmt: skip
     p.add_argument("--repeat", type=int, default=3, help="runs per scenario (median, min-max)")
     p.add_argument("--warmup", type=float, default=10.0, help="recording before the signal, s")
     p.add_argument("--after", type=float, default=5.0, help="recording after the move, s")
     p.add_argument("--quick", action="store_true",
-                   help="3 jobs, kill-6 and term-6 once, 5 s warm-up (make bench)")  # fmt: skip
+                   help="3 jobs, kill-2 and term-2 once, 5 s warm-up (make bench)")  # fmt: skip
     add_output_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.jobs, args.scenarios, args.repeat, args.warmup, args.after = (
             3,
-            "kill-6,term-6",
+            "kill-2,term-2",
             1,
             5,
             3,
@@ -259,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         if rs:
             flat = [{k: v for k, v in x.items() if k != "per_job"} for x in rs]
             results[sc] = aggregate(flat) if len(flat) > 1 else flat[0]
-    title = (f"Failover: {args.jobs} recordings on recorder-1, SIGKILL (kill-<lease>) or SIGTERM "
-             f"drain (term-<lease>), recorder-2 takes over; {args.repeat} run(s) per scenario; "
+    title = (f"Failover: {args.jobs} recordings on recorder-1, SIGKILL (kill-<ttl>) or SIGTERM "
+             f"drain (term-<ttl>), recorder-2 takes over; {args.repeat} run(s) per scenario; "
              f"times from the signal")  # fmt: skip
     m = header(title, started, load0)
     if results:

@@ -165,9 +165,13 @@ async def test_health_follows_database_down_and_back(settings_env, tmp_path):
             )
             assert r.json()["error"]["down"] == ["mongo"]
             # Endpoints that need the database answer 503 in the error shape, not 500 or a hang.
-            r = await client.post("/api/nodes/getAll", headers={"x-access-token": TOKEN})
+            r = await client.post("/api/recording/getAll", headers={"x-access-token": TOKEN})
             assert r.status_code == 503
             assert_error_shape(r.json(), "UNAVAILABLE")
+            # The fleet view is the live plane's: it answers without the database.
+            r = await client.post("/api/nodes/getAll", headers={"x-access-token": TOKEN})
+            assert r.status_code == 200, r.text
+            assert [n["service"] for n in r.json() if n["alive"]] == ["api"]
             ferret.start()
             await eventually(lambda: _health_ok(client), timeout=20, what="health 200 again")
     finally:

@@ -103,20 +103,21 @@ async def test_sigterm_drains_hands_the_job_over_at_once_and_the_gap_is_recorded
 
 
 async def test_a_node_cut_off_from_nats_is_taken_over_and_stops_its_copy_when_back(
-    service_env, tmp_path, db, srt_source, infra
+    service_env, tmp_path, db, hls_source, infra
 ):
     """ARCHITECTURE §2, "prefer overlap to loss": recorder-1 loses NATS (a real TCP proxy drops
     its connection) while recorder-2 keeps it. recorder-1 cannot tell that from a NATS outage, so
     it records on; its heartbeat key expires and recorder-2 takes the job over by
     compare-and-set. When recorder-1 sees the bucket again it stops its copy at once, and the
-    recording keeps both parts (the overlap shows in the integrity report): no media is lost."""
+    recording keeps both parts (the overlap shows in the integrity report): no media is lost.
+    The source is live HLS, which admits two readers at once (an SRT listener admits one)."""
     host, port = infra.nats_url.removeprefix("nats://").split(":")
     async with TcpProxy(host, int(port)) as proxy, stack_on(service_env, tmp_path) as stack:
         first = await stack.start_recorder(
             REELHOUSE_NATS_URL=f"nats://127.0.0.1:{proxy.port}", REELHOUSE_RECONCILE_S="60"
         )
         await nodes_running(db, 1)
-        job_id = (await stack.ok("create", job_body(srt_source.url)))["id"]
+        job_id = (await stack.ok("create", job_body(hls_source.url, input_type="INPUT_TYPE_HLS_URL")))["id"]
         await running_on(stack, job_id, "recorder-1")
         await wait_recorded(stack, job_id, 3.0)
         pid1 = one_ffmpeg(first.pid)

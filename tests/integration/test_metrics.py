@@ -66,7 +66,8 @@ async def test_metrics_cover_jobs_restarts_bitrate_latency_and_connections(
                 state="running",
                 processData=ProcessData(id=str(running), bitrate_kbits=2500),
             )
-            subject = Subjects(prefix).stats("recording", str(running))
+            subjects = Subjects(prefix)  # what a worker writes: the job's live-plane progress key
+            subject = subjects.live_key_subject(subjects.live_progress("recording", str(running)))
             live = client.app.state.reelhouse.live_stats  # type: ignore[attr-defined]
             for _ in range(50):
                 await nc.publish(subject, stats.model_dump_json().encode())

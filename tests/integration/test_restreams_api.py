@@ -320,7 +320,9 @@ async def test_get_stat_serves_what_the_restreamers_publish(stack, nc, subjects)
 
     async def published_and_served() -> list[dict[str, Any]] | None:
         for message in (with_dest, without, other_tenant, recording):
-            subject = subjects.stats(message.module, message.job_id)
+            subject = subjects.live_key_subject(
+                subjects.live_progress(message.module, message.job_id)
+            )
             await nc.publish(subject, message.model_dump_json().encode())
         await nc.flush()
         rows = await stack.api_ok("restream/getStat", {})

@@ -248,8 +248,8 @@ async def test_getstat_shows_only_the_callers_tenant(client, service_env):
 
     async def both_published() -> list[Any] | None:
         for message in (stats(ours, "default"), stats(theirs, "acme")):
-            await nc.publish(subjects.stats("recording", message.job_id),
-                             message.model_dump_json().encode())  # fmt: skip
+            key = subjects.live_progress("recording", message.job_id)  # as a worker writes it
+            await nc.publish(subjects.live_key_subject(key), message.model_dump_json().encode())
         await nc.flush()
         rows = (await client.post("/api/recording/getStat", json={}, headers=HEADERS)).json()
         return rows if rows else None

@@ -155,6 +155,13 @@ class LivePlane:
         loop = asyncio.get_running_loop()
         return loop.time() - self._connected_at >= self.ttl_s + self.heartbeat_s
 
+    def settles_in(self) -> float:
+        """Seconds until :attr:`settled` (0 if it is; the TTL plus a heartbeat if not connected)."""
+        if self._connected_at is None or not self.bus.connected:
+            return self.ttl_s + self.heartbeat_s
+        loop = asyncio.get_running_loop()
+        return max(0.0, self._connected_at + self.ttl_s + self.heartbeat_s - loop.time())
+
     def alive(self, node: str) -> bool:
         entry = self.nodes.get(node)
         return entry is not None and entry.alive
@@ -392,7 +399,10 @@ class LivePlane:
         return revision
 
     async def release(self, kind: str, job_id: str, revision: int) -> bool:
-        """Delete the owner key if it is still at ``revision`` (ours)."""
+        """Delete the owner key if it is still at ``revision`` (ours). False without NATS: the
+        key stays, and whoever sees this node gone (or the node itself, back) settles it."""
+        if not self.bus.connected:
+            return False
         kv = self._kv()
         try:
             await kv.delete(self.owner_key(kind, job_id), last=revision)
@@ -416,6 +426,38 @@ class LivePlane:
         return OwnerEntry(kind=kind, job_id=job_id, node=str(value.get("node", "")),
                           revision=got.revision, value=value)  # fmt: skip
 
+    # -- counters -----------------------------------------------------------------------------
+
+    async def count(self, key: str, ttl_s: int) -> int:
+        """Add one to the counter ``key`` (created at 1) and return its new value; the key lives
+        ``ttl_s`` seconds past its last write. Compare-and-set, retried on a concurrent write,
+        so every API replica counts in the same key (the rate limits)."""
+        kv = self._kv()
+        js = self.bus.nc.jetstream(timeout=2.0)
+        subject = self.subjects.live_key_subject(key)
+        for _ in range(50):
+            try:
+                current = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                current = None
+            value = int(current.value or b"0") if current is not None else 0
+            try:
+                if current is None:
+                    await kv.create(key, b"1", msg_ttl=ttl_s)
+                else:
+                    await js.publish(subject, str(value + 1).encode(), timeout=2.0,
+                                     headers={"Nats-Expected-Last-Subject-Sequence":
+                                              str(current.revision)},
+                                     msg_ttl=ttl_s)  # fmt: skip
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            except nats.js.errors.APIError as exc:
+                if exc.err_code in (10071, 10164):  # another replica counted first
+                    continue
+                raise
+            return value + 1
+        raise RuntimeError(f"counter {key} kept changing under 50 tries")
+
     # -- progress -----------------------------------------------------------------------------
 
     async def put_progress(self, kind: str, job_id: str, payload: bytes) -> None:
@@ -427,7 +469,7 @@ class LivePlane:
         await self.bus.nc.publish(subject, payload, headers={"Nats-TTL": str(5 * self.ttl_s)})
 
     async def clear_progress(self, kind: str, job_id: str) -> None:
-        if self.kv is None:
+        if self.kv is None or not self.bus.connected:
             return
         with contextlib.suppress(Exception):
             await self.kv.purge(self.progress_key(kind, job_id))

@@ -21,6 +21,7 @@ text (names, URLs) never goes into a subject.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -170,6 +171,12 @@ class Subjects:
     def live_all_progress(self) -> str:
         """Every progress key."""
         return "progress.>"
+
+    def live_rate(self, bucket: str, who: str, window_start: int) -> str:
+        """A rate-limit counter ``rates.<bucket>.<who>.<window start>`` (``who`` hashed: it
+        holds addresses and ids, never user text in the clear)."""
+        digest = hashlib.sha256(who.encode()).hexdigest()[:24]
+        return f"rates.{_key_token(bucket)}.{digest}.{int(window_start)}"
 
     def live_key_subject(self, key: str) -> str:
         """The JetStream subject a key of the live bucket is stored on (a plain publish there

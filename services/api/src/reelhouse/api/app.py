@@ -93,6 +93,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             asyncio.create_task(accounts.purge_expired_forever(db, stop, 60.0), name="purge"),
             *start_operations(app, state, stop),  # issue 7: events, webhooks, settings, logs
         ]
+        with contextlib.suppress(TimeoutError):  # serve the live plane's view from the start
+            await asyncio.wait_for(live.ready.wait(), settings.live_ready_wait_s)
         log.info("api_started", node=node_id, host=settings.api_host, port=settings.api_port)
         try:
             yield

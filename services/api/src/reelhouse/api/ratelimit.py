@@ -1,16 +1,16 @@
-"""Rate limits shared by every API replica: fixed windows counted in MongoDB.
+"""Rate limits shared by every API replica: fixed windows counted in the live plane.
 
 Three buckets (the channel-recorder seed's table; settings ``REELHOUSE_RATE_LIMIT_*``):
 ``auth`` (``/api/auth/*``, per client address), ``read`` (GET and ``get*`` methods) and
 ``write`` (everything else), both per user or API key. The bootstrap token is not limited (the
 instance's break-glass credential: the dashboard and scripts of the operator).
 
-Limits are parsed by the ``limits`` library (``"100/minute"``). Its MongoDB storage is not used:
-it needs ``motor`` (we use PyMongo's async client) and its updates are aggregation pipelines
-(``$cond`` in ``find_one_and_update``), which FerretDB does not run. A fixed window needs only one
-atomic ``find_one_and_update`` with ``$inc`` and ``upsert`` per request on ``_id =
-<bucket>:<who>:<window start>``; a TTL index removes old windows. Every replica counts in the same
-document, so two replicas enforce one limit.
+Limits are parsed by the ``limits`` library (``"100/minute"``). A window's count is one key of the
+live plane's bucket (ARCHITECTURE §2), ``rates.<bucket>.<who, hashed>.<window start>``, added to
+by compare-and-set (:meth:`LivePlane.count`) with a per-key TTL of the window plus a minute: no
+request waits on a database write, and every replica counts in the same key, so two replicas
+enforce one limit. With NATS unreachable the call is let through (and logged): a limit must not
+turn a NATS outage into an API outage.
 
 Each counted response carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
 ``X-RateLimit-Reset`` (Unix time the window ends), added by :mod:`middleware`; past the limit
@@ -21,20 +21,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from limits import RateLimitItem, parse
-from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
 from starlette.requests import HTTPConnection
 
-from reelhouse.api.accounts import Collections
 from reelhouse.common.errors import RateLimited
+from reelhouse.common.logging import get_logger
 
 if TYPE_CHECKING:
     from reelhouse.api.auth import AuthPrincipal
+
+log = get_logger("reelhouse.api.ratelimit")
 
 Bucket = Literal["auth", "read", "write"]
 STATE_KEY = "rate_limit"
@@ -84,22 +83,13 @@ async def hit(conn: HTTPConnection, bucket: Bucket, who: str) -> Window | None:
     expiry = item.get_expiry()
     start = int(time.time()) // expiry * expiry
     reset = start + expiry
-    key = f"{bucket}:{who}:{start}"
-    collection = state.db[Collections.RATE_LIMITS]
-    change = {
-        "$inc": {"count": 1},
-        "$setOnInsert": {"expires_at": datetime.fromtimestamp(reset + 60, UTC)},
-    }
-    for attempt in range(2):  # two first hits may race to insert the window
-        try:
-            doc = await collection.find_one_and_update(
-                {"_id": key}, change, upsert=True, return_document=ReturnDocument.AFTER
-            )
-            break
-        except DuplicateKeyError:
-            if attempt:
-                raise
-    window = Window(limit=item.amount, count=int(doc["count"]), reset=reset)
+    key = state.bus.subjects.live_rate(bucket, who, start)
+    try:
+        count = await state.live.count(key, ttl_s=expiry + 60)
+    except Exception as exc:
+        log.warning("rate_limit_uncounted", bucket=bucket, error=str(exc) or type(exc).__name__)
+        return None
+    window = Window(limit=item.amount, count=count, reset=reset)
     conn.scope.setdefault("state", {})[STATE_KEY] = window
     if window.count > window.limit:
         retry = max(1, reset - int(time.time()))

@@ -24,6 +24,12 @@ class ApiSettings(CommonSettings):
     health_timeout_s: float = Field(
         2.0, gt=0, le=30, description="Deadline of each dependency check in /api/health, seconds."
     )
+    live_ready_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds the API waits at start for the live plane (NATS key-value) before it "
+        "serves anyway (getStat and the fleet view fill in once NATS answers).",
+    )
     stop_wait_s: float = Field(
         20.0,
         gt=0,

@@ -200,6 +200,8 @@ class JobNode(ABC):
                 await self._claim()
             self.ctx.node.running_jobs = len(self.runs)
             timeout = max(0.05, self._tick_at - loop.time())
+            if self._gone:  # a node died before the live plane settled: look again once it has
+                timeout = min(timeout, max(0.05, self.live.settles_in() + 0.05))
             edge = await self._schedule_tick(scan)
             if edge is not None and edge < timeout:
                 timeout = edge  # a schedule window opens (claim) or a run's closes (stop)
