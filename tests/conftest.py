@@ -27,6 +27,9 @@ from reelhouse.common.settings import CommonSettings
 
 pytest_plugins = ["support.media_fixtures"]
 
+LOOPBACK = "127.0.0.0/8,::1/128"
+"""What ``make up`` allows: the networks local test sources and receivers listen on."""
+
 
 @dataclass(frozen=True)
 class Infra:
@@ -83,6 +86,9 @@ def settings_env(infra: Infra, test_id: str, tmp_path: Path) -> dict[str, str]:
         "REELHOUSE_LOG_FORMAT": "json",
         "REELHOUSE_NODE_HEARTBEAT_S": "0.5",
         "REELHOUSE_NATS_RECONNECT_WAIT_S": "0.2",
+        # Test sources listen on 127.0.0.1, as under `make up`; the address policy's own tests
+        # set it explicitly (tests/integration/test_ssrf.py).
+        "REELHOUSE_PROBE_ALLOW_NETWORKS": LOOPBACK,
     }
 
 

@@ -103,11 +103,13 @@ def test_whitelists_hold_only_what_each_protocol_needs():
     assert PROTOCOL_WHITELIST["INPUT_TYPE_RIST_URL"] == ("rist",)  # so has librist
     assert PROTOCOL_WHITELIST["INPUT_TYPE_UDP_URL"] == ("udp",)
     assert set(PROTOCOL_WHITELIST["INPUT_TYPE_RTP_URL"]) == {"rtp", "udp"}
-    assert set(PROTOCOL_WHITELIST["INPUT_TYPE_RTMP_URL"]) == {"rtmp", "rtmps", "tcp", "tls"}
-    assert set(PROTOCOL_WHITELIST["INPUT_TYPE_RTSP_URL"]) == {"tcp", "tls"}  # RTP interleaved
-    hls = {"http", "https", "tcp", "tls", "crypto"}  # crypto: AES-128 playlists
+    # httpproxy: FFmpeg's CONNECT tunnel for TLS through the engine's filtering proxy.
+    tls = {"tcp", "tls", "httpproxy"}
+    assert set(PROTOCOL_WHITELIST["INPUT_TYPE_RTMP_URL"]) == {"rtmp", "rtmps", *tls}
+    assert set(PROTOCOL_WHITELIST["INPUT_TYPE_RTSP_URL"]) == tls  # RTP interleaved
+    hls = {"http", "https", "crypto", *tls}  # crypto: AES-128 playlists
     assert set(PROTOCOL_WHITELIST["INPUT_TYPE_HLS_URL"]) == hls
-    assert set(PROTOCOL_WHITELIST["INPUT_TYPE_MPEG_DASH_URL"]) == {"http", "https", "tcp", "tls"}
+    assert set(PROTOCOL_WHITELIST["INPUT_TYPE_MPEG_DASH_URL"]) == {"http", "https", *tls}
     assert set(PROTOCOL_WHITELIST) == set(ALL_INPUT_TYPES)
 
 
@@ -427,7 +429,7 @@ def test_image_overlay_reads_a_second_input_through_filter_complex():
     assert option(again, "-filter_complex").startswith("[0:v:0]null[rh_base];[rh_base][2:v:0]")
 
     image = image_input_args(Overlay.model_validate(overlay))
-    assert option(image, "-protocol_whitelist") == "http,https,tcp,tls"
+    assert option(image, "-protocol_whitelist") == "http,https,tcp,tls,httpproxy"
     assert option(image, "-f") == "image2pipe"
     assert option(image, "-rw_timeout") == str(IO_TIMEOUT_US)
     assert image[-2:] == ["-i", "https://cdn.example.com/logo.png"]
@@ -697,7 +699,7 @@ def test_build_orders_input_image_processing_output(tmp_path):
     inputs = [i for i, a in enumerate(args) if a == "-i"]
     assert [args[i + 1] for i in inputs] == [job.input.input_stream_url, job.overlay.image_url]
     assert inputs[1] < args.index("-filter_complex") < args.index("-n") < len(args) - 1
-    assert options(args, "-protocol_whitelist") == ["srt", "http,https,tcp,tls"]
+    assert options(args, "-protocol_whitelist") == ["srt", "http,https,tcp,tls,httpproxy"]
 
 
 def test_split_with_encoding_forces_keyframes_at_the_segment_length(tmp_path):

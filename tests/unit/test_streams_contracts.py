@@ -46,9 +46,9 @@ def test_only_network_urls_of_the_input_types_may_be_probed(url: str):
     ("url", "whitelist"),
     [
         ("srt://127.0.0.1:1936?streamid=a", "srt"),
-        ("rtmp://h/live/key", "rtmp,rtmps,tcp,tls"),
-        ("https://h/live.m3u8", "http,https,tcp,tls,crypto"),
-        ("rtsp://h/cam", "tcp,tls"),
+        ("rtmp://h/live/key", "rtmp,rtmps,tcp,tls,httpproxy"),
+        ("https://h/live.m3u8", "http,https,tcp,tls,crypto,httpproxy"),
+        ("rtsp://h/cam", "tcp,tls,httpproxy"),
         ("udp://127.0.0.1:5000", "udp"),
     ],
 )

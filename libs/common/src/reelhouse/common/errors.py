@@ -22,6 +22,9 @@ Routes and services raise these; the API's single exception handler turns them i
                "details": [{"field": "recording_name", "message": "..."}]}}
 
 ``field`` is present only when one field is to blame; ``details`` lists every problem found.
+``reason`` is present on errors of a server-side request (a probe, a webhook): its class,
+``unreachable``, ``refused``, ``timeout``, ``not_media`` or ``forbidden_address``
+(:mod:`reelhouse.common.netpolicy`), never the upstream's own text.
 """
 
 from __future__ import annotations
@@ -42,12 +45,14 @@ class ReelhouseError(Exception):
         field: str | None = None,
         details: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.details = details
         self.headers = headers or {}
+        self.reason = reason
 
     def to_body(self) -> dict[str, Any]:
         """The JSON body of the API's error shape."""
@@ -56,6 +61,8 @@ class ReelhouseError(Exception):
             error["field"] = self.field
         if self.details:
             error["details"] = self.details
+        if self.reason is not None:
+            error["reason"] = self.reason
         return {"success": False, "error": error}
 
 

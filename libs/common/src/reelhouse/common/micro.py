@@ -59,17 +59,18 @@ def error_from_reply(headers: dict[str, str], data: bytes) -> ReelhouseError:
     except ValueError:
         status = 500
     message = headers.get(ERROR_HEADER) or "the service failed"
-    field = None
+    field = reason = None
     try:
         body: Any = json.loads(data) if data else {}
         if isinstance(body, dict):
             message = str(body.get("message") or message)
             field = body.get("field")
+            reason = body.get("reason")
     except ValueError:
         pass
     cls = _BY_STATUS.get(status, InternalError)
     extra = {"Retry-After": headers["Retry-After"]} if "Retry-After" in headers else None
-    return cls(message, field=field, headers=extra)
+    return cls(message, field=field, headers=extra, reason=reason)
 
 
 async def call(bus: Bus, subject: str, message: BaseModel, *, timeout_s: float, what: str) -> bytes:

@@ -18,6 +18,7 @@ from typing import Literal, TypeVar
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from reelhouse.common.netpolicy import NetPolicy, parse_networks
 from reelhouse.common.storage import DiskState, disk_state
 
 ENV_PREFIX = "REELHOUSE_"
@@ -77,6 +78,23 @@ class CommonSettings(BaseSettings):
         description="Used share of the storage filesystem, %, at which recordings are refused "
         "(507) and recorders stop claiming.",
     )
+
+    probe_allow_networks: str = Field(
+        "",
+        description="Networks (CIDR, comma-separated) that requests made on a user's behalf "
+        "(probes, inputs, destinations, webhooks) may reach although they are loopback, "
+        "link-local or private, e.g. `127.0.0.0/8,::1/128` (what `make up` sets). Empty: public "
+        "addresses only. Cloud metadata addresses are never reached.",
+    )
+
+    @field_validator("probe_allow_networks")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        return ",".join(str(n) for n in parse_networks(v))
+
+    def net_policy(self) -> NetPolicy:
+        """The policy of every URL fetched on a user's behalf (``reelhouse.common.netpolicy``)."""
+        return NetPolicy.from_setting(self.probe_allow_networks)
 
     def disk_state(self) -> DiskState:
         """The storage root's disk against this deployment's watermarks."""

@@ -7,7 +7,7 @@ Besides the stable codes of the error tree, two HTTP-level codes appear: ``METHO
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -75,6 +75,13 @@ class ErrorInfo(BaseModel):
     message: str = Field(description="What went wrong and what to do, for a person.")
     field: str | None = Field(None, description="The one field to blame, when there is one.")
     details: list[ErrorDetail] | None = None
+    reason: (
+        Literal["unreachable", "refused", "timeout", "not_media", "forbidden_address"] | None
+    ) = Field(
+        None,
+        description="Class of a failed server-side request (a probe, a webhook), never the "
+        "upstream's own text; `forbidden_address`: the URL's address is refused by policy.",
+    )
 
 
 class ErrorBody(BaseModel):

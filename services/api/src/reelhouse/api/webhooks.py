@@ -18,6 +18,12 @@ A delivery is a POST of ``{"id", "event_id", "webhook_id", "type", "event"}`` (t
 every attempt) with ``X-Reelhouse-Signature: sha256=<hex HMAC-SHA256 of the body with the
 webhook's secret>``, ``X-Reelhouse-Delivery`` (the delivery id), ``X-Reelhouse-Event`` and
 ``X-Reelhouse-Attempt``. Any 2xx is success; redirects are not followed.
+
+Receivers are held to the address policy (:mod:`reelhouse.common.netpolicy`): a URL whose
+address is refused is refused at ``create`` and again at each attempt, and every POST goes
+through the filtering proxy, which checks the address it connects to. A failed attempt records
+the receiver's status (``HTTP 500``) or a class (``forbidden_address``, ``unreachable``,
+``refused``, ``timeout``), never the receiver's own text.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from bson import ObjectId
@@ -43,6 +50,8 @@ from reelhouse.api.state import AppState
 from reelhouse.common import __version__
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.logging import get_logger
+from reelhouse.common.netpolicy import AddressRefused, Unresolvable
+from reelhouse.common.netproxy import PROXY_ERROR_HEADER, STATUS, FilteringProxy
 
 log = get_logger("reelhouse.api.webhooks")
 
@@ -76,6 +85,7 @@ class WebhookWorker:
     def __init__(self, state: AppState, ops: OpsState) -> None:
         self.state, self.ops, self.settings = state, ops, state.settings
         self.node = state.node.node_id
+        self.policy = state.settings.net_policy()
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -193,11 +203,18 @@ class WebhookWorker:
     # -- delivery -------------------------------------------------------------------------------
 
     async def _deliver_loop(self, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(
-            timeout=self.settings.webhook_timeout_s,
-            follow_redirects=False,
-            headers={"User-Agent": f"Reelhouse-Webhooks/{__version__}"},
-        ) as client:
+        # Every POST goes through the filtering proxy: the address policy is applied to the
+        # address actually connected to (a receiver's name re-resolved to a refused one too).
+        async with (
+            FilteringProxy(self.policy, connect_timeout_s=self.settings.webhook_timeout_s) as proxy,
+            httpx.AsyncClient(
+                timeout=self.settings.webhook_timeout_s,
+                follow_redirects=False,
+                proxy=proxy.url,
+                trust_env=False,
+                headers={"User-Agent": f"Reelhouse-Webhooks/{__version__}"},
+            ) as client,
+        ):
             while not stop.is_set():
                 self.ops.webhook_wake.clear()
                 try:
@@ -285,12 +302,22 @@ class WebhookWorker:
         status_code: int | None = None
         error: str | None = None
         try:
+            await self.policy.resolve(urlsplit(hook["url"]).hostname or "")
             response = await client.post(hook["url"], content=body, headers=headers)
             status_code = response.status_code
-            if not 200 <= status_code < 300:
+            if PROXY_ERROR_HEADER in response.headers:  # the proxy answered, not the receiver
+                status_code, error = None, response.headers[PROXY_ERROR_HEADER]
+            elif not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+        except (AddressRefused, Unresolvable) as exc:
+            error = exc.error_class
+            log.info("webhook_address_refused", url=hook["url"], detail=str(exc)[:300])
+        except httpx.ProxyError as exc:  # a CONNECT (https) the proxy answered itself
+            error = next((c for c, st in STATUS.items() if st in str(exc)), "unreachable")
+        except httpx.TimeoutException:
+            error = "timeout"
+        except httpx.HTTPError:
+            error = "refused"  # the receiver broke the exchange; its own words stay out
         record = {
             "attempt": attempt,
             "at": utcnow(),

@@ -31,14 +31,38 @@ from reelhouse.common.errors import (
     UpstreamTimeout,
     ValidationFailed,
 )
+from reelhouse.common.ffmpeg.failures import request_error_class
 from reelhouse.common.ffmpeg.probe import live_probe_args, run_ffprobe_outcome
 from reelhouse.common.micro import respond_error
+from reelhouse.common.netpolicy import (
+    AddressRefused,
+    ErrorClass,
+    Unresolvable,
+    checked_target,
+)
+from reelhouse.common.netproxy import FilteringProxy
 from reelhouse.prober.settings import ProberSettings
 
 RETRY_AFTER_S = 2
 """What a refused (busy) caller is told to wait, seconds: about one probe of a live source."""
 
 _PROBE_URL: TypeAdapter[str] = TypeAdapter(ProbeUrl)
+
+_SAYS: dict[ErrorClass, str] = {
+    "unreachable": "could not be reached (unknown host, or no route to it)",
+    "refused": "refused the connection or the request",
+    "timeout": "did not answer in time",
+    "not_media": "answered, but with nothing ffprobe can read as media",
+    "forbidden_address": "led to an address the engine does not reach on a user's behalf",
+}
+"""What each error class says: a caller learns the class, never the upstream's own text."""
+
+
+def upstream_error(shown: str, error_class: ErrorClass) -> UpstreamError:
+    """A 502 for ``shown`` (a public URL) that reports ``error_class`` and nothing else."""
+    return UpstreamError(
+        f"{shown} {_SAYS[error_class]} ({error_class})", field="stream_url", reason=error_class
+    )
 
 
 def public_url(url: str) -> str:
@@ -66,6 +90,7 @@ class ProbeEngine:
     def __init__(self, settings: ProberSettings, *, node_id: str) -> None:
         self.settings = settings
         self.node_id = node_id
+        self.policy = settings.net_policy()
         self._slots = asyncio.Semaphore(settings.probe_concurrency)
         self._cache: dict[str, tuple[float, ProbeReply | UpstreamError]] = {}
         self._inflight: dict[str, asyncio.Future[ProbeReply]] = {}
@@ -124,7 +149,7 @@ class ProbeEngine:
             if cached is not None:
                 self.cache_hits += 1
                 if isinstance(cached, UpstreamError):
-                    raise UpstreamError(cached.message)
+                    raise UpstreamError(cached.message, field="stream_url", reason=cached.reason)
                 return cached.model_copy(update={"cached": True})
             leader = self._inflight.get(url)
             if leader is None:
@@ -133,7 +158,9 @@ class ProbeEngine:
             done, _ = await asyncio.wait({leader}, timeout=max(deadline - loop.time(), 0))
             if not done:
                 raise UpstreamTimeout(
-                    f"{public_url(url)} did not answer within {timeout_s:g} s", field="stream_url"
+                    f"{public_url(url)} did not answer within {timeout_s:g} s (timeout)",
+                    field="stream_url",
+                    reason="timeout",
                 )
             if not leader.cancelled():
                 return leader.result()
@@ -161,9 +188,27 @@ class ProbeEngine:
     async def _run(self, url: str, deadline: float, queued: bool) -> ProbeReply:
         loop = asyncio.get_running_loop()
         try:
-            args = live_probe_args(url)
+            live_probe_args(url)
         except ValueError as exc:
             raise ValidationFailed(f"stream_url: {exc}", field="stream_url") from None
+        shown = public_url(url)
+        # The policy looks at the resolved addresses; ffprobe gets the checked address (or, for
+        # HTTP and TLS, the filtering proxy checks each connection it makes).
+        try:
+            target = await asyncio.wait_for(
+                checked_target(self.policy, url, role="input"), max(deadline - loop.time(), 0.1)
+            )
+        except AddressRefused as exc:
+            raise ValidationFailed(
+                f"stream_url: {exc} (forbidden_address)",
+                field="stream_url",
+                reason="forbidden_address",
+            ) from None
+        except (Unresolvable, TimeoutError):
+            error = upstream_error(shown, "unreachable")
+            self._remember(url, error)
+            raise error from None
+        args = live_probe_args(target)
         if queued and self._slots.locked() and self.waiting >= self.settings.probe_queue:
             self.rejected += 1
             raise Unavailable(
@@ -185,27 +230,36 @@ class ProbeEngine:
             self.waiting -= 1
         self.running += 1
         timeout_s = max(deadline - loop.time(), 0.1)
+        proxy = FilteringProxy(self.policy, connect_timeout_s=timeout_s)
         try:
+            await proxy.start()
             outcome = await run_ffprobe_outcome(
                 args,
                 timeout_s=timeout_s,
                 ffprobe_path=self.settings.ffprobe_path,
                 on_start=self._on_start,
+                env=proxy.env(),
             )
         finally:
+            await proxy.close()
             self.running -= 1
             self._slots.release()
-        shown = public_url(url)
+        refused = proxy.first("forbidden_address")
+        if refused is not None:
+            # A redirect, a playlist entry or a re-resolved name pointed at a refused address.
+            self.log_refusal(shown, refused.detail)
+            error = upstream_error(shown, "forbidden_address")
+            self._remember(url, error)
+            raise error
         if outcome.timed_out:
             raise UpstreamTimeout(
-                f"{shown} did not answer within {timeout_s:.3g} s", field="stream_url"
+                f"{shown} did not answer within {timeout_s:.3g} s (timeout)",
+                field="stream_url",
+                reason="timeout",
             )
         if outcome.data is None:
-            reason = outcome.error.replace(url, shown) or f"ffprobe exited {outcome.returncode}"
-            error = UpstreamError(
-                f"{shown} refused the connection or sent nothing readable: {reason}",
-                field="stream_url",
-            )
+            failed = proxy.events[0].error_class if proxy.events else None
+            error = upstream_error(shown, failed or request_error_class(outcome.stderr))
             self._remember(url, error)
             raise error
         fmt = dict(outcome.data.get("format") or {})
@@ -215,6 +269,11 @@ class ProbeEngine:
         )
         self._remember(url, reply)
         return reply
+
+    def log_refusal(self, shown: str, detail: str) -> None:
+        structlog.get_logger("reelhouse.prober").info(
+            "probe_address_refused", url=shown, detail=detail[:300]
+        )
 
     def _on_start(self, _pid: int) -> None:
         self.started += 1

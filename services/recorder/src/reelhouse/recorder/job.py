@@ -306,8 +306,13 @@ class RecordingRun(SupervisedRun):
             self._part_path = target
             self._segment_list = None
         self._part_record = None
+        source = self.config.input
+        url = await self._target(source.input_stream_url, role="input", field="input_stream_url")
+        overlay = self.config.overlay
+        if overlay.type == "IMAGE" and overlay.image_url:
+            await self._target(overlay.image_url, role="input", field="overlay.image_url")
         return build_recording_args(
-            inp=self.config.input,
+            inp=source.model_copy(update={"input_stream_url": url}),
             job=self.config,
             target=target,
             segment_list=self._segment_list,

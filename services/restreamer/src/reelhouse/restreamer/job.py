@@ -84,6 +84,7 @@ class RestreamRun(SupervisedRun):
         node_id: str,
     ) -> None:
         self.config = config
+        self._input_url = config.input.input_stream_url  # as FFmpeg is given it (pinned)
         self._restream_settings = settings
         has_hls = any(o.output_type == "OUTPUT_TYPE_HLS" for o in config.output)
         job_id = str(lease.job_id)
@@ -139,8 +140,23 @@ class RestreamRun(SupervisedRun):
         for dest in self.destinations:
             if dest.state != "down" or dest.failure != "auth_rejected":
                 self._set(dest.index, "starting", None, None)
+        source = self.config.input
+        url = await self._target(source.input_stream_url, role="input", field="input_stream_url")
+        self._input_url = url
+        overlay = self.config.overlay
+        if overlay.type == "IMAGE" and overlay.image_url:
+            await self._target(overlay.image_url, role="input", field="overlay.image_url")
+        for dest in self.config.output:
+            # Checked, not pinned: destinations are told apart by their URLs in FFmpeg's
+            # messages; TLS ones (rtmps) go through the filtering proxy all the same.
+            if dest.output_stream_url and not dest.listen_port:
+                field = "output_stream_url"
+                await self._target(dest.output_stream_url, role="output", field=field)
+        job = self.config.model_copy(
+            update={"input": source.model_copy(update={"input_stream_url": url})}
+        )
         return build_restream_args(
-            job=self.config,
+            job=job,
             hls_dir=self.hls_dir,
             recovery_s=self._restream_settings.destination_retry_s,
             probe_ms=self.probe_ms,
@@ -225,7 +241,7 @@ class RestreamRun(SupervisedRun):
             return
         # "<source url>: <error>" is FFmpeg's report of a failed input (open or read); then the
         # destinations just start again with it. ("Input #0, ... from '<url>':" is not one.)
-        source = re.compile(re.escape(self.config.input.input_stream_url) + r"[^\s:]*: ")
+        source = re.compile(re.escape(self._input_url) + r"[^\s:]*: ")
         if any(source.match(line.strip()) for line in stderr_tail):
             return
         kind = classify_lines(stderr_tail)

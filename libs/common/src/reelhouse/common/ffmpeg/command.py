@@ -89,17 +89,19 @@ __all__ = [
 
 PROTOCOL_WHITELIST: Final[dict[InputType, tuple[str, ...]]] = {
     "INPUT_TYPE_SRT_URL": ("srt",),
-    "INPUT_TYPE_RTMP_URL": ("rtmp", "rtmps", "tcp", "tls"),
-    "INPUT_TYPE_HLS_URL": ("http", "https", "tcp", "tls", "crypto"),
-    "INPUT_TYPE_MPEG_DASH_URL": ("http", "https", "tcp", "tls"),
-    "INPUT_TYPE_RTSP_URL": ("tcp", "tls"),
+    "INPUT_TYPE_RTMP_URL": ("rtmp", "rtmps", "tcp", "tls", "httpproxy"),
+    "INPUT_TYPE_HLS_URL": ("http", "https", "tcp", "tls", "crypto", "httpproxy"),
+    "INPUT_TYPE_MPEG_DASH_URL": ("http", "https", "tcp", "tls", "httpproxy"),
+    "INPUT_TYPE_RTSP_URL": ("tcp", "tls", "httpproxy"),
     "INPUT_TYPE_RTP_URL": ("rtp", "udp"),
     "INPUT_TYPE_UDP_URL": ("udp",),
     "INPUT_TYPE_RIST_URL": ("rist",),
 }
-"""The only protocols FFmpeg may open for each input type (never ``file``, ``data``, ...)."""
+"""The only protocols FFmpeg may open for each input type (never ``file``, ``data``, ...).
+``httpproxy`` is the CONNECT tunnel FFmpeg opens for TLS when ``http_proxy`` is set: every TLS
+connection goes through the engine's filtering proxy (:mod:`reelhouse.common.netproxy`)."""
 
-IMAGE_PROTOCOL_WHITELIST: Final = ("http", "https", "tcp", "tls")
+IMAGE_PROTOCOL_WHITELIST: Final = ("http", "https", "tcp", "tls", "httpproxy")
 """Protocols of an IMAGE overlay's picture (an http(s) URL)."""
 
 IO_TIMEOUT_US: Final = 10_000_000

@@ -24,8 +24,9 @@ import re
 from collections.abc import Iterable
 
 from reelhouse.common.contracts.messages import FailureKind
+from reelhouse.common.netpolicy import ErrorClass
 
-__all__ = ["FIFO_LINE", "classify", "classify_lines", "mask_secret"]
+__all__ = ["FIFO_LINE", "classify", "classify_lines", "mask_secret", "request_error_class"]
 
 _RULES: tuple[tuple[FailureKind, re.Pattern[str]], ...] = (
     (
@@ -74,6 +75,40 @@ def classify_lines(lines: Iterable[str]) -> FailureKind:
         if kind in found:
             return kind
     return "unknown"
+
+
+_REQUEST_RULES: tuple[tuple[ErrorClass, re.Pattern[str]], ...] = (
+    (
+        "unreachable",
+        re.compile(
+            r"no route to host|network is unreachable|host is unreachable|"
+            r"name or service not known|failed to resolve|could not resolve|"
+            r"name does not resolve|temporary failure in name resolution|"
+            r"cannot assign requested address",
+            re.I,
+        ),
+    ),
+    ("timeout", re.compile(r"timed out|timeout", re.I)),
+    (
+        "refused",
+        re.compile(
+            r"connection refused|econnrefused|connection rejected|\breject|"
+            r"server returned|forbidden|unauthori[sz]ed|\b40[134]\b|not found|"
+            r"authenticat|connection reset|broken pipe",
+            re.I,
+        ),
+    ),
+)
+
+
+def request_error_class(lines: Iterable[str]) -> ErrorClass:
+    """The class of a failed probe or fetch read from FFmpeg's stderr: ``unreachable``,
+    ``timeout``, ``refused``, or ``not_media`` (it answered, with nothing readable as media)."""
+    text = "\n".join(lines)
+    for kind, pattern in _REQUEST_RULES:
+        if pattern.search(text):
+            return kind
+    return "not_media"
 
 
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -58,6 +58,8 @@ class FfprobeOutcome:
     returncode: int | None = None
     error: str = ""
     """ffprobe's last stderr line (``-v error``), e.g. ``srt://...: Input/output error``."""
+    stderr: tuple[str, ...] = ()
+    """Every non-blank stderr line (for classifying a failure; never shown to API callers)."""
 
 
 _LIVE_PROBE_OPTIONS: Final[dict[InputType, tuple[str, ...]]] = {
@@ -92,11 +94,13 @@ async def run_ffprobe_outcome(
     timeout_s: float = 15.0,
     ffprobe_path: str = "ffprobe",
     on_start: Callable[[int], None] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> FfprobeOutcome:
     """``ffprobe -v error -of json <args>`` with a deadline; the process is always reaped.
 
     At the deadline, or when the calling task is cancelled, ffprobe is killed. ``on_start`` is
-    called with the pid once the process exists. ffprobe dies with its parent (Linux).
+    called with the pid once the process exists. ffprobe dies with its parent (Linux). ``env``
+    is merged over this process's environment (the filtering proxy's ``http_proxy``).
     """
     proc = await asyncio.create_subprocess_exec(
         ffprobe_path, "-v", "error", "-of", "json", *args,
@@ -104,6 +108,7 @@ async def run_ffprobe_outcome(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=_die_with_parent_preexec(),
+        env={**os.environ, **env} if env else None,
     )  # fmt: skip
     if on_start is not None:
         on_start(proc.pid)
@@ -117,9 +122,12 @@ async def run_ffprobe_outcome(
             raise
         return FfprobeOutcome(data=None, timed_out=True, returncode=proc.returncode)
     lines = [line.strip() for line in (err or b"").decode(errors="replace").splitlines()]
-    error = next((line for line in reversed(lines) if line), "")
+    lines = [line for line in lines if line]
+    error = lines[-1] if lines else ""
     if proc.returncode != 0:
-        return FfprobeOutcome(data=None, returncode=proc.returncode, error=error)
+        return FfprobeOutcome(
+            data=None, returncode=proc.returncode, error=error, stderr=tuple(lines[-50:])
+        )
     try:
         data = json.loads(out or b"{}")
     except ValueError:

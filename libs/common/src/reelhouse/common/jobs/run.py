@@ -33,6 +33,8 @@ from reelhouse.common.ffmpeg.supervisor import (
 )
 from reelhouse.common.jobs.lease import Lease, LeaseStore
 from reelhouse.common.logging import get_logger
+from reelhouse.common.netpolicy import AddressRefused, Role, Unresolvable, checked_target
+from reelhouse.common.netproxy import FilteringProxy
 from reelhouse.common.settings import WorkerSettings
 from reelhouse.common.subjects import Event, Module
 
@@ -72,6 +74,10 @@ class SupervisedRun:
         self._probe_extended = False  # FFmpeg said the node's probe was too short for the source
         self._probe_retry = False  # ... during the current attempt: restart at once
         self._probe_retrying = False  # the restart after that attempt is under way
+        # The address policy: HTTP and TLS of this run's FFmpeg go through its own filtering
+        # proxy; other URLs are handed over with their checked address (see _target).
+        self._policy = settings.net_policy()
+        self._proxy = FilteringProxy(self._policy)
         self.supervisor = FFmpegSupervisor(
             self._argv,
             config=SupervisorConfig(
@@ -87,7 +93,7 @@ class SupervisedRun:
             on_progress=self._on_progress,
             on_exit=self._exited,
             on_stderr=self._stderr_line,
-            env={"TZ": "UTC"},
+            env={"TZ": "UTC", **self._proxy.env()},
             log=self._log,
         )
 
@@ -116,6 +122,23 @@ class SupervisedRun:
 
     async def _after_stop(self) -> None:
         """Once FFmpeg has stopped, before the lease is released."""
+
+    async def _target(self, url: str, *, role: Role, field: str) -> str:
+        """``url`` as FFmpeg gets it on this start: checked against the address policy at its
+        resolved address, and pinned to it where FFmpeg would resolve the name itself.
+
+        A refused or unresolvable URL raises: the supervisor reports "could not build the
+        command" with the field and the class, and retries with backoff (the API refused such a
+        URL already; this catches a name that resolves elsewhere now, or a changed policy).
+        """
+        await self._proxy.start()
+        try:
+            return await checked_target(self._policy, url, role=role)
+        except AddressRefused as exc:
+            self._log.warning("address_refused", field=field, detail=str(exc))
+            raise RuntimeError(f"{field}: forbidden_address ({exc.reason} address)") from None
+        except Unresolvable:
+            raise RuntimeError(f"{field}: unreachable (the name does not resolve)") from None
 
     # -- probing -----------------------------------------------------------------------------
 
@@ -158,6 +181,7 @@ class SupervisedRun:
             reason = "schedule window closed"
         self._log.info(f"{self.module}_stopping", reason=reason)
         state = await self.supervisor.stop(reason)
+        await self._proxy.close()
         if self.lease.doc.get("scheduled"):
             try:  # the closed window becomes the next one (a new session) before finishing up
                 await self._leases.advance_windows(self.lease.job_id)

@@ -32,6 +32,7 @@ from reelhouse.common.contracts.listing import ListQuery
 from reelhouse.common.contracts.messages import JobCommand, JobStats
 from reelhouse.common.errors import Conflict, InsufficientStorage, NotFound
 from reelhouse.common.logging import get_logger
+from reelhouse.common.netpolicy import validate_url
 from reelhouse.common.runtime import load_runtime
 from reelhouse.common.schedule import window_fields
 from reelhouse.common.subjects import Module, Service, Verb
@@ -225,6 +226,26 @@ def _linked_doc(model: BaseModel, tenant: str, job_id: ObjectId) -> dict[str, An
     return {**model.model_dump(mode="json"), "tenant": tenant, "entity_id": str(job_id)}
 
 
+async def check_urls(
+    state: AppState, config: dict[str, Any], linked: dict[str, list[BaseModel]]
+) -> None:
+    """The address policy over every URL of a job the engine will fetch or call for the user:
+    the input, an IMAGE overlay's picture and each destination's URL (a 400 naming the field,
+    ``reason: forbidden_address``). URLs the engine builds (an SRT listener) are not checked."""
+    policy = state.settings.net_policy()
+    for inp in linked.get("input", []):
+        url = getattr(inp, "input_stream_url", "")
+        await validate_url(policy, url, role="input", field="input.input_stream_url")
+    overlay = config.get("overlay") or {}
+    if overlay.get("type") == "IMAGE" and overlay.get("image_url"):
+        await validate_url(policy, overlay["image_url"], role="input", field="overlay.image_url")
+    for index, out in enumerate(linked.get("output", [])):
+        url = getattr(out, "output_stream_url", "")
+        if url and not getattr(out, "listen_port", None):
+            field = f"output.{index}.output_stream_url"
+            await validate_url(policy, url, role="output", field=field)
+
+
 async def create_job(
     state: AppState,
     kind: JobKind,
@@ -237,6 +258,7 @@ async def create_job(
     The linked documents go first and are removed again if the job cannot be stored, so a
     failed create leaves nothing behind.
     """
+    await check_urls(state, config, linked)
     if config.get("active") and _writes_files(kind, _linked_output_types(linked)):
         await check_disk(state, kind)
     db, now, job_id = state.db, utcnow(), ObjectId()
@@ -326,6 +348,7 @@ async def update_job(
     """
     db, now = state.db, utcnow()
     job = await load(db, kind, tenant, job_id)
+    await check_urls(state, config, linked)
     if config.get("active") and _writes_files(kind, _linked_output_types(linked)):
         await check_disk(state, kind, job_id)
     ids: dict[str, list[ObjectId]] = {}

@@ -36,6 +36,7 @@ from reelhouse.common.errors import NotFound, ValidationFailed
 from reelhouse.common.logging import get_logger
 from reelhouse.common.micro import call
 from reelhouse.common.mongo import Collections
+from reelhouse.common.netpolicy import validate_url
 from reelhouse.common.subjects import Verb
 
 router = APIRouter(prefix="/api/streams", tags=["streams"])
@@ -123,7 +124,14 @@ async def create(
     return await idempotency.once(state.db, principal, "stream", key, body, response, run)
 
 
+async def _check_url(state: AppState, url: str | None) -> None:
+    """A stream URL is probed by the monitors: the address policy applies when it is stored."""
+    if url:
+        await validate_url(state.settings.net_policy(), url, role="input", field="stream_url")
+
+
 async def _create(state: AppState, tenant: str, body: StreamIn) -> dict[str, Any]:
+    await _check_url(state, body.stream_url)
     now = utcnow()
     doc = {
         "_id": ObjectId(),
@@ -172,6 +180,7 @@ async def get_by_id(state: State, principal: Principal, body: StreamIdBody) -> d
 async def update(state: State, principal: Operator, body: StreamUpdate) -> dict[str, Any]:
     tenant = tenant_of(principal)
     doc = await _load(state.db, tenant, body.id)
+    await _check_url(state, body.stream_url)
     changes = body.changes()
     await state.db[Collections.STREAMS].update_one(
         {"_id": doc["_id"], "tenant": tenant},
@@ -188,6 +197,7 @@ async def set_stream_info(
     state: State, principal: Operator, body: SetStreamInfoBody
 ) -> dict[str, bool]:
     tenant = tenant_of(principal)
+    await _check_url(state, body.stream_url)
     query: dict[str, Any] = {"tenant": tenant, "stream_id": body.stream_id, "role_name": body.role}
     if body.port is not None:
         # A row already bound to another port is another flow with the same stream id.
@@ -268,10 +278,22 @@ async def stop(state: State, principal: Operator, body: StreamIdBody) -> dict[st
     return await _set_active(state, principal, body.id, False)
 
 
-@router.post("/getStreamInfo", summary="ffprobe a live URL (streams and format)")
+@router.post(
+    "/getStreamInfo",
+    summary="ffprobe a live URL (streams and format); operator role",
+    description="Probing makes the engine connect out, so it needs the operator role, and the "
+    "URL's resolved address must pass the address policy (REELHOUSE_PROBE_ALLOW_NETWORKS): a "
+    "refused one is a 400 with `reason: forbidden_address`. A failed probe is a 502/504 whose "
+    "`reason` is its class (`unreachable`, `refused`, `timeout`, `not_media`, "
+    "`forbidden_address`), never the source's own text.",
+)
 async def get_stream_info(
-    state: State, _principal: Principal, body: StreamInfoBody
+    state: State, _principal: Operator, body: StreamInfoBody
 ) -> dict[str, Any]:
+    # Checked here and again in the prober (which also pins the address it checked).
+    await validate_url(
+        state.settings.net_policy(), body.stream_url, role="input", field="stream_url"
+    )
     timeout_s = body.timeout or state.settings.probe_timeout_s
     request = ProbeRequest(url=body.stream_url, timeout_s=timeout_s)
     data = await call(

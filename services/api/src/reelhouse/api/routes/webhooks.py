@@ -21,6 +21,7 @@ from reelhouse.api.state import State
 from reelhouse.api.webhooks import DELIVERIES, WEBHOOKS, describe_delivery, describe_hook
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.errors import NotFound
+from reelhouse.common.netpolicy import validate_url
 from reelhouse.common.subjects import Event, Module
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
@@ -92,6 +93,7 @@ async def _hook(state: Any, tenant: str, hook_id: str) -> dict[str, Any]:
 @router.post("/create", summary="Add a webhook")
 async def create(state: State, principal: Admin, body: Annotated[WebhookCreate, Body()]) -> Any:
     """The new webhook, with its secret in clear (the only time it is shown)."""
+    await validate_url(state.settings.net_policy(), body.url, role="output", field="url")
     secret = body.secret or secrets.token_urlsafe(32)
     doc = {
         "_id": ObjectId(),
