@@ -117,7 +117,8 @@ async def test_a_node_cut_off_from_nats_is_taken_over_and_stops_its_copy_when_ba
             REELHOUSE_NATS_URL=f"nats://127.0.0.1:{proxy.port}", REELHOUSE_RECONCILE_S="60"
         )
         await nodes_running(db, 1)
-        job_id = (await stack.ok("create", job_body(hls_source.url, input_type="INPUT_TYPE_HLS_URL")))["id"]
+        body = job_body(hls_source.url, input_type="INPUT_TYPE_HLS_URL")
+        job_id = (await stack.ok("create", body))["id"]
         await running_on(stack, job_id, "recorder-1")
         await wait_recorded(stack, job_id, 3.0)
         pid1 = one_ffmpeg(first.pid)
