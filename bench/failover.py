@@ -4,9 +4,10 @@ until each job runs on the other recorder, and how much media the files miss.
 nats-server + FerretDB + the API + recorder-1 (``_common.Engine``; ``REELHOUSE_NODE_ID`` set, and
 ``REELHOUSE_NODE_TTL_S``, the live plane's heartbeat TTL, per scenario for every service). N
 copy-only SRT listener sources loop the 6 Mbps 1080p30 clip of the density benchmarks; N mp4
-recording jobs (the seed's archive, stream copy, audio copy; seamless, the default) are created while only recorder-1 runs, and once all
-report progress recorder-2 is started with the same settings. After a warm-up recorder-1 gets the
-signal, and the script reads the jobs from MongoDB every 0.1 s:
+recording jobs (the seed's archive, stream copy, audio copy; seamless, the default) are created
+while only recorder-1 runs, and once all report progress recorder-2 is started with the same
+settings. After a warm-up recorder-1 gets the signal, and the script reads the jobs from MongoDB
+every 0.1 s:
 
 * ``claimed``: ``runtime.node == "recorder-2"`` (the new owner took the owner key and wrote it);
 * ``running``: ... and ``runtime.state == "running"`` (its FFmpeg reports progress).
