@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from support.events import Events
+from support.livekv import node_beat
 from support.media import ffmpeg_children
 from support.seeds import recording_payload, restream_payload
 from support.services import settings_from_env
@@ -128,16 +129,18 @@ async def test_recorder_does_not_claim_while_the_disk_is_critical(service_env, t
         critical = critical_env(service_env)["REELHOUSE_DISK_CRITICAL_PCT"]
         recorder = await stack.start_recorder(REELHOUSE_DISK_CRITICAL_PCT=critical)
 
-        async def seen() -> Any:
-            return await db[Collections.NODES].find_one({"_id": "recorder-1", "state": "running"})
+        async def seen() -> Any:  # the recorder's heartbeat in the live plane
+            env = stack.env
+            return await node_beat(env["REELHOUSE_NATS_URL"], env["REELHOUSE_SUBJECT_PREFIX"],
+                                   "recorder", "recorder-1")  # fmt: skip
 
         first = await eventually(seen, timeout=30, what="the recorder's heartbeat")
         # Reconcile every 0.5 s: wait for heartbeats 3 s past the first one (6+ claim passes).
-        deadline = first["last_seen"].timestamp() + 3
+        deadline = first["at"] + 3
 
         async def later() -> Any:
             row = await seen()
-            return row if row and row["last_seen"].timestamp() >= deadline else None
+            return row if row and row["at"] >= deadline else None
 
         row = await eventually(later, timeout=30, what="3 s of recorder heartbeats")
         assert row["running_jobs"] == 0

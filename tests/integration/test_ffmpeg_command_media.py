@@ -310,7 +310,10 @@ async def test_hls_playlist_cannot_make_ffmpeg_read_local_files(tmp_path, segmen
     assert proc.returncode != 0
     assert not target.exists() or target.stat().st_size == 0
     if segment.endswith("secret.ts"):
-        assert "Protocol 'file' not on whitelist 'http,https,tcp,tls,crypto'" in proc.stderr_tail
+        assert (
+            "Protocol 'file' not on whitelist 'http,https,tcp,tls,crypto,httpproxy'"
+            in proc.stderr_tail
+        )
 
 
 def render_first_frame(vf: str) -> bytes:

@@ -9,6 +9,7 @@ from typing import Any
 import nats
 import pytest
 from bson import ObjectId
+from support.livekv import node_beat
 from support.media import ffmpeg_children
 from support.seeds import DROP, changed, restream_payload, seed_payloads
 from support.stack import TOKEN, running_stack
@@ -463,15 +464,16 @@ async def test_bad_requests_start_nothing_on_a_running_restreamer(stack, db):
     for _, method, payload, _field in BAD_REQUESTS:
         assert (await stack.api(f"restream/{method}", payload)).status_code == 400
     # Give a (wrongly) hinted restreamer one reconcile pass to act, then look.
-    node = await db[Collections.NODES].find_one({"service": "restreamer"})
-    beat = node["last_seen"]
+    env = stack.env
+    url, prefix = env["REELHOUSE_NATS_URL"], env["REELHOUSE_SUBJECT_PREFIX"]
+    first = await eventually(lambda: node_beat(url, prefix, "restreamer", "restreamer-1"),
+                             timeout=20, what="the restreamer's heartbeat")  # fmt: skip
 
-    async def beat_again() -> bool:
-        again = await db[Collections.NODES].find_one({"service": "restreamer"})
-        return again["last_seen"] > beat
+    async def beat_again() -> dict | None:
+        again = await node_beat(url, prefix, "restreamer", "restreamer-1")
+        return again if again and again["at"] >= first["at"] + 1.0 else None
 
-    await eventually(beat_again, timeout=20, what="another restreamer heartbeat")
-    node = await db[Collections.NODES].find_one({"service": "restreamer"})
+    node = await eventually(beat_again, timeout=20, what="another restreamer heartbeat")
     assert node["running_jobs"] == 0
     assert ffmpeg_children(restreamer.pid) == []
     assert await db[Collections.RESTREAMS].count_documents({}) == 0
