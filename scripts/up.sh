@@ -26,6 +26,14 @@ export PYTHONUNBUFFERED=1
 recorders="${RECORDERS:-1}"
 restreamers="${RESTREAMERS:-1}"
 
+# A token given in the environment is written where a generated one would be (mode 0600), so
+# the start-up line below and the README's `$(cat data/bootstrap-token)` hold either way.
+if [ -n "${REELHOUSE_BOOTSTRAP_TOKEN:-}" ]; then
+  mkdir -p "$(dirname "$REELHOUSE_BOOTSTRAP_TOKEN_FILE")"
+  (umask 077 && printf '%s\n' "$REELHOUSE_BOOTSTRAP_TOKEN" >"$REELHOUSE_BOOTSTRAP_TOKEN_FILE")
+  chmod 600 "$REELHOUSE_BOOTSTRAP_TOKEN_FILE"
+fi
+
 infra=()
 if [ -z "${REELHOUSE_NATS_URL:-}" ]; then
   export REELHOUSE_NATS_URL="nats://127.0.0.1:$UP_NATS_PORT"
@@ -131,7 +139,11 @@ EOF
 
 UV="$(command -v uv || echo "$root/.cache/tools/bin/uv")"
 echo "reelhouse: API on http://127.0.0.1:$REELHOUSE_API_PORT  data in $data" >&2
-echo "reelhouse: token in $REELHOUSE_BOOTSTRAP_TOKEN_FILE (written at first start)" >&2
+if [ -n "${REELHOUSE_BOOTSTRAP_TOKEN:-}" ]; then
+  echo "reelhouse: token in $REELHOUSE_BOOTSTRAP_TOKEN_FILE (REELHOUSE_BOOTSTRAP_TOKEN's value)" >&2
+else
+  echo "reelhouse: token in $REELHOUSE_BOOTSTRAP_TOKEN_FILE (written at first start)" >&2
+fi
 echo "reelhouse: supervisord, configuration in $conf" >&2
 export UP_LOG_WIDTH="$width"
 exec "$UV" run --locked --no-sync python "$root/scripts/log_prefix.py" supervisord -c "$conf"

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import signal
+import stat
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -133,7 +134,8 @@ async def test_a_killed_process_comes_back_alone_and_ctrl_c_stops_all(tmp_path):
     2 s and serving again, and every other process keeps its pid and keeps serving."""
     data = tmp_path / "stack-data"
     api_port = free_port()
-    env = _stack_env(data, api_port, RECORDERS="2")
+    token = "a-token-from-the-environment-0123"  # issue 20 item 9: written to the file too
+    env = _stack_env(data, api_port, RECORDERS="2", REELHOUSE_BOOTSTRAP_TOKEN=token)
     log_path = tmp_path / "up.log"
     log = log_path.open("wb")
     # A session of its own, so that SIGINT to its process group is what Ctrl-C in a terminal is.
@@ -141,10 +143,10 @@ async def test_a_killed_process_comes_back_alone_and_ctrl_c_stops_all(tmp_path):
         "make", "--no-print-directory", "up", cwd=ROOT, env=env, stdout=log,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    headers = {"x-access-token": token}
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as client:
             await _green(client, timeout=90)
-            headers = {"x-access-token": (data / "bootstrap-token").read_text().strip()}
             supervisord = int((data / "run/supervisord.pid").read_text())
             everyone = {"nats.1", "db.1", "api.1", "recorder.1", "recorder.2", "restreamer.1",
                         "prober.1", "janitor.1"}  # fmt: skip
@@ -174,6 +176,12 @@ async def test_a_killed_process_comes_back_alone_and_ctrl_c_stops_all(tmp_path):
                 lambda: heartbeats_after(service_pids, started),
                 timeout=30, what="six service nodes heartbeating",
             )  # fmt: skip
+
+            # Item 9: the token given in the environment is in the file the start-up line names.
+            token_file = data / "bootstrap-token"
+            assert token_file.read_text().strip() == token
+            assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+            assert f"token in {token_file}" in log_path.read_text(errors="replace")
 
             current = before
             kill, term = signal.SIGKILL, signal.SIGTERM
