@@ -68,7 +68,10 @@ def _prefixed(log: str, name: str) -> list[str]:
 
 
 def _stack_env(data: Path, api_port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REELHOUSE_")}
+    # As a user would type it: none of the suite's REELHOUSE_* settings, and no outer make's
+    # flags (`make test` runs this suite).
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REELHOUSE_") and k not in outer}
     env.update(
         UP_DATA_DIR=str(data), API_PORT=str(api_port), NATS_PORT=str(free_port()),
         DB_PORT=str(free_port()), REELHOUSE_NODE_HEARTBEAT_S="1", **extra,
