@@ -28,3 +28,17 @@ def test_configuration_table_lists_every_setting_and_nothing_else():
     for cls in (ApiSettings, RecorderSettings, RestreamerSettings, ProberSettings, JanitorSettings):
         real |= env_names(cls)
     assert documented == real
+
+
+def test_readme_names_everything_make_up_installs():
+    """Each thing scripts/bootstrap.sh installs or builds is named where the README says so."""
+    bootstrap = (ROOT / "scripts/bootstrap.sh").read_text()
+    section = README[README.index("## The two commands") : README.index("API documentation")]
+    apt = re.findall(r"missing\+=\((\w+)\)", bootstrap)
+    builds = re.findall(r"^\s*build_go ([\w-]+) ", bootstrap, flags=re.M)
+    assert apt == ["ffmpeg", "chromium"]
+    assert builds == ["nats-server", "ferretdb-lite"]
+    uv_version = re.search(r'^UV_VERSION="([\d.]+)"', bootstrap, flags=re.M)[1]
+    for name in [*apt, "nats-server", "FerretDB", f"`uv` {uv_version}", "uv sync --locked"]:
+        assert name in section, name
+    assert re.search(r"first run takes about \d+ minutes", section)

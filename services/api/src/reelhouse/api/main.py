@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Iterator
 
 import uvicorn
@@ -35,8 +36,9 @@ def main() -> None:
     configure_logging(level=settings.log_level, fmt=settings.log_format, service="api")
     try:
         app = create_app(settings)
-    except ValueError as exc:
-        raise SystemExit(f"reelhouse-api: {exc}") from None
+    except ValueError as exc:  # a setting's value the model could not check (e.g. token length)
+        print(f"reelhouse-api: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None  # as load_settings: a bad setting exits 2
     config = uvicorn.Config(
         app,
         host=settings.api_host,
