@@ -16,10 +16,12 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from support.infra import ROOT, free_port
+from support.seeds import recording_payload
 from support.wait import eventually
 
 pytestmark = pytest.mark.slow
@@ -74,7 +76,7 @@ def _stack_env(data: Path, api_port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REELHOUSE_") and k not in outer}
     env.update(
         UP_DATA_DIR=str(data), API_PORT=str(api_port), NATS_PORT=str(free_port()),
-        DB_PORT=str(free_port()), REELHOUSE_NODE_HEARTBEAT_S="1", **extra,
+        DB_PORT=str(free_port()), **extra,
     )  # fmt: skip
     return env
 
@@ -270,3 +272,102 @@ def _zombie(pid: int) -> bool:
 
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+async def test_a_recorder_killed_under_make_up_hands_its_jobs_over_and_comes_back_for_new_work(
+    tmp_path, media_source_factory
+):
+    """Issue 19: `make up RECORDERS=2`, ten recordings; SIGKILL the recorder that runs the most
+    of them. The survivor takes every one of its jobs over (their heartbeat key expires, the
+    owner keys move by compare-and-set); supervisord starts the killed recorder again, and the
+    new one, the least loaded node, takes its share of the next jobs."""
+    data = tmp_path / "stack-data"
+    api_port = free_port()
+    env = _stack_env(data, api_port, RECORDERS="2")
+    log = (tmp_path / "up.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        "make", "--no-print-directory", "up", cwd=ROOT, env=env, stdout=log,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    sources = [await media_source_factory("srt", size="320x180", fps=10) for _ in range(14)]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as client:
+            await _green(client, timeout=90)
+            headers = {"x-access-token": (data / "bootstrap-token").read_text().strip()}
+            supervisord = int((data / "run/supervisord.pid").read_text())
+
+            async def call(path: str, body: dict) -> Any:
+                r = await client.post(f"/api/{path}", json=body, headers=headers)
+                assert r.status_code == 200, r.text
+                return r.json()
+
+            async def recorders() -> dict[str, dict]:
+                rows = await call("nodes/getAll", {"service": "recorder", "alive": True})
+                return {row["node_id"]: row for row in rows}
+
+            await eventually(lambda: _count(recorders(), 2), timeout=60, what="two recorders")
+
+            async def create(source: Any) -> str:
+                body = recording_payload(0, active=True)  # the seed's mp4 archive
+                body["input"]["input_stream_url"] = source.url
+                body["input"]["input_type"] = "INPUT_TYPE_SRT_URL"
+                return (await call("recording/create", body))["id"]
+
+            first = [await create(source) for source in sources[:10]]
+
+            async def owners(ids: list[str]) -> dict[str, str] | None:
+                """job id -> the node running it, once every one of ``ids`` runs."""
+                out = {}
+                for job_id in ids:
+                    runtime = (await call("recording/getById", {"id": job_id}))["runtime"]
+                    if not runtime or runtime.get("state") != "running":
+                        return None
+                    out[job_id] = runtime["node"]
+                return out
+
+            placed = await eventually(lambda: owners(first), timeout=120, what="ten jobs running")
+            nodes = await recorders()
+            by_node = {n: [j for j, o in placed.items() if o == n] for n in nodes}
+            victim = max(by_node, key=lambda n: len(by_node[n]))
+            survivor = next(n for n in nodes if n != victim)
+            victim_pid = nodes[victim]["pid"]
+            name = next(n for n, pid in _supervised(supervisord).items() if pid == victim_pid)
+            assert name.startswith("recorder.")
+
+            os.kill(victim_pid, signal.SIGKILL)
+
+            async def all_on_survivor() -> bool:
+                now = await owners(first)
+                return now is not None and set(now.values()) == {survivor}
+
+            await eventually(all_on_survivor, timeout=60, what="every job on the survivor")
+            # supervisord started the killed recorder again: a new node, alive, running nothing.
+            reborn = await eventually(
+                lambda: _new_recorder(recorders(), {victim, survivor}),
+                timeout=30, what="the killed recorder back as a new node",
+            )  # fmt: skip
+            assert _supervised(supervisord)[name] == reborn["pid"]
+            assert reborn["jobs"] == []
+
+            # The next jobs go to the least loaded node first: the new one takes its share.
+            later = [await create(source) for source in sources[10:]]
+            placed_later = await eventually(
+                lambda: owners(later), timeout=120, what="four more jobs running"
+            )
+            assert sum(1 for o in placed_later.values() if o == reborn["node_id"]) >= 2
+            for job_id in first + later:
+                await call("recording/stop", {"id": job_id})
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        await asyncio.wait_for(proc.wait(), 60)
+        log.close()
+
+
+async def _count(rows: Any, n: int) -> bool:
+    return len(await rows) >= n
+
+
+async def _new_recorder(rows: Any, known: set[str]) -> dict | None:
+    fresh = [row for node, row in (await rows).items() if node not in known]
+    return fresh[0] if fresh else None
