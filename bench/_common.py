@@ -618,6 +618,8 @@ class Engine:
             "REELHOUSE_API_PORT": str(api_port),
             "REELHOUSE_LOG_FORMAT": "json",
             "REELHOUSE_MAX_JOBS": str(max(self.jobs, 1)),
+            # The sources are local, as under `make up` (the URL policy refuses loopback else).
+            "REELHOUSE_PROBE_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
             **self.env_extra,
         }
         self.env = env
