@@ -71,7 +71,7 @@ async def test_a_dead_nodes_job_is_taken_over_by_exactly_one_peer(
     peers = [_store(db, await plane(f"peer-{i}")) for i in range(5)]
     heard: list[str] = []
     for peer in peers:
-        peer.live.on_node_gone.append(lambda node, h=heard: _append(h, node))
+        peer.live.on_node_gone.append(lambda service, node, h=heard: _append(h, node))
     await eventually(lambda: all(p.live.alive("old") for p in peers), timeout=5,
                      what="the peers to see old heartbeat")  # fmt: skip
 
@@ -80,7 +80,8 @@ async def test_a_dead_nodes_job_is_taken_over_by_exactly_one_peer(
     assert set(heard) == {"old"}
     for peer in peers:
         assert not peer.live.alive("old")
-        assert not await peer.live.node_alive_now("old")
+        assert not peer.live.alive("old", "recorder")
+        assert not await peer.live.node_alive_now("old", "recorder")
     entry = peers[0].live.owners[("recording", str(job_id))]
     assert entry.node == "old"
     taken = await asyncio.gather(*(p.take_over(p.live.owners[entry.kind, entry.job_id])

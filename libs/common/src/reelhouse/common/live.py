@@ -11,8 +11,8 @@ reachable, heartbeats this node's key, and watches the key families the process 
 keeping each as a map in memory, so a change is an event, not something found by polling:
 
 - a node key that expires leaves a delete marker (the bucket is made with ``limit_marker_ttl``);
-  the watcher turns it into ``on_node_gone(node)``, which workers use to take the dead node's jobs
-  over (:mod:`reelhouse.common.jobs.lease`);
+  the watcher turns it into ``on_node_gone(service, node)``, which workers use to take the dead
+  node's jobs over (:mod:`reelhouse.common.jobs.lease`);
 - after a reconnect every watcher is made anew (a watcher of a restarted server goes silent for
   ~16 s otherwise), and :attr:`settled` stays False for one TTL plus one heartbeat: a node seen
   missing then may only not have heartbeaten yet, so nobody claims on it before that.
@@ -48,7 +48,8 @@ __all__ = ["LivePlane", "NodeEntry", "OwnerEntry", "decode"]
 
 log = get_logger("reelhouse.live")
 
-NodeGone = Callable[[str], Awaitable[None]]
+NodeGone = Callable[[str, str], Awaitable[None]]
+"""Called with (service, node) when a node's heartbeat key expires or is deleted."""
 
 
 def decode(value: bytes | None) -> dict[str, Any] | None:
@@ -118,7 +119,9 @@ class LivePlane:
         self.ttl_s = max(1, int(ttl_s))  # a node key lives this long without a heartbeat
         self._heartbeat = heartbeat
         self.kv: KeyValue | None = None
-        self.nodes: dict[str, NodeEntry] = {}
+        # Nodes by (service, node id): a node id is unique within its service (an operator may
+        # give every service of a host the same one).
+        self.nodes: dict[tuple[str, str], NodeEntry] = {}
         self._key_nodes: dict[tuple[str, str], str] = {}  # (service, key token) -> node id
         self.owners: dict[tuple[str, str], OwnerEntry] = {}
         self.progress: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
@@ -162,9 +165,12 @@ class LivePlane:
         loop = asyncio.get_running_loop()
         return max(0.0, self._connected_at + self.ttl_s + self.heartbeat_s - loop.time())
 
-    def alive(self, node: str) -> bool:
-        entry = self.nodes.get(node)
-        return entry is not None and entry.alive
+    def alive(self, node: str, service: str | None = None) -> bool:
+        """Whether ``node`` (of ``service``, or of any service) heartbeats, as last seen."""
+        if service is not None:
+            entry = self.nodes.get((service, node))
+            return entry is not None and entry.alive
+        return any(e.alive for (_, n), e in self.nodes.items() if n == node)
 
     def owned_by(self, kind: str, node: str | None = None) -> dict[str, OwnerEntry]:
         """Owner entries of one kind (of one node)."""
@@ -334,27 +340,27 @@ class LivePlane:
         if value is not None:
             node = str(value.get("node") or key_node)
             self._key_nodes[(service, key_node)] = node
-            self.nodes[node] = NodeEntry(node=node, service=service, value=value, alive=True,
-                                         last_seen=float(value.get("at", now)))  # fmt: skip
+            seen = float(value.get("at", now))
+            self.nodes[(service, node)] = NodeEntry(node=node, service=service, value=value,
+                                                    alive=True, last_seen=seen)  # fmt: skip
             return
         node = self._key_nodes.get((service, key_node), key_node)
-        known = self.nodes.get(node)
+        known = self.nodes.get((service, node))
         if known is None:
             return  # expired before we ever saw it alive: nothing to take over from the map
         was_alive = known.alive
         known.alive = False
         known.gone_at = now
-        if was_alive and node != self.node_id:
+        if was_alive and (service, node) != (self.service, self.node_id):
             for cb in self.on_node_gone:
-                await cb(node)
+                await cb(service, node)
 
-    async def node_alive_now(self, node: str) -> bool:
+    async def node_alive_now(self, node: str, service: str) -> bool:
         """Re-read a node's key (before taking its jobs): True if it heartbeats."""
-        entry = self.nodes.get(node)
-        if self.kv is None or entry is None:
+        if self.kv is None:
             return False
         try:
-            got = await self.kv.get(self.node_key(entry.service, node))
+            got = await self.kv.get(self.node_key(service, node))
         except nats.js.errors.KeyNotFoundError:
             return False
         value = decode(got.value)

@@ -152,9 +152,9 @@ class JobNode(ABC):
 
     # -- live-plane callbacks -----------------------------------------------------------------
 
-    async def _node_gone(self, node: str) -> None:
+    async def _node_gone(self, service: str, node: str) -> None:
         """A node's heartbeat key expired (or was deleted): take its jobs over, if it had any."""
-        if self.live.owned_by(self.module, node):
+        if service == self.service and self.live.owned_by(self.module, node):
             self._gone.add(node)
             self._wake.set()
 
@@ -238,7 +238,7 @@ class JobNode(ABC):
             return  # the reconcile pass's orphan sweep takes them, if they are still orphaned
         gone, self._gone = self._gone, set()
         for node in gone:
-            if await self.live.node_alive_now(node):
+            if await self.live.node_alive_now(node, self.service):
                 continue  # it heartbeats again (a blip): nothing to take
             await self._take_over(node)
 
@@ -246,10 +246,11 @@ class JobNode(ABC):
         """Owner keys of nodes that are not alive (died while nobody watched): take them over."""
         if not self.live.settled or self.ctx.stop.is_set():
             return
+        me, service = self.ctx.node_id, self.service
         dead = {e.node for e in self.live.owned_by(self.module).values()
-                if e.node != self.ctx.node_id and not self.live.alive(e.node)}  # fmt: skip
+                if e.node != me and not self.live.alive(e.node, service)}  # fmt: skip
         for node in dead:
-            if not await self.live.node_alive_now(node):
+            if not await self.live.node_alive_now(node, self.service):
                 await self._take_over(node)
 
     async def _take_over(self, node: str) -> None:

@@ -440,7 +440,7 @@ async def wait_released(live: Any, kind: JobKind, job_id: ObjectId, timeout_s: f
             owner = await live.owner(kind.module, str(job_id))
         except Exception:
             owner = live.owners.get((kind.module, str(job_id)))
-        if owner is None or not live.alive(owner.node):
+        if owner is None or not live.alive(owner.node, owner.value.get("service")):
             return True
         if loop.time() >= deadline:
             return False

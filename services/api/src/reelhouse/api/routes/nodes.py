@@ -60,24 +60,25 @@ async def get_all(
     rows add the nodes that stopped or died before this API replica started."""
     query = query or NodesQuery()
     now = time.time()
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
     for entry in list(state.live.nodes.values()):
         if not entry.alive and entry.gone_at is not None and now - entry.gone_at > DEAD_KEEP_S:
             continue
-        rows[entry.node] = _live_row(entry)
+        rows[(entry.service, entry.node)] = _live_row(entry)
     mongo_filter = {"service": query.service} if query.service else {}
     try:
         cursor = state.db[Collections.NODES].find(mongo_filter).sort("last_seen", -1).limit(200)
         async for doc in cursor:
             node_id = doc.pop("_id")
-            if node_id in rows:
-                if doc.get("state") == "stopped" and not rows[node_id]["alive"]:
-                    rows[node_id]["state"] = "stopped"
-                    rows[node_id]["stopped"] = doc.get("stopped")
+            key = (str(doc.get("service")), node_id)
+            if key in rows:
+                if doc.get("state") == "stopped" and not rows[key]["alive"]:
+                    rows[key]["state"] = "stopped"
+                    rows[key]["stopped"] = doc.get("stopped")
                 continue
             row = {"node_id": node_id, **doc, "alive": False}
             row["state"] = "stopped" if doc.get("state") == "stopped" else "dead"
-            rows[node_id] = row
+            rows[key] = row
     except Exception as exc:  # the database away: the live plane alone answers
         log.warning("nodes_rows_unavailable", error=str(exc).splitlines()[0][:200])
     out = []
@@ -101,10 +102,13 @@ def _attach_jobs(state: Any, principal: Any, rows: list[dict[str, Any]]) -> None
     ``running_jobs``, stays the node's)."""
     everyone = is_operator_admin(principal)
     tenant = getattr(principal, "tenant", "default")
-    by_node: dict[str, list[dict[str, Any]]] = {row["node_id"]: [] for row in rows}
+    by_node: dict[tuple[str, str], list[dict[str, Any]]] = {
+        (str(row.get("service")), row["node_id"]): [] for row in rows
+    }
     live = state.live
     for (module, job_id), owner in list(live.owners.items()):
-        if owner.node not in by_node:
+        key = (str(owner.value.get("service")), owner.node)
+        if key not in by_node:
             continue
         if not everyone and owner.value.get("tenant", "default") != tenant:
             continue
@@ -112,6 +116,6 @@ def _attach_jobs(state: Any, principal: Any, rows: list[dict[str, Any]]) -> None
         if progress is not None and progress[1].get("node") != owner.node:
             progress = None  # a dead owner's last word
         job_state = (progress[1].get("state") if progress else None) or owner.value.get("state")
-        by_node[owner.node].append({"module": module, "id": job_id, "state": job_state})
+        by_node[key].append({"module": module, "id": job_id, "state": job_state})
     for row in rows:
-        row["jobs"] = by_node.get(row["node_id"], [])
+        row["jobs"] = by_node.get((str(row.get("service")), row["node_id"]), [])
