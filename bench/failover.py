@@ -16,6 +16,10 @@ Times are from the signal. Then the jobs record on for a few seconds and are sto
 of each job is joined into one file whose record carries ``integrity.gaps`` (media the wall clock
 says is missing between parts, reported from 1 s); the sum of a job's gaps is its media gap.
 
+Sources (``--source``): ``srt`` (default) or ``udp``; an FFmpeg SRT listener keeps a dead
+reader's connection until SRT's peer idle timeout (5 s), so with ``srt`` the media gap includes
+the source's own recovery; ``udp`` measures the engine's failover alone.
+
 Scenarios are ``kill-<ttl s>`` (SIGKILL: the FFmpeg children die through PDEATHSIG, the node's
 heartbeat key expires after the TTL and recorder-2 takes the owner keys over) and ``term-<ttl s>``
 (SIGTERM: graceful drain releases the owner keys at once and hints the peer). Before the live
@@ -46,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     Engine,
     Sources,
+    UdpSources,
     add_output_args,
     aggregate,
     children,
@@ -74,7 +79,8 @@ def run(scenario: str, args: argparse.Namespace, clip: Path, work: Path) -> dict
     if probe:
         env["REELHOUSE_PROBE_MS"] = probe[0].removeprefix("p")
     engine = Engine(work, "recorder", "recording", n, env_extra=env)
-    sources = Sources(n, clip, work / "sources")
+    kinds = {"srt": Sources, "udp": UdpSources}
+    sources = kinds[args.source](n, clip, work / "sources")
     m: dict[str, Any] = {"load_start": loadavg()}
     try:
         api = engine.start()
@@ -212,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated kill-<ttl s> / term-<ttl s>, optionally "
                         "-p<probe ms> (REELHOUSE_PROBE_MS)")  # fmt: skip
     p.add_argument("--repeat", type=int, default=3, help="runs per scenario (median, min-max)")
+    p.add_argument("--source", choices=("srt", "udp"), default="srt",
+                   help="srt: FFmpeg SRT listeners, which notice a dead reader only after SRT's "
+                        "5 s peer idle timeout and then serve the next one; udp: senders to the "
+                        "job's port, which the new reader binds at once (the engine's own "
+                        "failover, without the source's)")  # fmt: skip
     p.add_argument("--warmup", type=float, default=10.0, help="recording before the signal, s")
     p.add_argument("--after", type=float, default=5.0, help="recording after the move, s")
     p.add_argument("--quick", action="store_true",
