@@ -99,6 +99,38 @@ async def test_sigterm_drains_hands_the_job_over_at_once_and_the_gap_is_recorded
         assert report["expected_ms"] - report["duration_ms"] <= gap_ms + 2000
 
 
+async def test_sigterm_hands_a_two_reader_source_over_before_it_stops_without_a_gap(
+    service_env, tmp_path, db, hls_source
+):
+    """Make-before-break: live HLS serves any number of readers, so the draining recorder gives
+    the job up and hints the peer while its own FFmpeg still records, and stops only once the
+    peer's run reports progress. The session has no gap; the join removes the overlap."""
+    async with stack_on(service_env, tmp_path) as stack:
+        first = await stack.start_recorder(REELHOUSE_RECONCILE_S="60")
+        await nodes_running(db, 1)
+        body = job_body(hls_source.url, input_type="INPUT_TYPE_HLS_URL")
+        job_id = (await stack.ok("create", body))["id"]
+        await running_on(stack, job_id, "recorder-1")
+        await wait_recorded(stack, job_id, 4.0)
+        await stack.start_recorder(REELHOUSE_RECONCILE_S="60")
+        await nodes_running(db, 2)
+        first.proc.send_signal(signal.SIGTERM)
+        await running_on(stack, job_id, "recorder-2", timeout=25)
+        assert await first.wait(timeout=30) == 0
+        assert '"recording_handed_over"' in first.output()
+        await wait_recorded(stack, job_id, (await out_time_s(stack, job_id)) + 3.0)
+        (joined,) = (await stop_and_wait(stack, job_id))["recordedFiles"]
+        assert joined["status"] == "ready"
+        report = (await db[Collections.FILES].find_one({"entity_id": job_id}))["integrity"]
+        assert report["parts"] == 2
+        assert report["gaps"] == [], report["gaps"]
+        assert [o["after_part"] for o in report["overlaps"]] == [1], report["overlaps"]
+        assert report["overlaps"][0]["duration_ms"] > 0
+        # The overlap was skipped: the joined media covers the wall-clock span once (within a
+        # segment of the live HLS source), not the overlap twice.
+        assert report["duration_ms"] <= report["expected_ms"] + 2500, report
+
+
 # -- no split brain ---------------------------------------------------------------------------
 
 

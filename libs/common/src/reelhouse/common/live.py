@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
@@ -473,6 +474,16 @@ class LivePlane:
             return
         subject = self.subjects.live_key_subject(self.progress_key(kind, job_id))
         await self.bus.nc.publish(subject, payload, headers={"Nats-TTL": str(5 * self.ttl_s)})
+
+    async def read_progress(self, kind: str, job_id: str) -> dict[str, Any] | None:
+        """A job's progress value now (from the server, not a map); None if none or no NATS."""
+        if self.kv is None or not self.bus.connected:
+            return None
+        try:
+            got = await self.kv.get(self.progress_key(kind, job_id))
+        except (nats.js.errors.KeyNotFoundError, nats.errors.TimeoutError):
+            return None
+        return decode(got.value)
 
     async def clear_progress(self, kind: str, job_id: str) -> None:
         if self.kv is None or not self.bus.connected:

@@ -113,7 +113,9 @@ async def serve_service(
         log.info("service_starting", nats=settings.nats_url, database=settings.mongodb_database)
         await _ensure_indexes_when_reachable(ctx)
         heartbeat = asyncio.create_task(node.run(stop), name="node-row")
-        live_task = asyncio.create_task(live.run(stop), name="live-plane")
+        # The live plane outlives the drain (handovers watch it), so it has its own stop.
+        live_stop = asyncio.Event()
+        live_task = asyncio.create_task(live.run(live_stop), name="live-plane")
         # Issue 7: warn+ logs into `logs`; runtime settings applied live (docs/DECISIONS.md).
         watcher = RuntimeSettingsWatcher(
             db=db, bus=bus, settings=settings, service=service, node_id=node_id, node=node
@@ -131,6 +133,7 @@ async def serve_service(
             stop.set()
             await asyncio.gather(*extras, return_exceptions=True)
             await heartbeat
+            live_stop.set()
             await live_task
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(node.mark_stopped(), timeout=5)

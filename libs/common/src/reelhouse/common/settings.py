@@ -141,6 +141,12 @@ class WorkerSettings(CommonSettings):
         description="Seconds between reconcile passes against MongoDB, which repair what a lost "
         "NATS hint missed (hints and the live plane act at once).",
     )
+    handover_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="Draining (SIGTERM): how long a job whose source admits two readers keeps "
+        "recording here while a peer starts it (make-before-break), seconds.",
+    )
     schedule_grace_s: float = Field(
         15.0,
         gt=0,

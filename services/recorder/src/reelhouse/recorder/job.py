@@ -81,6 +81,35 @@ GAP_MIN_MS = 1000
 """Time between two parts of a session below which it is not reported as a gap."""
 
 
+OVERLAP_MIN_MS = 200
+"""Overlap of two parts (a make-before-break handover, a node back from a NATS partition) from
+which the join skips the later part's first seconds."""
+
+
+def part_periods(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each part's media period on the wall clock: it ends when its file was last written and
+    began its media duration earlier (or when the part started, without a duration)."""
+
+    def began(part: dict[str, Any]) -> datetime:
+        if part.get("duration_ms"):
+            return part["part_ended_at"] - timedelta(milliseconds=part["duration_ms"])
+        return part["part_started_at"]
+
+    return [{"from": began(p), "to": p["part_ended_at"], "duration_ms": p.get("duration_ms")}
+            for p in parts]  # fmt: skip
+
+
+def overlaps_s(parts: list[dict[str, Any]]) -> list[float]:
+    """Per part, how many seconds at its start repeat the previous part's media (0.0 if none):
+    what the join skips (the concat demuxer's ``inpoint``)."""
+    periods = part_periods(parts)
+    out = [0.0]
+    for prev, nxt in itertools.pairwise(periods):
+        overlap_ms = (prev["to"] - nxt["from"]).total_seconds() * 1000
+        out.append(round(overlap_ms / 1000, 3) if overlap_ms >= OVERLAP_MIN_MS else 0.0)
+    return out
+
+
 def integrity_report(parts: list[dict[str, Any]], facts: FileFacts) -> dict[str, Any]:
     """What the joined file holds against what the wall clock says, and where the gaps are.
 
@@ -90,13 +119,7 @@ def integrity_report(parts: list[dict[str, Any]], facts: FileFacts) -> dict[str,
     (source drop, FFmpeg restart, failover).
     """
 
-    def began(part: dict[str, Any]) -> datetime:
-        if part.get("duration_ms"):
-            return part["part_ended_at"] - timedelta(milliseconds=part["duration_ms"])
-        return part["part_started_at"]
-
-    periods = [{"from": began(p), "to": p["part_ended_at"], "duration_ms": p.get("duration_ms")}
-               for p in parts]  # fmt: skip
+    periods = part_periods(parts)
     gaps = []
     for index, (prev, nxt) in enumerate(itertools.pairwise(periods)):
         gap_ms = int((nxt["from"] - prev["to"]).total_seconds() * 1000)
@@ -105,8 +128,11 @@ def integrity_report(parts: list[dict[str, Any]], facts: FileFacts) -> dict[str,
             gaps.append({"after_part": index + 1, "from": prev["to"], "to": nxt["from"],
                          "duration_ms": gap_ms, "cause": cause})  # fmt: skip
     expected = periods[-1]["to"] - periods[0]["from"]
+    overlaps = [{"after_part": index, "duration_ms": int(seconds * 1000), "removed": True}
+                for index, seconds in enumerate(overlaps_s(parts)) if seconds > 0]  # fmt: skip
     return {
         "parts": len(parts),
+        "overlaps": overlaps,
         "duration_ms": facts.duration_ms,
         "expected_ms": int(expected.total_seconds() * 1000),
         "gaps": gaps,
@@ -555,7 +581,12 @@ class RecordingRun(SupervisedRun):
                 sessions.add(int(record.get("session", 0)))
             if record.get("part_ended_at") is not None or record["status"] != "recording":
                 continue  # a closed part of a session: joined when its session ends
-            self._log.info("file_recovered", file=record["file_name"], node=record.get("node"))
+            writer = record.get("node")
+            if writer and writer != self._node_id and self._leases.live.alive(writer, "recorder"):
+                # A live node still writes it (a make-before-break handover): it closes it.
+                self._log.info("file_left_to_its_writer", file=record["file_name"], node=writer)
+                continue
+            self._log.info("file_recovered", file=record["file_name"], node=writer)
             await self._close_part(
                 Path(record["file_path"]),
                 record["_id"],
@@ -623,7 +654,8 @@ class RecordingRun(SupervisedRun):
             presented = present_file({**first, "status": "processing"})
             await self._event("processing_progress", file=presented, progress_pct=pct)
 
-        error = await self._concat(paths, listing, joined, total_s=total_s, on_progress=progress)
+        error = await self._concat(paths, listing, joined, total_s=total_s, on_progress=progress,
+                                   inpoints=overlaps_s(parts))  # fmt: skip
         if error is not None:
             self._log.warning("session_join_failed", session=session, error=error)
             now = utcnow()
@@ -673,13 +705,21 @@ class RecordingRun(SupervisedRun):
         *,
         total_s: float | None = None,
         on_progress: ProgressCallback | None = None,
+        inpoints: list[float] | None = None,
     ) -> str | None:
-        """Copy ``paths`` one after the other into ``out``; None, or FFmpeg's error."""
+        """Copy ``paths`` one after the other into ``out``, each from its ``inpoints`` second
+        (the overlap with the one before; copied from the keyframe before it); None, or FFmpeg's
+        error."""
 
         def quoted(path: Path) -> str:
             return "file '" + str(path).replace("'", "'\\''") + "'"
 
-        await asyncio.to_thread(listing.write_text, "\n".join(map(quoted, paths)) + "\n")
+        lines = []
+        for index, path in enumerate(paths):
+            lines.append(quoted(path))
+            if inpoints and index < len(inpoints) and inpoints[index] > 0:
+                lines.append(f"inpoint {inpoints[index]:.3f}")
+        await asyncio.to_thread(listing.write_text, "\n".join(lines) + "\n")
         try:
             return await ffmpeg_copy(
                 self._settings.ffmpeg_path,

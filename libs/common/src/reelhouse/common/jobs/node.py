@@ -24,9 +24,10 @@ with what this node runs:
 Faults (docs/DECISIONS.md "The live plane"): NATS away → FFmpeg keeps running, nothing is claimed;
 after any reconnect nothing is claimed on a node's absence until the live plane has been
 connected for one TTL plus one heartbeat. MongoDB away → running jobs are untouched (nothing
-periodic needs it); claims wait for it. Drain (SIGTERM): the loop stops claiming, every FFmpeg is
-stopped gracefully and its owner key released, and a ``start`` hint names each released job so a
-peer claims it at once.
+periodic needs it); claims wait for it. Drain (SIGTERM): the loop stops claiming; a job whose source
+admits two readers is released and hinted first and stopped here once a peer's run of it reports
+progress (make-before-break: overlap, no gap); every other FFmpeg is stopped gracefully, its
+owner key released, and a ``start`` hint names the job so a peer claims it at once.
 """
 
 from __future__ import annotations
@@ -108,6 +109,11 @@ class JobNode(ABC):
     @property
     def reconcile_s(self) -> float:
         return float(self.settings.reconcile_s)
+
+    @property
+    def handover_wait_s(self) -> float:
+        """Draining: how long a run waits for a peer's run of its job before it stops anyway."""
+        return float(getattr(self.settings, "handover_wait_s", 10.0))
 
     @property
     def schedule_grace_s(self) -> float:
@@ -419,14 +425,16 @@ class JobNode(ABC):
         if not run.stopping:
             self._begin_stop(run, reason)
 
-    def _begin_stop(self, run: JobRun, reason: str) -> None:
+    def _begin_stop(self, run: JobRun, reason: str, *, hand_over: bool = False) -> None:
         async def stop() -> None:
             try:
+                if hand_over:
+                    await self._hand_over(run)
                 await run.stop(reason)
             finally:
                 if self.runs.get(run.job_id) is run:
                     del self.runs[run.job_id]
-                if self.ctx.stop.is_set():  # draining: a peer may claim this job right now
+                if self.ctx.stop.is_set() and not hand_over:  # draining: a peer may claim it now
                     await self._hint_peers([run.job_id])
                 self.ctx.node.running_jobs = len(self.runs)
                 self._wake.set()  # the job may be claimable again (restart, update)
@@ -436,11 +444,46 @@ class JobNode(ABC):
         task.add_done_callback(self._stopping.discard)
 
     async def _stop_all(self, reason: str) -> None:
+        """Stop every run; while draining with a live peer, a run whose source admits two readers
+        is handed over first (make-before-break, :meth:`_hand_over`)."""
+        me = self.ctx.node_id
+        peers = self.ctx.stop.is_set() and any(
+            e.alive and e.service == self.service and e.node != me
+            for e in list(self.live.nodes.values())
+        )
         for run in list(self.runs.values()):
-            if not run.stopping:
+            if run.stopping:
+                continue
+            if peers and getattr(run, "admits_two_readers", False):
+                self._begin_stop(run, reason, hand_over=True)
+            else:
                 self._begin_stop(run, reason)
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
+
+    async def _hand_over(self, run: JobRun) -> None:
+        """Draining, make-before-break: give the job up and hint the peers while FFmpeg still
+        records here, then wait (up to ``handover_wait_s``) until a peer's run of it reports
+        progress, so that the two overlap instead of leaving a gap; the session's join removes
+        the overlap."""
+        try:
+            await self.leases.release(run.lease)
+        except Exception as exc:
+            self.log.warning("handover_release_failed", job_id=run.job_id, error=str(exc)[:200])
+            return
+        await self._hint_peers([run.job_id])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.handover_wait_s
+        while loop.time() < deadline:
+            owner = self.live.owners.get((self.module, run.job_id))
+            if owner is not None and owner.node != self.ctx.node_id:
+                progress = await self.live.read_progress(self.module, run.job_id)
+                if progress is not None and progress.get("node") == owner.node:
+                    self.log.info(f"{self.module}_handed_over", job_id=run.job_id, to=owner.node)
+                    return
+            await asyncio.sleep(0.1)
+        self.log.warning(f"{self.module}_handover_timed_out", job_id=run.job_id,
+                         waited_s=self.handover_wait_s)  # fmt: skip
 
     # -- hints --------------------------------------------------------------------------------
 

@@ -17,10 +17,12 @@ seamless parts of that window are joined at once.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.messages import JobEvent, JobStats, ProcessData
@@ -38,7 +40,26 @@ from reelhouse.common.netproxy import FilteringProxy
 from reelhouse.common.settings import WorkerSettings
 from reelhouse.common.subjects import Event, Module
 
-__all__ = ["SupervisedRun"]
+__all__ = ["SupervisedRun", "input_admits_two_readers"]
+
+TWO_READERS = {"INPUT_TYPE_HLS_URL", "INPUT_TYPE_MPEG_DASH_URL", "INPUT_TYPE_RTSP_URL",
+               "INPUT_TYPE_RTMP_URL"}  # fmt: skip
+"""Input types whose sources serve any number of readers (servers that are pulled from)."""
+
+
+def input_admits_two_readers(source: Any) -> bool:
+    """:attr:`SupervisedRun.admits_two_readers` for an input block (None: no)."""
+    input_type = getattr(source, "input_type", None)
+    if input_type in TWO_READERS:
+        return True
+    if input_type in ("INPUT_TYPE_UDP_URL", "INPUT_TYPE_RTP_URL"):
+        host = urlsplit(str(getattr(source, "input_stream_url", "") or "")).hostname or ""
+        try:
+            return ipaddress.ip_address(host).is_multicast
+        except ValueError:
+            return False
+    return False
+
 
 STATS_PERIOD_S = 1.0
 """Most stats messages per job per second."""
@@ -171,6 +192,13 @@ class SupervisedRun:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    @property
+    def admits_two_readers(self) -> bool:
+        """Whether the job's source serves a second reader while this one still reads (pulled
+        HTTP, HLS, DASH, RTSP, RTMP; UDP/RTP only from a multicast group): a drain may then
+        start the job on a peer before stopping it here (make-before-break)."""
+        return input_admits_two_readers(getattr(getattr(self, "config", None), "input", None))
 
     async def stop(self, reason: str) -> None:
         """Stop FFmpeg gracefully, finish up, release the job, say so."""
