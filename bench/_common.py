@@ -137,12 +137,14 @@ def cmdline(pid: int) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(
+    argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
     """Start ``argv`` (from the main thread, so PDEATHSIG ties it to this process)."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [*PDEATH, *argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=env,
+            env=env, cwd=cwd,
         )  # fmt: skip
 
 
@@ -618,7 +620,8 @@ class Engine:
             "REELHOUSE_API_PORT": str(api_port),
             "REELHOUSE_LOG_FORMAT": "json",
             "REELHOUSE_MAX_JOBS": str(max(self.jobs, 1)),
-            # The sources are local, as under `make up` (the URL policy refuses loopback else).
+            # The sources listen on loopback, which the engine refuses to reach on a user's
+            # behalf unless allowed (as `make up` and the test suite allow it).
             "REELHOUSE_PROBE_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
             **self.env_extra,
         }
@@ -904,9 +907,13 @@ def run_main(
     footer: Callable[[dict[str, dict[str, Any]]], list[str]] | None = None,
 ) -> int:
     """Run every phase ``args.repeat`` times (each run in its own directory), print the report
-    (title, machine line, table, commands, ``footer`` lines, errors), write ``--json``."""
+    (title, machine line, table, commands, ``footer`` lines, errors), write ``--json``. The
+    phases are ``args.variants`` (a list of ``runners`` keys) when the script has that option
+    and it is set, else ``--phase``. Each run records the 1-minute load it started with."""
     clip = ensure_clip(args.cache_dir)
-    phases = ["bare", "engine"] if args.phase == "both" else [args.phase]
+    phases = getattr(args, "variants", None) or (
+        ["bare", "engine"] if args.phase == "both" else [args.phase]
+    )
     runs: dict[str, list[dict[str, Any]]] = {ph: [] for ph in phases}
     errors: dict[str, str] = {}
     started = dt.datetime.now(dt.UTC)
@@ -917,8 +924,10 @@ def run_main(
             for ph in phases:
                 d = work / f"{ph}-{r}"
                 d.mkdir()
+                load = loadavg()
+                say(f"{ph} run {r}: 1-min load {load:.2f}")
                 try:
-                    runs[ph].append(runners[ph](args, clip, d))
+                    runs[ph].append({**runners[ph](args, clip, d), "load_1min_start": load})
                 except Exception as exc:
                     errors[f"{ph}-{r}"] = f"{type(exc).__name__}: {exc}"
                     say(f"{ph} run {r} FAILED: {exc}")
