@@ -2,7 +2,8 @@
 
 The Stack of ``support.stack`` runs the API in-process behind httpx, which a browser cannot
 reach; ``dashboard`` starts ``python -m reelhouse.api`` (uvicorn) on a free loopback port with
-the test's own ``REELHOUSE_*`` settings and the stack's token, next to it.
+the test's own ``REELHOUSE_*`` settings and the stack's token, next to it. ``account`` makes
+users through that API with the bootstrap token, for the page's username-and-password sign-in.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import httpx
 import pytest
 from support.media import free_port
 from support.services import ServiceProcess
-from support.stack import TOKEN, running_stack
+from support.stack import HEADERS, TOKEN, running_stack
 from support.wait import eventually
 
 CHROMIUM = Path(os.environ.get("REELHOUSE_CHROMIUM", "/usr/bin/chromium"))
@@ -63,11 +65,18 @@ async def stack(service_env, tmp_path):
 
 
 @pytest.fixture
-async def dashboard(stack, tmp_path) -> AsyncIterator[Dashboard]:
+def dashboard_env() -> dict[str, str]:
+    """More settings of the dashboard's API (a test parametrizes it to change them)."""
+    return {}
+
+
+@pytest.fixture
+async def dashboard(stack, tmp_path, dashboard_env) -> AsyncIterator[Dashboard]:
     """The API (and so the page) served over HTTP on a free loopback port."""
     port = free_port()
     env = {
         **stack.env,
+        **dashboard_env,
         "REELHOUSE_API_HOST": "127.0.0.1",
         "REELHOUSE_API_PORT": str(port),
         "REELHOUSE_BOOTSTRAP_TOKEN": TOKEN,
@@ -89,6 +98,28 @@ async def dashboard(stack, tmp_path) -> AsyncIterator[Dashboard]:
             await api.terminate(timeout=15)
         finally:
             await api.kill()
+
+
+@dataclass
+class Account:
+    username: str
+    password: str
+    role: str
+
+
+@pytest.fixture
+async def account(dashboard) -> Callable[[str], Awaitable[Account]]:
+    """``await account("operator")``: a new user of that role, made with the bootstrap token."""
+
+    async def make(role: str) -> Account:
+        made = Account(f"{role}-{uuid.uuid4().hex[:6]}", "a long passphrase", role)
+        body = {"username": made.username, "password": made.password, "role": role}
+        async with httpx.AsyncClient(base_url=dashboard.url, timeout=10) as client:
+            r = await client.post("/api/users/create", json=body, headers=HEADERS)
+        assert r.status_code == 200, r.text
+        return made
+
+    return make
 
 
 @pytest.fixture

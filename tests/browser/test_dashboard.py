@@ -1,19 +1,24 @@
 """The operator dashboard in headless Chromium against a real stack (issue 9).
 
 Real nats-server, FerretDB, recorder and FFmpeg; the API serves the page over HTTP; the source is
-a live SRT feed. The test signs in, is refused a bad URL by the API (shown by the field), records
-through the form, sees live bitrate and the thumbnail, stops, sees the file ready and plays it.
-Screenshots of the main views land in docs/screenshots/.
+a live SRT feed. The test signs in with a username and password (issue 20, item 5: the refresh
+token in an HttpOnly cookie, the access token in memory only), is refused a bad URL by the API
+(shown by the field), records through the form, sees live bitrate and the thumbnail, reloads and
+stays signed in, stops, sees the file ready, plays it, and signs out for good. A viewer sees no
+button it may not use. Screenshots of the main views land in docs/screenshots/.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Page, expect
+from support.seeds import recording_payload, restream_payload
 from support.services import ServiceProcess
-from support.stack import TOKEN
+from support.stack import HEADERS
 from support.wait import eventually
 
 from reelhouse.common.mongo import Collections
@@ -37,8 +42,31 @@ async def recorder_ready(db) -> None:
     await eventually(ready, timeout=30, what="a recorder node")
 
 
+COOKIE = "reelhouse_refresh"
+
+
+async def sign_in(page: Page, username: str, password: str) -> None:
+    await page.get_by_test_id("username").fill(username)
+    await page.get_by_test_id("password").fill(password)
+    await page.get_by_test_id("sign-in-button").click()
+
+
+async def refresh_cookie(page: Page) -> dict[str, Any] | None:
+    cookies = await page.context.cookies()
+    return next((c for c in cookies if c["name"] == COOKIE), None)
+
+
+async def assert_no_token_in_web_storage(page: Page) -> None:
+    stored = await page.evaluate(
+        """() => [localStorage, sessionStorage].flatMap(s =>
+             Array.from({length: s.length}, (_, i) => [s.key(i), s.getItem(s.key(i))]))"""
+    )
+    assert stored == []
+    assert COOKIE not in await page.evaluate("document.cookie")  # HttpOnly: not for scripts
+
+
 async def test_dashboard_records_a_live_srt_source_and_plays_the_file(
-    stack, db, srt_source, dashboard, page
+    stack, db, srt_source, dashboard, account, page
 ):
     await stack.start_recorder()
     await stack.start_janitor()  # one more node for the System view
@@ -48,14 +76,27 @@ async def test_dashboard_records_a_live_srt_source_and_plays_the_file(
     stack.janitors.append(prober)  # stopped with the stack
     await page.goto("/")
 
-    # Sign in: a wrong token is refused by the field, the right one kept for this tab.
-    await page.get_by_test_id("token").fill("not-the-token-at-all")
-    await page.get_by_test_id("sign-in-button").click()
-    await expect(page.locator('[data-error-for="token"]')).to_contain_text("invalid access token")
-    await page.get_by_test_id("token").fill(TOKEN)
-    await page.get_by_test_id("sign-in-button").click()
+    # Sign in: a wrong password is refused by the field; the right one gives a session whose
+    # refresh token is an HttpOnly cookie and whose access token is nowhere a script could read.
+    operator = await account("operator")
+    await expect(page.get_by_test_id("sign-in")).to_be_visible()
+    await page.screenshot(path=screenshot_path("sign-in"))
+    await sign_in(page, operator.username, "not the password")
+    await expect(page.locator('[data-error-for="password"]')).to_contain_text(
+        "wrong username or password"
+    )
+    assert await refresh_cookie(page) is None
+    await sign_in(page, operator.username, operator.password)
     await expect(page.get_by_test_id("recordings-view")).to_be_visible()
-    assert await page.evaluate("sessionStorage.getItem('reelhouse.token')") == TOKEN
+    await expect(page.get_by_test_id("who")).to_have_text(f"{operator.username} (operator)")
+    cookie = await refresh_cookie(page)
+    assert cookie is not None
+    assert cookie["value"].startswith("rhr_")
+    assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (
+        True, "Strict", "/api/auth/session"
+    )  # fmt: skip
+    assert cookie["secure"] is False  # plain http on loopback; Secure over https
+    await assert_no_token_in_web_storage(page)
     await recorder_ready(db)
 
     # A bad URL: the API's validation error shows next to the URL field, nothing is created.
@@ -96,6 +137,17 @@ async def test_dashboard_records_a_live_srt_source_and_plays_the_file(
     await page.wait_for_function(f"Number(document.body.dataset.lastPoll) >= {tick + 2}")
     await expect(row.locator(".sparkline polyline")).to_have_count(1)
     await page.screenshot(path=screenshot_path("recordings"))
+
+    # A reload loses the in-memory access token; the cookie brings the session back (rotated).
+    await page.reload()
+    await expect(page.get_by_test_id("recordings-view")).to_be_visible()
+    await expect(page.get_by_test_id("sign-in")).to_have_count(0)
+    await expect(state).to_have_attribute("data-state", "running", timeout=WAIT_MS)
+    rotated = await refresh_cookie(page)
+    assert rotated is not None
+    assert rotated["value"] != cookie["value"]
+    assert rotated["httpOnly"] is True
+    await assert_no_token_in_web_storage(page)
 
     # Stop: the button turns into Start at once, the badge follows the worker.
     await row.get_by_test_id("stop").click()
@@ -139,4 +191,106 @@ async def test_dashboard_records_a_live_srt_source_and_plays_the_file(
     feed = page.get_by_test_id("system-view").get_by_test_id("events-feed")
     await expect(feed).to_contain_text("Browser-archive")
     await page.screenshot(path=screenshot_path("system"))
+
+    # Sign out: revoked on the server, the cookie gone; a reload shows the sign-in form, and the
+    # cookie the browser held before is refused by the server.
+    held = await refresh_cookie(page)
+    assert held is not None
+    await page.get_by_test_id("sign-out").click()
+    await expect(page.get_by_test_id("sign-in")).to_be_visible()
+    assert await refresh_cookie(page) is None
+    await page.reload()
+    await expect(page.get_by_test_id("sign-in")).to_be_visible()
+    await expect(page.get_by_test_id("recordings-view")).to_have_count(0)
+    async with httpx.AsyncClient(base_url=dashboard.url, timeout=10) as client:
+        r = await client.post(
+            "/api/auth/session/refresh", json={}, headers={"cookie": f"{COOKIE}={held['value']}"}
+        )
+    assert r.status_code == 401, r.text
+    await assert_no_token_in_web_storage(page)
+    assert page.errors == []
+
+
+ACCESS_TTL_S = 30  # the shortest the setting allows: the page refreshes ~22 s after sign-in
+SHORT = {
+    "REELHOUSE_ACCESS_TOKEN_TTL_S": str(ACCESS_TTL_S),
+    "REELHOUSE_RATE_LIMIT_READ": "60/minute",  # the poll must space itself to stay under it
+}
+
+
+@pytest.mark.parametrize("dashboard_env", [SHORT], ids=["ttl30-60reads"])
+async def test_a_viewer_sees_no_button_it_may_not_use_and_stays_signed_in(
+    stack, dashboard, account, page
+):
+    """Jobs that an operator could stop and edit; the viewer sees them without those buttons.
+    The page refreshes its access token on a 401 (once) and before it expires, and its poll
+    stays within the user's read limit."""
+    limited: list[str] = []
+    page.on("response", lambda r: r.status == 429 and limited.append(r.url))
+    recording = await stack.ok("create", recording_payload(0, active=True))  # no recorder: starting
+    r = await stack.client.post("/api/restream/create", json=restream_payload(0), headers=HEADERS)
+    assert r.status_code == 200, r.text
+    viewer = await account("viewer")
+    await page.goto("/")
+    await sign_in(page, viewer.username, viewer.password)
+    await expect(page.get_by_test_id("who")).to_have_text(f"{viewer.username} (viewer)")
+    row = page.locator(f'[data-testid="recording-row"][data-id="{recording["id"]}"]')
+    await expect(row).to_be_visible()
+    await expect(row.locator("[data-state]")).to_have_attribute("data-state", "starting")
+    await expect(row.get_by_test_id("files")).to_be_visible()  # reading is allowed
+    for testid in ("stop", "start", "edit", "remove"):
+        await expect(row.get_by_test_id(testid)).to_have_count(0)
+    await expect(page.get_by_test_id("new-recording")).to_have_count(0)
+    await row.get_by_test_id("files").click()
+    await expect(
+        page.get_by_test_id("files-table").or_(page.get_by_text("No files yet."))
+    ).to_be_visible()
+    await page.screenshot(path=screenshot_path("viewer"))
+
+    await page.get_by_test_id("nav-restreams").click()
+    restream_row = page.get_by_test_id("restream-row")
+    await expect(restream_row).to_have_count(1)
+    await expect(page.get_by_test_id("new-restream")).to_have_count(0)
+    await expect(restream_row.get_by_role("button")).to_have_count(0)
+
+    await page.get_by_test_id("nav-streams").click()
+    await expect(page.get_by_test_id("streams-view")).to_be_visible()
+    await expect(page.get_by_test_id("inspector")).to_have_count(0)
+
+    # A 401 (what an expired access token gets): the page refreshes once, sends the call again
+    # and stays signed in.
+    await page.get_by_test_id("nav-recordings").click()
+    first = await refresh_cookie(page)
+    refused: list[str] = []
+
+    async def refuse_once(route: Any) -> None:
+        if refused:
+            await route.continue_()
+            return
+        refused.append(route.request.url)
+        error = {"code": "UNAUTHORIZED", "message": "the access token has expired"}
+        await route.fulfill(status=401, json={"success": False, "error": error})
+
+    await page.route("**/api/recording/getAll", refuse_once)
+    tick = int(await page.evaluate("document.body.dataset.lastPoll"))
+    await page.wait_for_function(f"Number(document.body.dataset.lastPoll) >= {tick + 2}")
+    assert len(refused) == 1
+    after_401 = await refresh_cookie(page)
+    assert after_401 is not None
+    assert first is not None
+    assert after_401["value"] != first["value"]  # refreshed through the cookie
+    await expect(page.get_by_test_id("who")).to_be_visible()
+    await page.unroute("**/api/recording/getAll")
+
+    # Before expiry the page refreshes by itself (a 30 s token: after about 22 s).
+    async def rotated() -> bool:
+        now = await refresh_cookie(page)
+        return now is not None and now["value"] != after_401["value"]
+
+    await eventually(rotated, timeout=ACCESS_TTL_S, what="a refresh before expiry")
+    tick = int(await page.evaluate("document.body.dataset.lastPoll"))
+    await page.wait_for_function(f"Number(document.body.dataset.lastPoll) >= {tick + 1}")
+    await expect(page.get_by_test_id("sign-in")).to_have_count(0)
+    await assert_no_token_in_web_storage(page)
+    assert limited == []
     assert page.errors == []

@@ -125,6 +125,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(storage.router)
     app.include_router(dashboard.router)
     app.include_router(auth.router)
+    app.include_router(auth.me_router)
     app.include_router(users.router)
     app.include_router(keys.router)
     install_operations(app)  # issue 7: events, webhooks, system, settings, /metrics

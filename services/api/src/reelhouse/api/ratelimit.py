@@ -3,7 +3,8 @@
 Three buckets (the channel-recorder seed's table; settings ``REELHOUSE_RATE_LIMIT_*``):
 ``auth`` (``/api/auth/*``, per client address), ``read`` (GET and ``get*`` methods) and
 ``write`` (everything else), both per user or API key. The bootstrap token is not limited (the
-instance's break-glass credential: the dashboard and scripts of the operator).
+instance's break-glass credential, for the owner's scripts; the dashboard signs in as a user
+and paces its poll by the ``X-RateLimit-*`` headers).
 
 Limits are parsed by the ``limits`` library (``"100/minute"``). A window's count is one key of the
 live plane's bucket (ARCHITECTURE §2), ``rates.<bucket>.<who, hashed>.<window start>``, added to

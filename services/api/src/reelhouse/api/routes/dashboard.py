@@ -1,6 +1,7 @@
 """The operator dashboard: one page at ``/``, its ES modules under ``/dashboard/``, and the media
-routes a page needs that plain API calls cannot give it (an ``<img>`` or a player sends no
-headers, so these take ``?token=`` like the restream HLS route).
+routes a page needs that plain API calls cannot give it. The dashboard fetches both with its
+access token in a header (a thumbnail as a blob, hls.js through ``xhrSetup``); they also take
+``?token=``, like the restream HLS route, for players that cannot send headers.
 
 * ``GET /api/recording/thumbnail?id=`` -- the live JPEG the recorder keeps in the job folder
   (a second FFmpeg output, :data:`THUMBNAIL_FILE_NAME`), newest picture, never cached.

@@ -1,6 +1,6 @@
 // The Reelhouse operator dashboard: sign-in, a hash router, and one poll loop (every 3 s, as the
 // seed's dashboard polls getStat) feeding every view, the sparklines and the events feed.
-import { call, session } from "./api.js";
+import { call, readBudget, refreshSession, session, signIn, signOut as endSession } from "./api.js";
 import { clearErrors, field, input, showErrors } from "./forms.js";
 import { jobState, recordingsView } from "./recordings.js";
 import { restreamsView } from "./restreams.js";
@@ -9,6 +9,7 @@ import { feedList, systemView } from "./system.js";
 import { button, h, notice } from "./ui.js";
 
 const POLL_MS = 3000;
+const BUDGET_SHARE = 0.8; // of the user's read limit per minute the poll may spend
 const HISTORY_SAMPLES = 100; // 5 minutes of bitrate at one sample per poll
 const FEED_SIZE = 200;
 
@@ -111,14 +112,26 @@ async function pollOnce() {
 let timer = null;
 let current = null;
 
+// A user's reads are rate limited (REELHOUSE_RATE_LIMIT_READ, per minute by default): the next
+// poll waits long enough that a cycle's reads stay within a share of the limit, and until the
+// window resets when the budget is nearly spent. The bootstrap token and API keys of scripts
+// are not this page's concern.
+function nextPollMs(reads) {
+  let wait = POLL_MS;
+  if (readBudget.limit) wait = Math.max(wait, (reads * 60_000) / (readBudget.limit * BUDGET_SHARE));
+  if (readBudget.remaining < 2 * reads) wait = Math.max(wait, Math.min(60_000, readBudget.reset * 1000 - Date.now() + 250));
+  return wait;
+}
+
 async function refresh() {
   clearTimeout(timer);
+  const before = readBudget.calls;
   try {
     await pollOnce();
     document.body.dataset.lastPoll = String(store.tick);
     if (document.querySelector(".notice-stale")) notice("");
   } catch (err) {
-    if (!session.token) return;
+    if (!session.signedIn) return;
     notice(`Live data is stale: ${err.message}`, "stale");
   }
   try {
@@ -127,7 +140,7 @@ async function refresh() {
     notice(err.message, "error");
   }
   renderFeedAside();
-  if (session.token) timer = setTimeout(refresh, POLL_MS);
+  if (session.signedIn) timer = setTimeout(refresh, nextPollMs(readBudget.calls - before));
 }
 store.refresh = refresh;
 
@@ -159,9 +172,11 @@ function showApp() {
     "a", { href: `#/${key}`, class: key === name ? "active" : "", dataset: { testid: `nav-${key}` } }, label,
   )));
   aside = h("aside", { class: "feed-aside" });
+  const user = session.user;
   root.replaceChildren(
     h("header", { class: "top" },
       h("h1", {}, "Reelhouse"), nav,
+      h("span", { class: "who", dataset: { testid: "who", role: user.role } }, `${user.username} (${user.role})`),
       button("Sign out", signOut, { class: "link", dataset: { testid: "sign-out" } })),
     h("div", { id: "notice", class: "notice", hidden: true, role: "status" }),
     h("main", {}, current.el, aside),
@@ -169,49 +184,67 @@ function showApp() {
   refresh();
 }
 
-function signOut() {
-  session.token = "";
+function leave() {
   clearTimeout(timer);
-  built.clear();
+  built.clear(); // views are built for one user's role
   store.seen = null;
-  showSignIn();
+  store.feed = [];
+}
+
+async function signOut() {
+  leave();
+  await endSession();
+  showSignIn("Signed out.");
 }
 
 function showSignIn(message = "") {
   clearTimeout(timer);
-  const token = input({ type: "password", autocomplete: "current-password", dataset: { testid: "token" } });
+  const username = input({ autocomplete: "username", dataset: { testid: "username" } });
+  const password = input({ type: "password", autocomplete: "current-password", dataset: { testid: "password" } });
   const form = h(
     "form",
     { class: "card form sign-in", novalidate: true, dataset: { testid: "sign-in" } },
     h("h1", {}, "Reelhouse"),
-    h("p", { class: "muted" }, "Sign in with the access token (for now the bootstrap token: ",
-      h("code", {}, "data/bootstrap-token"), "). It is kept for this tab only."),
-    h("div", { class: "form-error", role: "alert" }, message),
-    field("token", "Access token", token),
+    h("p", { class: "muted" }, "Sign in with your username and password (an admin creates users: ",
+      h("code", {}, "/api/users/create"), ")."),
+    h("div", { class: "form-error", role: "alert", dataset: { testid: "sign-in-message" } }, message),
+    field("username", "Username", username),
+    field("password", "Password", password),
     h("button", { type: "submit", class: "primary", dataset: { testid: "sign-in-button" } }, "Sign in"),
   );
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearErrors(form);
-    session.token = token.value.trim();
+    const missing = [username, password].filter((el) => !el.value).map((el) => ({ field: el.name, message: "required" }));
+    if (missing.length) return showErrors(form, missing);
     try {
-      await call("nodes/getAll", {}, { signIn: true }); // any authenticated call checks it
+      await signIn(username.value.trim(), password.value);
     } catch (err) {
-      session.token = "";
-      return showErrors(form, [{ field: "token", message: err.message }]);
+      password.value = "";
+      return showErrors(form, [{ field: "password", message: err.message }]);
     }
     showApp();
   });
   root.replaceChildren(form);
-  token.focus();
+  username.focus();
 }
 
-session.onUnauthorized = () => {
-  session.token = "";
-  built.clear();
-  showSignIn("The access token was refused; sign in again.");
+session.onSignedOut = (message) => {
+  leave();
+  showSignIn(message);
 };
 
-window.addEventListener("hashchange", () => session.token && showApp());
-if (session.token) showApp();
-else showSignIn();
+window.addEventListener("hashchange", () => session.signedIn && showApp());
+
+// A page load: the refresh cookie (if any) gives this page its access token.
+async function start() {
+  let alive = false;
+  try {
+    alive = await refreshSession();
+  } catch (err) {
+    return showSignIn(`The API is not reachable: ${err.message}`);
+  }
+  if (alive) showApp();
+  else showSignIn();
+}
+start();

@@ -1,7 +1,8 @@
 // Recordings: the list the seed describes (name, live bitrate, FPS, creation time, number of
 // files) with state badges, a bitrate sparkline and a live thumbnail; create/edit forms with the
-// seed's labels; a job's files with download, delete and an in-page player.
-import { call, mediaUrl } from "./api.js";
+// seed's labels; a job's files with download, delete and an in-page player. A viewer sees no
+// button that needs the operator role (create, start, stop, edit, remove, delete a file).
+import { call, hlsConfig, mediaBlobUrl, mediaUrl, session } from "./api.js";
 import { checkbox, clearErrors, field, input, numberIn, required, select, showErrors } from "./forms.js";
 import { act, badge, button, bytes, duration, h, kbits, notice, sparkline, table, when } from "./ui.js";
 
@@ -63,12 +64,13 @@ export function recordingsView(store) {
   const playerBox = h("div", { class: "player-box" });
   const thumbs = new Map(); // job id → its <img>, kept across renders so it never flickers
   let filesOf = null; // the job whose files are open
+  const operator = session.can("operator"); // views are rebuilt at each sign-in
 
   const el = h(
     "section",
     { class: "view", dataset: { testid: "recordings-view" } },
     h("header", { class: "view-head" }, h("h2", {}, "Recordings"),
-      button("New recording", () => openForm(null), { class: "primary", dataset: { testid: "new-recording" } })),
+      operator ? button("New recording", () => openForm(null), { class: "primary", dataset: { testid: "new-recording" } }) : null),
     formBox,
     list,
     filesBox,
@@ -83,8 +85,24 @@ export function recordingsView(store) {
       img.addEventListener("error", () => img.classList.remove("loaded"));
       thumbs.set(job.id, img);
     }
-    if (running) img.src = mediaUrl("recording/thumbnail", { id: job.id, t: store.tick });
+    if (running) loadThumbnail(job.id, img);
     return h("div", { class: "thumb-box" }, running ? img : h("span", { class: "muted" }, "–"));
+  }
+
+  // The newest picture, fetched with the access token in a header (an <img> cannot send one).
+  async function loadThumbnail(id, img) {
+    if (img.dataset.loading) return;
+    img.dataset.loading = "1";
+    try {
+      const url = await mediaBlobUrl("recording/thumbnail", { id });
+      const old = img.src;
+      img.src = url;
+      if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+    } catch {
+      img.classList.remove("loaded"); // 404 until the recorder wrote the first picture
+    } finally {
+      delete img.dataset.loading;
+    }
   }
 
   function row(job) {
@@ -104,12 +122,12 @@ export function recordingsView(store) {
       h("td", {}, when(job.created)),
       h("td", { dataset: { testid: "file-count" } }, String(job.recordedFiles?.length ?? 0)),
       h("td", { class: "actions" },
-        job.active
+        !operator ? null : job.active
           ? button("Stop", () => setActive(job, false), { dataset: { testid: "stop" } })
           : button("Start", () => setActive(job, true), { dataset: { testid: "start" }, class: "primary" }),
-        button("Edit", () => openForm(job), { dataset: { testid: "edit" } }),
+        operator ? button("Edit", () => openForm(job), { dataset: { testid: "edit" } }) : null,
         button("Files", () => openFiles(job), { dataset: { testid: "files" } }),
-        button("Remove", () => remove(job), { class: "danger", dataset: { testid: "remove" } })),
+        operator ? button("Remove", () => remove(job), { class: "danger", dataset: { testid: "remove" } }) : null),
     );
   }
 
@@ -173,7 +191,7 @@ export function recordingsView(store) {
         PLAYABLE.has(file.output_format) && ["ready", "archived"].includes(file.status)
           ? button("Play", () => play(jobId, file), { class: "primary", dataset: { testid: "play" } }) : null,
         button("Download", () => download(jobId, file), { dataset: { testid: "download" } }),
-        button("Delete", () => removeFile(jobId, file), { class: "danger", dataset: { testid: "delete-file" } })),
+        operator ? button("Delete", () => removeFile(jobId, file), { class: "danger", dataset: { testid: "delete-file" } }) : null),
     ));
     filesBox.replaceChildren(
       h("header", { class: "view-head" },
@@ -225,14 +243,14 @@ export function recordingsView(store) {
       );
       if (file.output_format === "m3u8") {
         const { default: Hls } = await import("./vendor/hls.js/hls.light.min.mjs");
-        const source = mediaUrl(`recording/play/${file.id}/${encodeURIComponent(file.file_name)}`);
+        const path = `recording/play/${file.id}/${encodeURIComponent(file.file_name)}`;
         if (Hls.isSupported()) {
-          const hls = new Hls();
+          const hls = new Hls(hlsConfig()); // the access token in a header of every request
           hls.on(Hls.Events.ERROR, (_e, data) => data.fatal && notice(`player: ${data.details}`, "error"));
-          hls.loadSource(source);
+          hls.loadSource(`/api/${path}`);
           hls.attachMedia(video);
         } else {
-          video.src = source; // Safari plays HLS natively
+          video.src = mediaUrl(path); // Safari's native HLS sends no headers: ?token=<access JWT>
         }
       } else {
         video.src = await signedUrl(jobId, file); // ranged, signed, expiring
@@ -249,7 +267,11 @@ export function recordingsView(store) {
       ["Name", "State", "Live", "Bitrate", "Last minutes", "FPS", "Created", "Files", ""], rows,
       { empty: "No recordings yet: create one.", testid: "recordings-table" },
     ));
-    for (const id of thumbs.keys()) if (!store.recordings.some((j) => j.id === id)) thumbs.delete(id);
+    for (const [id, img] of thumbs) {
+      if (store.recordings.some((j) => j.id === id)) continue;
+      if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+      thumbs.delete(id);
+    }
     if (filesOf) refreshFiles();
   }
 

@@ -1,5 +1,5 @@
-// Restreams: list with live stats and each destination's state; create/edit.
-import { call } from "./api.js";
+// Restreams: list with live stats and each destination's state; create/edit (operators only).
+import { call, session } from "./api.js";
 import { checkbox, clearErrors, field, input, required, select, showErrors } from "./forms.js";
 import { INPUT_TYPES, jobState } from "./recordings.js";
 import { act, badge, button, h, kbits, notice, sparkline, table, when } from "./ui.js";
@@ -13,13 +13,14 @@ const OUTPUT_TYPES = [
 ];
 
 export function restreamsView(store) {
+  const operator = session.can("operator");
   const list = h("div", { class: "list" });
   const formBox = h("div", { class: "form-box" });
   const el = h(
     "section",
     { class: "view", dataset: { testid: "restreams-view" } },
     h("header", { class: "view-head" }, h("h2", {}, "Restreams"),
-      button("New restream", () => openForm(null), { class: "primary", dataset: { testid: "new-restream" } })),
+      operator ? button("New restream", () => openForm(null), { class: "primary", dataset: { testid: "new-restream" } }) : null),
     formBox,
     list,
   );
@@ -49,12 +50,12 @@ export function restreamsView(store) {
       h("td", {}, sparkline(store.history.get(`restream:${job.id}`) || [])),
       h("td", {}, data?.fps ?? "–"),
       h("td", {}, when(job.created)),
-      h("td", { class: "actions" },
+      h("td", { class: "actions" }, !operator ? null : [
         job.active
-          ? button("Stop", () => setActive(job, false))
-          : button("Start", () => setActive(job, true), { class: "primary" }),
+          ? button("Stop", () => setActive(job, false), { dataset: { testid: "stop" } })
+          : button("Start", () => setActive(job, true), { class: "primary", dataset: { testid: "start" } }),
         button("Edit", () => openForm(job)),
-        button("Remove", () => remove(job), { class: "danger" })),
+        button("Remove", () => remove(job), { class: "danger" })]),
     );
   }
 

@@ -1,6 +1,7 @@
 // Streams: the rows with their monitor status, and the getStreamInfo inspector (ffprobe through
-// the prober) showing each track in a readable table.
-import { call } from "./api.js";
+// the prober) showing each track in a readable table. Probing and monitoring are operator
+// actions: a viewer sees the rows only.
+import { call, session } from "./api.js";
 import { field, input } from "./forms.js";
 import { act, badge, button, bytes, duration, h, table, when } from "./ui.js";
 
@@ -43,6 +44,7 @@ export function trackTable(info) {
 }
 
 export function streamsView(store) {
+  const operator = session.can("operator");
   const list = h("div", { class: "list" });
   const result = h("div", { class: "inspector-result" });
   const url = input({ placeholder: "srt://127.0.0.1:1935 or rtmp://… or http(s)://…m3u8" });
@@ -56,7 +58,7 @@ export function streamsView(store) {
   });
 
   const el = h("section", { class: "view", dataset: { testid: "streams-view" } },
-    h("header", { class: "view-head" }, h("h2", {}, "Streams")), list, inspector, result);
+    h("header", { class: "view-head" }, h("h2", {}, "Streams")), list, operator ? inspector : null, result);
 
   async function inspect(target) {
     if (!target) return;
@@ -98,10 +100,10 @@ export function streamsView(store) {
         h("td", {}, h("code", {}, row.stream_url || "–")),
         h("td", {}, monitor(row)),
         h("td", {}, row.stream_info?.streams ? `${row.stream_info.streams.length} tracks` : "–"),
-        h("td", { class: "actions" },
+        h("td", { class: "actions" }, !operator ? null : [
           row.stream_url ? button("Inspect", () => inspect(row.stream_url)) : null,
           row.active ? button("Stop monitoring", () => setActive(row, false))
-            : button("Monitor", () => setActive(row, true), { disabled: !row.stream_url })))),
+            : button("Monitor", () => setActive(row, true), { disabled: !row.stream_url })]))),
       { empty: "No stream rows yet (they are created through the API).", testid: "streams-table" },
     ));
   }
