@@ -22,6 +22,7 @@ class LiveStats:
     def __init__(self, live: LivePlane) -> None:
         self._live = live
         self._decoded: dict[tuple[str, str], tuple[int, JobStats]] = {}
+        self._rows: dict[tuple[str, str], tuple[int, dict]] = {}  # getStat rows, per revision
 
     def _stats(self, key: tuple[str, str], revision: int, value: dict) -> JobStats | None:
         cached = self._decoded.get(key)
@@ -67,3 +68,27 @@ class LiveStats:
     def current(self, module: Module, *, tenant: str) -> list[JobStats]:
         """Current stats of the tenant's running jobs of one module."""
         return [stats for stats in self.current_all(module) if stats.tenant == tenant]
+
+    def rows(self, module: Module, *, tenant: str) -> list[dict]:
+        """getStat's rows for the tenant: each built once per progress revision (getStat is
+        polled by every dashboard every few seconds; a job's row changes once a second)."""
+        out = []
+        for stats in self.current(module, tenant=tenant):
+            key = (module, stats.job_id)
+            revision = self._decoded[key][0]
+            cached = self._rows.get(key)
+            if cached is None or cached[0] != revision:
+                cached = (revision, stat_row(stats))
+                self._rows[key] = cached
+            out.append(cached[1])
+        for key in set(self._rows) - set(self._live.progress):
+            self._rows.pop(key, None)
+        return out
+
+
+def stat_row(row: JobStats) -> dict:
+    """One getStat entry: ``processData``, plus ``destinations`` when the worker reports them."""
+    out: dict = {"processData": row.processData.model_dump(mode="json")}
+    if row.destinations is not None:
+        out["destinations"] = [d.model_dump(mode="json") for d in row.destinations]
+    return out

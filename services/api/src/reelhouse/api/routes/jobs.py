@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from bson import ObjectId
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -29,7 +30,7 @@ from reelhouse.api.auth import tenant_of  # noqa: F401 (routes import it from he
 from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.listing import ListQuery
-from reelhouse.common.contracts.messages import JobCommand, JobStats
+from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.errors import Conflict, InsufficientStorage, NotFound
 from reelhouse.common.logging import get_logger
 from reelhouse.common.netpolicy import validate_url
@@ -467,14 +468,7 @@ async def delete_job(db: AsyncDatabase, kind: JobKind, tenant: str, job: dict[st
     await db[kind.collection].delete_one({"_id": ObjectId(job["_id"]), "tenant": tenant})
 
 
-def stat_row(row: JobStats) -> dict[str, Any]:
-    """One getStat entry: ``processData``, plus ``destinations`` when the worker reports them."""
-    out: dict[str, Any] = {"processData": row.processData.model_dump(mode="json")}
-    if row.destinations is not None:
-        out["destinations"] = [d.model_dump(mode="json") for d in row.destinations]
-    return out
-
-
-def stat_rows(state: AppState, kind: JobKind, tenant: str) -> list[dict[str, Any]]:
-    """getStat: the tenant's live stats of this module (never touches MongoDB)."""
-    return [stat_row(row) for row in state.live_stats.current(kind.module, tenant=tenant)]
+def stat_rows(state: AppState, kind: JobKind, tenant: str) -> JSONResponse:
+    """getStat: the tenant's live stats of this module (never touches MongoDB), rendered as
+    they are: the rows are built once per progress revision and not validated again."""
+    return JSONResponse(state.live_stats.rows(kind.module, tenant=tenant))
