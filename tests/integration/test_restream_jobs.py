@@ -6,6 +6,7 @@ are live FFmpeg processes (see ``support.media``). The seed's three presets are 
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -66,19 +67,15 @@ async def stat_row(stack: Stack, job_id: str) -> dict[str, Any] | None:
     return None
 
 
-async def wait_sending(
-    stack: Stack, job_id: str, *, timeout: float = 30, bitrate: bool = True
-) -> dict[str, Any]:
-    """getStat shows motion (with several destinations FFmpeg measures no output bitrate)."""
+async def wait_sending(stack: Stack, job_id: str, *, timeout: float = 30) -> dict[str, Any]:
+    """getStat shows motion: a bitrate and a frame rate."""
 
     async def moving() -> dict[str, Any] | None:
         row = await stat_row(stack, job_id)
         if row is None:
             return None
         data = row["processData"]
-        if (data["bitrate_kbits"] > 0 or not bitrate) and data["fps"] not in (
-            None, "0", "0.0", "0.00",
-        ):  # fmt: skip
+        if data["bitrate_kbits"] > 0 and data["fps"] not in (None, "0", "0.0", "0.00"):
             return row
         return None
 
@@ -176,6 +173,44 @@ async def test_hls_in_dev_null_shows_fps_and_bitrate(stack, db, hls_source):
     assert row["destinations"][0]["output_type"] == "OUTPUT_TYPE_DEV_NULL"
 
 
+@pytest.mark.parametrize("destinations", [1, 2])
+async def test_getstat_bitrate_is_what_the_receivers_get(
+    stack, db, media_source_factory, media_receiver_factory, destinations
+):
+    """Issue 20 item 8: with two destinations (tee) getStat said N/A and 0 kbit/s."""
+    restreamer = await stack.start_restreamer()
+    await restreamer_ready(db)
+    source = await media_source_factory("srt", video_bitrate="2M")
+    receivers = [await media_receiver_factory("rtmp")]
+    outputs = [rtmp_out(receivers[0].url)]
+    if destinations == 2:
+        receivers.append(await media_receiver_factory("srt"))
+        outputs.append(srt_out(receivers[1].url))
+    job = await stack.api_ok("restream/create", body(0, source.url, *outputs))
+    await wait_sending(stack, job["id"], timeout=40)
+    for receiver in receivers:
+        await grows(receiver, by=300_000)
+
+    # What each receiver gets over 12 s (it writes in chunks: a long window evens them out).
+    start = [(time.monotonic(), r.received_bytes) for r in receivers]
+    await eventually(lambda: time.monotonic() - start[0][0] > 12, timeout=15, what="12 s")
+    received = [
+        (r.received_bytes - size) * 8 / (time.monotonic() - at) / 1000
+        for r, (at, size) in zip(receivers, start, strict=True)
+    ]
+    row = await stat_row(stack, job["id"])
+    assert row is not None
+    data = row["processData"]
+    assert re.fullmatch(r"\d+\.\dkbits/s", data["bitrate"]), data
+    assert float(data["bitrate"][: -len("kbits/s")]) == pytest.approx(data["bitrate_kbits"], abs=1)
+    assert int(data["total_size"]) > 0
+    for kbits in received:  # ~2.2 Mbit/s (2M video, 128k audio, muxing)
+        assert 1500 < kbits < 3200, received
+        assert 0.7 * kbits <= data["bitrate_kbits"] <= 1.3 * kbits, (data, received)
+    assert [d["state"] for d in row["destinations"]] == ["sending"] * destinations
+    await stop_and_wait(stack, job["id"], restreamer.pid)
+
+
 async def test_transcodes_to_720p_h264_2500k_with_aac_128k(stack, db, srt_source, rtmp_receiver):
     restreamer = await stack.start_restreamer()
     await restreamer_ready(db)
@@ -209,7 +244,7 @@ async def test_one_dead_destination_never_stops_the_live_one_and_joins_when_up(
     job = await stack.api_ok(
         "restream/create", body(0, srt_source.url, rtmp_out(live.url), rtmp_out(dead.url))
     )
-    await wait_sending(stack, job["id"], bitrate=False)
+    await wait_sending(stack, job["id"])  # a bitrate although one destination is dead
     await grows(live, by=300_000)
 
     async def dead_reported() -> dict[str, Any] | None:

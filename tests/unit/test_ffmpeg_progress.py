@@ -15,6 +15,14 @@ The fixtures are verbatim stdout of ffmpeg 5.1.9 (Debian 12), captured with::
     # ffmpeg_progress_copy_udp.txt: stream copy of a 6 s H.264/AAC MP4 to MPEG-TS over UDP
     ffmpeg -hide_banner -nostdin -progress pipe:1 -nostats -loglevel error -re -i src.mp4 \
       -c copy -f mpegts 'udp://127.0.0.1:45999?pkt_size=1316'
+
+    # ffmpeg_progress_tee.txt: a restream's stream copy of a live SRT source (2 Mbit/s H.264 +
+    # AAC) to two destinations through tee, as the restreamer ran it before its byte tap
+    # (killed after about 20 s, so no progress=end)
+    ffmpeg -progress pipe:1 -nostats -stats_period 1 -hide_banner -protocol_whitelist srt \
+      -rw_timeout 10000000 -i srt://127.0.0.1:48519 -map 0:v:0? -c:v copy -map 0:a:0? \
+      -c:a copy -tag:v 7 -tag:a 10 -y -f tee -use_fifo 1 -fifo_options attempt_recovery=1:... \
+      '[f=flv:onfail=ignore]rtmp://127.0.0.1:34701/live/key|[f=mpegts:onfail=ignore]srt://...'
 """
 
 from __future__ import annotations
@@ -126,6 +134,32 @@ def test_stream_copy_starts_with_unknown_bitrate_and_speed() -> None:
     assert second.bitrate_kbits == 1898
     assert second.speed == "1.07x"
     assert all(s.bitrate_kbits > 1800 for s in snaps[1:])
+
+
+def test_tee_reports_no_size_and_no_bitrate() -> None:
+    snaps = parse_file("ffmpeg_progress_tee.txt")
+
+    assert len(snaps) == 19
+    assert all((s.total_size, s.bitrate, s.bitrate_kbits) == ("N/A", "N/A", 0) for s in snaps)
+    assert snaps[-1].out_time_s == pytest.approx(20.32)
+    assert float(snaps[-1].fps or 0) > 0  # frames are counted; only the size is missing
+
+
+def test_a_counted_size_gives_the_bitrate_as_ffmpeg_computes_it() -> None:
+    last = parse_file("ffmpeg_progress_tee.txt")[-1]  # out_time 20.32 s
+
+    filled = last.with_total_size(5_486_400)  # 5,486,400 B * 8 / 20.32 s = 2160.0 kbit/s
+    assert (filled.total_size, filled.bitrate, filled.bitrate_kbits) == (
+        "5486400", "2160.0kbits/s", 2160,
+    )  # fmt: skip
+    assert (filled.frame, filled.fps, filled.out_time_ms) == (last.frame, last.fps, "20320000")
+    # FFmpeg's own: total_size * 8 / out_time, "%.1fkbits/s" (compare the copy_udp fixture).
+    own = parse_file("ffmpeg_progress_copy_udp.txt")[-1]
+    assert own.out_time_s is not None
+    again = own.with_total_size(int(own.total_size))
+    assert abs(float(again.bitrate[:-7]) - float(own.bitrate[:-7])) <= 0.1
+    unknown = ProgressSnapshot(progress="continue").with_total_size(1000)
+    assert (unknown.total_size, unknown.bitrate, unknown.bitrate_kbits) == ("1000", "N/A", 0)
 
 
 def test_crlf_line_endings_parse_the_same() -> None:

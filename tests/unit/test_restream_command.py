@@ -90,6 +90,15 @@ def test_several_destinations_use_tee_with_fifo_recovery_and_flv_tags():
     assert "-tag:a" not in build_restream_args(job=encoded)
 
 
+def test_several_destinations_get_one_more_slave_on_the_byte_tap():
+    two = job(0, [{"output_stream_url": "rtmp://a/live/k1"}, {"output_stream_url": "rtmp://b/l/k"}])
+    slaves = build_restream_args(job=two, tap="pipe:7")[-1].split("|")
+    assert slaves[-1] == "[f=mpegts:onfail=ignore]pipe:7"  # counted by the supervisor
+    assert len(slaves) == 3
+    one = job(0, [{"output_stream_url": "rtmp://a/live/k1"}])
+    assert "pipe:7" not in build_restream_args(job=one, tap="pipe:7")  # FFmpeg measures one
+
+
 def test_transcoding_is_shared_by_every_destination():
     args = build_restream_args(
         job=job(

@@ -674,6 +674,53 @@ def test_real_ffmpeg_exits_when_its_worker_is_sigkilled(tmp_path: Path) -> None:
     assert codecs == ["aac", "h264"]
 
 
+@pytest.mark.slow
+async def test_real_ffmpeg_tee_gets_its_size_and_bitrate_from_the_byte_tap(tmp_path: Path) -> None:
+    out = tmp_path / "copy.ts"
+    progress: list[ProgressSnapshot] = []
+
+    def args() -> list[str]:
+        # A tee with one file slave and the tap: both get the same packets as MPEG-TS.
+        slaves = f"[f=mpegts]{out}|[f=mpegts:onfail=ignore]{supervisor.open_tap()}"
+        return [
+            "-hide_banner", "-loglevel", "error", "-nostdin",
+            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-t", "4",
+            "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-b:v", "500k",
+            "-map", "0:v", "-f", "tee", slaves,
+        ]  # fmt: skip
+
+    async def on_progress(snapshot: ProgressSnapshot) -> None:
+        progress.append(snapshot)
+
+    supervisor = FFmpegSupervisor(
+        args,
+        config=SupervisorConfig(stale_timeout_s=None, finish_on_success=True),
+        on_progress=on_progress,
+    )
+    assert supervisor.tap_bytes is None
+    pipes_before = pipes()
+    supervisor.start()
+    assert await asyncio.wait_for(supervisor.wait(), WAIT_S) is S.FINISHED
+    last = progress[-1]
+    assert last.ended
+    assert supervisor.tap_bytes == out.stat().st_size > 0  # every byte, counted once
+    assert last.total_size == str(out.stat().st_size)
+    expected = out.stat().st_size * 8 / (last.out_time_s or 0) / 1000
+    assert last.bitrate_kbits == round(expected)
+    assert last.bitrate == f"{expected:.1f}kbits/s"
+    assert pipes() <= pipes_before  # the tap's pipe is closed with the process
+
+
+def pipes() -> set[str]:
+    """This process's open pipe ends, as ``fd:pipe:[inode]``."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(f"/proc/self/fd/{fd}")).startswith("pipe:"):
+                found.add(f"{fd}:{target}")
+    return found
+
+
 def test_build_argv_sets_the_progress_period_once() -> None:
     argv = build_argv("ffmpeg", ["-i", "in", "out.mp4"], progress_period_s=1.0)
     assert argv[argv.index("-stats_period") + 1] == "1"

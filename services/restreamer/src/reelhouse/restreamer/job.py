@@ -4,7 +4,9 @@ One FFmpeg per job. One destination: a plain muxer; when it fails FFmpeg exits a
 restarts it with capped exponential backoff and jitter. Several destinations: the tee muxer with
 every slave behind its own FIFO (``onfail=ignore``, ``attempt_recovery``), so a dead or slow
 destination never stops the others and FFmpeg reopens it by itself every few seconds; the
-destination's state is read from the FIFO's messages on stderr.
+destination's state is read from the FIFO's messages on stderr. FFmpeg measures no size
+through tee, so one more slave writes the stream to the supervisor's byte tap, whose count
+gives ``total_size`` and ``bitrate``.
 
 A destination that rejects the stream key (or SRT passphrase) is not hammered: a one-destination
 job then waits ``auth_retry_s`` before the next attempt and a ``job_failed`` event says why.
@@ -160,6 +162,9 @@ class RestreamRun(SupervisedRun):
             hls_dir=self.hls_dir,
             recovery_s=self._restream_settings.destination_retry_s,
             probe_ms=self.probe_ms,
+            # tee measures no size: one more slave, counted by the supervisor, gives the
+            # job's total_size and bitrate (what it sends, once, as MPEG-TS).
+            tap=self.supervisor.open_tap() if self._multi else None,
         )
 
     # -- destination state --------------------------------------------------------------------

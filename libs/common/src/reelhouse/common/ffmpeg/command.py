@@ -844,6 +844,7 @@ def restream_output_args(
     *,
     hls_dir: Path | None = None,
     recovery_s: float = DESTINATION_RECOVERY_S,
+    tap: str | None = None,
 ) -> list[str]:
     """The destinations, last: one muxer for one output, else the tee muxer.
 
@@ -851,6 +852,10 @@ def restream_output_args(
     slow or dead destination neither blocks nor stops the others (``onfail=ignore``), and FFmpeg
     reopens a failed one by itself every ``recovery_s`` seconds
     (``attempt_recovery``), starting again at a keyframe.
+
+    ``tap`` (a ``pipe:<fd>`` URL from the supervisor's ``open_tap``) adds one more slave that
+    writes the same packets as MPEG-TS there: FFmpeg measures no size through tee, so the job's
+    size and bitrate are counted on it. One destination needs none (FFmpeg measures it).
     """
     if not outputs:
         raise ValueError("a restream needs at least one output")
@@ -868,6 +873,8 @@ def restream_output_args(
                 raise ValueError(f"{key} value {value!r} cannot be passed through the tee muxer")
         spec = ":".join(f"{k}={v}" for k, v in [("f", muxer), ("onfail", "ignore"), *options])
         slaves.append(f"[{spec}]{_tee_escape(target)}")
+    if tap is not None:
+        slaves.append(f"[f=mpegts:onfail=ignore]{_tee_escape(tap)}")
     fifo = ":".join(
         f"{k}={v}"
         for k, v in (
@@ -890,11 +897,13 @@ def build_restream_args(
     hls_dir: Path | None = None,
     recovery_s: float = DESTINATION_RECOVERY_S,
     probe_ms: int | None = None,
+    tap: str | None = None,
 ) -> list[str]:
     """Everything after ``ffmpeg -progress pipe:1 -nostats`` for one restream process.
 
     ``outputs`` defaults to all of the job's destinations. The processing (copy or one encode)
     is shared by every destination, so it must fit each container (the contract checks that).
+    ``tap``: see :func:`restream_output_args` (used with several destinations only).
     """
     outputs = list(job.output if outputs is None else outputs)
     containers = {o.container for o in outputs}
@@ -921,5 +930,5 @@ def build_restream_args(
             output_format=fmt,
         ),
         *tags,
-        *restream_output_args(outputs, hls_dir=hls_dir, recovery_s=recovery_s),
+        *restream_output_args(outputs, hls_dir=hls_dir, recovery_s=recovery_s, tap=tap),
     ]

@@ -29,6 +29,10 @@ Units worth knowing (FFmpeg 5.1):
 - ``bitrate`` is printed as ``%6.1fkbits/s`` (left-padded with spaces) or ``N/A``; values are
   stripped, and :attr:`ProgressSnapshot.bitrate_kbits` is the rounded integer (``0`` for ``N/A``).
 - Audio-only outputs have no ``frame`` or ``fps`` keys; those fields are then ``None``.
+- ``total_size`` and ``bitrate`` are measured on the *first output file's* own I/O context only.
+  The ``tee`` muxer has none, so a restream with several destinations reads ``N/A`` for both;
+  :meth:`ProgressSnapshot.with_total_size` fills them in from a byte count taken elsewhere (the
+  supervisor's tap), the way FFmpeg computes them.
 """
 
 from __future__ import annotations
@@ -90,6 +94,22 @@ class ProgressSnapshot(BaseModel):
         """Output time in seconds (``out_time_ms`` read as microseconds); ``None`` if unknown."""
         micros = _parse_int(self.out_time_ms)
         return None if micros is None else micros / 1_000_000
+
+    def with_total_size(self, size: int) -> ProgressSnapshot:
+        """This snapshot with ``total_size`` = ``size`` bytes and ``bitrate`` computed from it as
+        FFmpeg does (``size * 8 / out_time``, printed ``%.1fkbits/s``; ``N/A`` before any output
+        time)."""
+        bitrate = NOT_AVAILABLE
+        seconds = self.out_time_s
+        if seconds is not None and seconds > 0:
+            bitrate = f"{size * 8 / seconds / 1000:.1f}kbits/s"
+        return self.model_copy(
+            update={
+                "total_size": str(size),
+                "bitrate": bitrate,
+                "bitrate_kbits": parse_bitrate_kbits(bitrate),
+            }
+        )
 
     @property
     def ended(self) -> bool:

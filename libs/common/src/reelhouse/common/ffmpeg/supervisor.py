@@ -31,6 +31,10 @@ Process handling:
 - FFmpeg runs with stdin, stdout and stderr as pipes. stdout carries progress, parsed line by line
   (:class:`~reelhouse.common.ffmpeg.progress.ProgressParser`); the last ``stderr_tail_lines``
   stderr lines are kept for :attr:`FFmpegSupervisor.last_error`.
+- A byte tap (:meth:`FFmpegSupervisor.open_tap`, for the argv factory): an extra output
+  ``pipe:<fd>`` whose bytes the supervisor counts and drops. FFmpeg measures ``total_size`` and
+  ``bitrate`` on its first output file only, and the ``tee`` muxer has no I/O of its own; a tee
+  slave on the tap gives the count that stands in (see ``open_tap``).
 - Graceful stop: ``q`` on stdin (FFmpeg exits 0 after writing its trailer), SIGINT after
   ``sigint_after_s`` (FFmpeg exits 255, also after writing its trailer), SIGKILL at
   ``graceful_stop_timeout_s`` after the ``q``. Every process is reaped (``await proc.wait()``),
@@ -82,7 +86,7 @@ from typing import Any, Self
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from reelhouse.common.ffmpeg.progress import ProgressParser, ProgressSnapshot
+from reelhouse.common.ffmpeg.progress import NOT_AVAILABLE, ProgressParser, ProgressSnapshot
 from reelhouse.common.logging import get_logger
 
 __all__ = [
@@ -308,6 +312,21 @@ async def _readline(stream: asyncio.StreamReader) -> str | None:
         return raw.decode("utf-8", errors="replace").rstrip("\r\n")
 
 
+class _ByteCounter(asyncio.Protocol):
+    """The tap's reading end: counts what FFmpeg writes and drops it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.count += len(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
 async def _exited_within(proc: asyncio.subprocess.Process, timeout: float) -> bool:
     try:
         await asyncio.wait_for(proc.wait(), timeout)
@@ -371,6 +390,9 @@ class FFmpegSupervisor:
         self._last_advance = 0.0  # loop time of the last progress block that moved
         self._running_since: float | None = None  # loop time of the current run's first block
         self._ever_ran = False  # some run has reported progress (the source was live once)
+        self._tap_fds: tuple[int, int] | None = None  # (read, write) opened by open_tap
+        self._tap: _ByteCounter | None = None  # the current (or latest) process's tap count
+        self._tap_transport: asyncio.BaseTransport | None = None
 
     # -- what callers read ------------------------------------------------------------------
 
@@ -424,6 +446,11 @@ class FFmpegSupervisor:
         return self._ever_ran
 
     @property
+    def tap_bytes(self) -> int | None:
+        """Bytes the current (or latest) process wrote to its tap; None without a tap."""
+        return None if self._tap is None else self._tap.count
+
+    @property
     def stderr_tail(self) -> list[str]:
         """The last stderr lines of the current (or latest) process."""
         return list(self._stderr_tail)
@@ -435,6 +462,56 @@ class FFmpegSupervisor:
         if self._task is not None or self._state.terminal:
             raise RuntimeError("an FFmpegSupervisor runs once")
         self._task = asyncio.create_task(self._run(), name="ffmpeg-supervisor")
+
+    def open_tap(self) -> str:
+        """An output URL (``pipe:<fd>``) whose bytes the supervisor counts and drops.
+
+        Call it from the argv factory: the tap belongs to the process started with the
+        arguments the factory returns (the same URL if called twice). While that process runs,
+        a progress block whose ``total_size`` is ``N/A`` (a ``tee`` muxer as first output has no
+        size of its own) gets the tap's count as ``total_size`` and the bitrate computed from it
+        (:meth:`ProgressSnapshot.with_total_size`), so the stale watchdog sees it move too.
+        """
+        if self._tap_fds is None:
+            # Not inheritable: pass_fds hands FFmpeg the write end, and no other child gets it.
+            # The pipe keeps its default 64 KiB: the buffer that matters is the tee slave's FIFO
+            # queue, which drops the tap's packets (never a destination's) if this loop lags.
+            self._tap_fds = os.pipe()
+        return f"pipe:{self._tap_fds[1]}"
+
+    def _close_tap_fds(self) -> None:
+        fds, self._tap_fds = self._tap_fds, None
+        for fd in fds or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _tap_reader(self) -> asyncio.Task[None] | None:
+        """Once FFmpeg has started: the task that counts its tap until FFmpeg closes it."""
+        fds, self._tap_fds = self._tap_fds, None
+        if fds is None:
+            return None
+        read_fd, write_fd = fds
+        os.close(write_fd)  # FFmpeg holds the only write end: its exit ends the stream
+        self._tap = _ByteCounter()
+        return asyncio.create_task(self._read_tap(read_fd, self._tap))
+
+    async def _read_tap(self, read_fd: int, counter: _ByteCounter) -> None:
+        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        try:
+            loop = asyncio.get_running_loop()
+            self._tap_transport, _ = await loop.connect_read_pipe(lambda: counter, pipe)
+        except BaseException as exc:
+            pipe.close()
+            if isinstance(exc, OSError):  # FFmpeg's tap slave then fails alone: no size shown
+                self._log.warning("ffmpeg_tap_failed", error=str(exc))
+                return
+            raise
+        await counter.closed
+
+    def _close_tap(self) -> None:
+        transport, self._tap_transport = self._tap_transport, None
+        if transport is not None:
+            transport.close()
 
     def delay_next_retry(self, seconds: float) -> None:
         """Wait at least ``seconds`` before the next restart (e.g. a stream key was rejected:
@@ -557,6 +634,14 @@ class FFmpegSupervisor:
         """Start one process and supervise it until it exits, hangs or is stopped."""
         self._stderr_tail.clear()
         self._running_since = None
+        self._tap = None
+        try:
+            return await self._spawn_and_watch()
+        finally:
+            self._close_tap_fds()  # a tap opened for a process that never started
+            self._close_tap()
+
+    async def _spawn_and_watch(self) -> _Outcome:
         try:
             args = self._argv_factory()
             if inspect.isawaitable(args):
@@ -579,6 +664,7 @@ class FFmpegSupervisor:
                 start_new_session=False,
                 env={**os.environ, **self._env} if self._env else None,
                 preexec_fn=_die_with_parent_preexec(),
+                pass_fds=(self._tap_fds[1],) if self._tap_fds else (),
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return _Outcome(reason=f"could not start {argv[0]}: {exc}")
@@ -593,6 +679,8 @@ class FFmpegSupervisor:
             asyncio.create_task(self._read_progress(proc.stdout, progressed)),
             asyncio.create_task(self._read_stderr(proc.stderr)),
         }
+        if (tap := self._tap_reader()) is not None:
+            readers.add(tap)
         try:
             stale, killed = await self._watch(proc, progressed)
         finally:
@@ -698,6 +786,8 @@ class FFmpegSupervisor:
             snapshot = parser.feed(line)
             if snapshot is None:
                 continue
+            if self._tap is not None and snapshot.total_size == NOT_AVAILABLE:
+                snapshot = snapshot.with_total_size(self._tap.count)
             # A block that moves nothing (FFmpeg spinning on a stalled input) is not progress.
             position = (snapshot.frame, snapshot.total_size, snapshot.out_time_ms)
             if position != last_position:
