@@ -93,6 +93,10 @@ class JobStats(BusMessage):
     state: str
     timestamp: Timestamp = Field(default_factory=utcnow)
     processData: ProcessData
+    restarts: int | None = None
+    """FFmpeg restarts of this run so far (the live plane's runtime view; ``None`` from older
+    workers)."""
+    pid: int | None = None
     destinations: list[DestinationState] | None = None
     """Restreams: the state of each destination."""
 

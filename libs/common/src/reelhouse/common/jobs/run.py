@@ -313,6 +313,8 @@ class SupervisedRun:
             node=self._node_id,
             state=self.supervisor.state.value,
             processData=self._process_data(snapshot),
+            restarts=self.supervisor.restarts,
+            pid=self.supervisor.pid,
             **self._stats_fields(),
         )
         payload = stats.model_dump_json().encode()

@@ -136,6 +136,9 @@ def live_runtime(live: Any, module: str, job: dict[str, Any]) -> dict[str, Any] 
         value = progress[1]
         if value.get("state"):
             runtime["state"] = value["state"]
+        for key in ("restarts", "pid"):  # as fresh as the state they go with
+            if value.get(key) is not None:
+                runtime[key] = value[key]
         if isinstance(value.get("processData"), dict):
             runtime["last_progress"] = value["processData"]
         runtime["progress_at"] = value.get("timestamp")
