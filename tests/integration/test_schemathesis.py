@@ -45,8 +45,9 @@ MAX_EXAMPLES = {
     GenerationMode.POSITIVE: int(os.environ.get("REELHOUSE_SCHEMATHESIS_POSITIVE", "12")),
     GenerationMode.NEGATIVE: int(os.environ.get("REELHOUSE_SCHEMATHESIS_NEGATIVE", "4")),
 }
-"""Per operation and mode; about 60 operations keep the whole run near half a minute. The
-variables are for a longer run by hand, never for ``make test``."""
+"""Per operation and mode: about 60 operations make the whole run about a minute on two busy
+cores. The variables are for a longer run by hand (50 and 10, with ``--timeout=0``: about three
+minutes), never for ``make test``."""
 
 
 @pytest.fixture(scope="module")

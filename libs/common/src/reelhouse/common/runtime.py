@@ -49,11 +49,22 @@ Rate = Annotated[
 ]
 """A rate limit in the ``limits`` notation (checked against :data:`_RATE`)."""
 
-MaxJobsKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^$.\x00][^.\x00]*$")
-]
+_MAX_JOBS_KEY = r"^[^$.\x00][^.\x00]*$"
+MaxJobsKey = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_MAX_JOBS_KEY)]
 """A service name or a node id: a key the database stores (no '.', no leading '$')."""
 MaxJobs = Annotated[int, Field(ge=1, le=10_000)]
+MaxJobsMap = Annotated[
+    dict[MaxJobsKey, MaxJobs],
+    # pydantic would show the key's pattern as patternProperties, which leaves other keys free.
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": _MAX_JOBS_KEY, "minLength": 1, "maxLength": 200},
+            "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 10_000},
+        }
+    ),
+]
+"""``max_jobs``: most jobs per node, by service name or node id."""
 DiskPct = Annotated[float, Field(gt=0, le=100)]
 
 SETTINGS_COLLECTION = "settings"
@@ -68,7 +79,7 @@ class RuntimeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_jobs: dict[MaxJobsKey, MaxJobs] = Field(
+    max_jobs: MaxJobsMap = Field(
         default_factory=dict,
         description="Per-node capacity: most jobs a node runs, keyed by service name "
         "(`recorder`, `restreamer`) or by node id; a node id wins over its service.",

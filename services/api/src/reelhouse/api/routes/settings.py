@@ -23,8 +23,7 @@ from reelhouse.common.logging import get_logger
 from reelhouse.common.runtime import (
     ConfigReloaded,
     DiskPct,
-    MaxJobs,
-    MaxJobsKey,
+    MaxJobsMap,
     Rate,
     RuntimeSettings,
     load_runtime,
@@ -75,7 +74,7 @@ class SettingsUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_jobs: dict[MaxJobsKey, MaxJobs] | None = Field(
+    max_jobs: MaxJobsMap | None = Field(
         None, description="Most jobs per node, by service name or node id (node id wins)."
     )
     disk_warning_pct: DiskPct | None = Field(
