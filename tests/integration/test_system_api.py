@@ -251,10 +251,15 @@ async def test_runtime_job_defaults_and_rate_limits_apply_without_a_restart(
         assert defaulted["delete_after"] == 7  # a field the request left out
         given = await call(client, "recording/create", {**body, "delete_after": 3})
         assert given["delete_after"] == 3  # the request wins
+        # Each default is checked as the create body's field when it is stored (issue 20,
+        # item 6: the spec's schema of job_defaults is the create body's); nothing is stored.
         bad = {"job_defaults": {"recording": {"delete_after": "soon"}}}
-        await call(client, "settings/update", bad)  # stored: checked when it is used
-        err = await call(client, "recording/create", body, 400)
-        assert err["error"]["field"] == "delete_after"
+        err = await call(client, "settings/update", bad, 400)
+        assert err["error"]["field"] == "job_defaults.recording.delete_after"
+        unknown = {"job_defaults": {"recording": {"nope": 1}}}
+        err = await call(client, "settings/update", unknown, 400)
+        assert err["error"]["field"] == "job_defaults.recording.nope"
+        assert (await call(client, "recording/create", body))["delete_after"] == 7
         await call(client, "settings/update", {"job_defaults": {}})
 
         err = await call(client, "settings/update", {"rate_limits": {"read": "lots"}}, 400)

@@ -15,9 +15,16 @@ import asyncio
 import contextlib
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.contracts.base import BusMessage, Timestamp, utcnow
@@ -27,6 +34,38 @@ log = get_logger("reelhouse.runtime")
 
 _RATE = re.compile(r"^\s*\d+\s*(?:/|per)\s*(?:\d+\s*)?(?:second|minute|hour|day)s?\s*$", re.I)
 """The ``limits`` notation the API's limiter parses (``10/minute``, ``100 per hour``)."""
+
+Rate = Annotated[
+    str,
+    StringConstraints(max_length=64),
+    # What the schema shows: the lower-case spelling (JSON schema patterns have no flags).
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 64,
+            "pattern": "^ *[0-9]+ *(?:/|per) *(?:[0-9]+ *)?(?:second|minute|hour|day)s? *$",
+        }
+    ),
+]
+"""A rate limit in the ``limits`` notation (checked against :data:`_RATE`)."""
+
+_MAX_JOBS_KEY = r"^[^$.\x00][^.\x00]*$"
+MaxJobsKey = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_MAX_JOBS_KEY)]
+"""A service name or a node id: a key the database stores (no '.', no leading '$')."""
+MaxJobs = Annotated[int, Field(ge=1, le=10_000)]
+MaxJobsMap = Annotated[
+    dict[MaxJobsKey, MaxJobs],
+    # pydantic would show the key's pattern as patternProperties, which leaves other keys free.
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": _MAX_JOBS_KEY, "minLength": 1, "maxLength": 200},
+            "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 10_000},
+        }
+    ),
+]
+"""``max_jobs``: most jobs per node, by service name or node id."""
+DiskPct = Annotated[float, Field(gt=0, le=100)]
 
 SETTINGS_COLLECTION = "settings"
 RUNTIME_ID = "runtime"
@@ -40,16 +79,16 @@ class RuntimeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_jobs: dict[str, int] = Field(
+    max_jobs: MaxJobsMap = Field(
         default_factory=dict,
         description="Per-node capacity: most jobs a node runs, keyed by service name "
         "(`recorder`, `restreamer`) or by node id; a node id wins over its service.",
     )
-    disk_warning_pct: float | None = Field(
-        None, gt=0, le=100, description="Disk watermark for `disk_warning`, % used."
+    disk_warning_pct: DiskPct | None = Field(
+        None, description="Disk watermark for `disk_warning`, % used."
     )
-    disk_critical_pct: float | None = Field(
-        None, gt=0, le=100, description="Disk watermark at which recordings are refused, % used."
+    disk_critical_pct: DiskPct | None = Field(
+        None, description="Disk watermark at which recordings are refused, % used."
     )
     job_defaults: dict[Literal["recording", "restream"], dict[str, Any]] = Field(
         default_factory=dict,
@@ -62,7 +101,7 @@ class RuntimeSettings(BaseModel):
         description="How long FFmpeg analyses a live input before writing, ms (recorders and "
         "restreamers, from their next FFmpeg start); unset = `REELHOUSE_PROBE_MS` (2000).",
     )
-    rate_limits: dict[Literal["auth", "read", "write"], str] = Field(
+    rate_limits: dict[Literal["auth", "read", "write"], Rate] = Field(
         default_factory=dict,
         description="The API's rate limits by bucket (`auth`, `read`, `write`), in the `limits` "
         'notation (`{"read": "600/minute"}`); every API replica applies them at once.',

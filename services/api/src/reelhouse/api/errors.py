@@ -74,6 +74,7 @@ class ErrorInfo(BaseModel):
     code: str = Field(description="Stable code: UNAUTHORIZED, FORBIDDEN, NOT_FOUND, ...")
     message: str = Field(description="What went wrong and what to do, for a person.")
     field: str | None = Field(None, description="The one field to blame, when there is one.")
+    down: list[str] | None = Field(None, description="`/api/health`: what is down.")
     details: list[ErrorDetail] | None = None
     reason: (
         Literal["unreachable", "refused", "timeout", "not_media", "forbidden_address"] | None
@@ -91,18 +92,59 @@ class ErrorBody(BaseModel):
     error: ErrorInfo
 
 
-_DOCUMENTED = {
-    "400": "VALIDATION_ERROR: the request (body, query, headers) is not valid; `field` names it",
-    "401": "UNAUTHORIZED: no credentials, or invalid, expired or revoked ones",
-    "403": "FORBIDDEN: the credentials' role may not do this",
-    "404": "NOT_FOUND: no such object in the caller's tenant",
-    "413": "PAYLOAD_TOO_LARGE: the body is larger than REELHOUSE_MAX_BODY_BYTES",
-    "429": "RATE_LIMITED: past the caller's rate limit; see Retry-After",
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "VALIDATION_ERROR: the request (body, query, headers) is not valid; `field` names it",
+    401: "UNAUTHORIZED: no credentials, or invalid, expired or revoked ones",
+    403: "FORBIDDEN: the credentials' role may not do this",
+    404: "NOT_FOUND: no such object in the caller's tenant",
+    409: "CONFLICT: the object's state does not allow this now (the message says why)",
+    413: "PAYLOAD_TOO_LARGE: the body is larger than REELHOUSE_MAX_BODY_BYTES",
+    416: "RANGE_NOT_SATISFIABLE: the Range asks for bytes past the end of the file",
+    429: "RATE_LIMITED: past the caller's rate limit; see Retry-After",
+    502: "UPSTREAM_ERROR: the service that was asked could not do it; `reason` is its class",
+    503: "UNAVAILABLE: a dependency (database, NATS, a worker service) is not reachable; "
+    "see Retry-After",
+    504: "UPSTREAM_TIMEOUT: the service that was asked did not answer in time",
+    507: "INSUFFICIENT_STORAGE: the storage disk is past its critical watermark",
 }
 
 
+def documented(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of a route that answers ``statuses`` (besides the ones every route of its
+    kind has, :func:`_common_statuses`) in the error shape; ``described``: ``s409="..."`` says
+    more about one of them."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        text = described.get(f"s{status}", ERROR_DESCRIPTIONS[status])
+        out[status] = {"model": ErrorBody, "description": text}
+    return out
+
+
+_AUTH_HEADERS = {"x-access-token", "authorization"}
+
+
+def _common_statuses(path: str, operation: dict[str, Any]) -> list[int]:
+    """The errors an operation answers by its kind, read from its spec: 400 for any input, 413
+    for a body, 401/403/404 and 429 once it takes credentials (objects are per tenant; limits
+    count the caller), 503 when the database or NATS is away (every route but ``/metrics``,
+    which serves what the process knows)."""
+    parameters = operation.get("parameters", [])
+    authenticates = any(p.get("name", "").lower() == "x-access-token" for p in parameters)
+    inputs = [p for p in parameters if p.get("name", "").lower() not in _AUTH_HEADERS]
+    statuses = [400] if inputs or "requestBody" in operation else []
+    if "requestBody" in operation:
+        statuses.append(413)
+    if authenticates:
+        statuses += [401, 403, 404, 429]
+    if path != "/metrics":
+        statuses.append(503)
+    return statuses
+
+
 def _document_errors(app: FastAPI) -> None:
-    """The spec shows the error shape instead of FastAPI's 422 (we answer 400)."""
+    """The spec shows each route's errors in the error shape, instead of FastAPI's 422 (we
+    answer 400): the ones of its kind (:func:`_common_statuses`) and the ones the route
+    declares itself (:func:`documented`)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -118,14 +160,17 @@ def _document_errors(app: FastAPI) -> None:
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         ref = {"$ref": "#/components/schemas/ErrorBody"}
-        for methods in spec.get("paths", {}).values():
+        for path, methods in spec.get("paths", {}).items():
             for operation in methods.values():
                 responses = operation.setdefault("responses", {})
                 responses.pop("422", None)
-                for status, text in _DOCUMENTED.items():
+                for status in _common_statuses(path, operation):
                     responses.setdefault(
-                        status,
-                        {"description": text, "content": {"application/json": {"schema": ref}}},
+                        str(status),
+                        {
+                            "description": ERROR_DESCRIPTIONS[status],
+                            "content": {"application/json": {"schema": ref}},
+                        },
                     )
         app.openapi_schema = spec
         return spec

@@ -24,7 +24,7 @@ from pymongo.errors import DuplicateKeyError
 from reelhouse.api.accounts import Collections
 from reelhouse.api.auth import AuthPrincipal
 from reelhouse.common.contracts.base import utcnow
-from reelhouse.common.errors import Conflict, ValidationFailed
+from reelhouse.common.errors import Conflict
 from reelhouse.common.logging import get_logger
 
 log = get_logger("reelhouse.api.idempotency")
@@ -36,6 +36,8 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias=HEADER,
+        min_length=1,
+        max_length=255,
         description="Any unique string (≤ 255 characters): a retry with the same key and body "
         "within 24 h returns the first result instead of creating a duplicate.",
     ),
@@ -58,8 +60,6 @@ async def once(
     """Run ``create`` unless this key and body already ran it; then return its result."""
     if key is None:
         return await create()
-    if not 1 <= len(key) <= 255:
-        raise ValidationFailed("Idempotency-Key must be 1 to 255 characters", field=HEADER)
     collection = db[Collections.IDEMPOTENCY]
     doc_id = _digest(principal.tenant, route, key)
     body_hash = _digest(body.model_dump_json())

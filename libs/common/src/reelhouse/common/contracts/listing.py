@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from reelhouse.common.contracts.base import ObjectIdStr
+from reelhouse.common.contracts.types import SAFE_INT, whole_int
 
 
 class IdBody(BaseModel):
@@ -22,6 +33,8 @@ class IdBody(BaseModel):
 
 
 def _scalar(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():  # JSON schema's integer: 3.0 is 3
+        value = int(value)
     if not isinstance(value, str | int | bool):
         raise ValueError(
             "must be a string, a whole number or a boolean (operators are not accepted)"
@@ -31,8 +44,30 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-FilterValue = Annotated[Any, AfterValidator(_scalar)]
+FilterValue = Annotated[
+    Any,
+    AfterValidator(_scalar),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "boolean"},
+                {"type": "integer", "minimum": -SAFE_INT, "maximum": SAFE_INT},
+            ]
+        }
+    ),
+]
 """What a filter compares a field with (equality only)."""
+
+
+def name_fields(
+    schema: dict[str, Any], *, filter_fields: frozenset[str], sort_fields: frozenset[str]
+) -> None:
+    """Show in a list body's JSON schema which fields ``filter`` and ``sort`` may name."""
+    properties = schema.get("properties", {})
+    for name, fields in (("filter", filter_fields), ("sort", sort_fields)):
+        if name in properties:
+            properties[name]["propertyNames"] = {"enum": sorted(fields)}
 
 
 class ListQuery(BaseModel):
@@ -45,10 +80,18 @@ class ListQuery(BaseModel):
     sort_fields: ClassVar[frozenset[str]] = frozenset({"created", "modified"})
     """Fields a sort may name (a subclass sets its module's)."""
 
-    limit: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
-    skip: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0  # past int64 MongoDB fails (500)
+    limit: whole_int(ge=0, le=1000) = 0
+    skip: whole_int(ge=0, le=2**31 - 1) = 0  # past int64 MongoDB fails (500)
     sort: dict[str, Literal[1, -1]] = Field(default_factory=lambda: {"created": 1})
     filter: dict[str, FilterValue] = Field(default_factory=dict)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        name_fields(schema, filter_fields=cls.filter_fields, sort_fields=cls.sort_fields)
+        return schema
 
     @field_validator("filter")
     @classmethod

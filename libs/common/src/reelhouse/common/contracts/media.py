@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from reelhouse.common.contracts.types import (
     INPUT_SCHEMES,
@@ -20,22 +29,53 @@ from reelhouse.common.contracts.types import (
     JsonObject,
     Kbps,
     StreamUrl,
+    url_pattern,
     url_scheme,
+    whole_int,
 )
+
+
+class CrossFieldSchema(BaseModel):
+    """A model whose validators compare fields: :meth:`cross_field_schema` says in JSON schema
+    (``oneOf``, ``if``/``then``) what they require, so the OpenAPI document promises no more than
+    the model accepts (issue 20, item 6)."""
+
+    @classmethod
+    def cross_field_schema(cls) -> dict[str, Any]:
+        """Keywords added to the model's JSON schema (none by default)."""
+        return {}
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        schema.update(cls.cross_field_schema())
+        return schema
+
+
+def when(field: str, value: Any, then: dict[str, Any]) -> dict[str, Any]:
+    """``if`` ``field`` (present) is ``value`` ``then`` ...: one ``allOf`` entry."""
+    return {"if": {"properties": {field: {"const": value}}, "required": [field]}, "then": then}
+
 
 Disabled = Literal["Disabled"]
 Unset = Literal[""]
 
 
-class InputIn(BaseModel):
-    """The ``input`` block of a create/update body (one live source)."""
+class InputIn(CrossFieldSchema):
+    """The ``input`` block of a create/update body (one live source). ``input_stream_url``
+    takes the schemes of its ``input_type`` (``INPUT_TYPE_SRT_URL``: ``srt://``, ...)."""
 
     model_config = ConfigDict(extra="forbid")
 
     input_type: InputType
     application: Literal["IO_APPLICATION_FFMPEG"] = "IO_APPLICATION_FFMPEG"
     input_stream_url: StreamUrl
-    input_stream_listen_port: JsonObject | StrictInt | Unset = Field(default_factory=dict)
+    input_stream_listen_port: JsonObject | whole_int(ge=0, le=65535) | Unset = Field(
+        default_factory=dict
+    )
+    """Stored as sent (the seed sends ``{}``); a number is a port."""
     input_settings: JsonObject = Field(default_factory=dict)
     input_module_id: str = Field("", max_length=64)
     input_stream_id: str = Field("", max_length=256)
@@ -54,6 +94,20 @@ class InputIn(BaseModel):
                 f"not {scheme}:",
             )
         return self
+
+    @classmethod
+    def cross_field_schema(cls) -> dict[str, Any]:
+        return {
+            "oneOf": [
+                {
+                    "properties": {
+                        "input_type": {"const": input_type},
+                        "input_stream_url": {"pattern": url_pattern(schemes)},
+                    }
+                }
+                for input_type, schemes in INPUT_SCHEMES.items()
+            ]
+        }
 
 
 def _field_error(field: str, message: str) -> ValueError:
@@ -168,8 +222,9 @@ class Position(BaseModel):
     y: Annotated[int, Field(ge=0, le=4320)] = 0
 
 
-class Overlay(BaseModel):
-    """Text or image drawn at x/y (needs video encoding)."""
+class Overlay(CrossFieldSchema):
+    """Text or image drawn at x/y (needs video encoding). ``TEXT`` needs ``text``, ``IMAGE``
+    an http(s) ``image_url``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -191,6 +246,19 @@ class Overlay(BaseModel):
             if url_scheme(self.image_url) not in ("http", "https"):
                 raise _field_error("image_url", "must be an http:// or https:// URL")
         return self
+
+    @classmethod
+    def cross_field_schema(cls) -> dict[str, Any]:
+        text = {"type": "string", "pattern": r"[^\s\x1c-\x1f\x85]"}
+        image = {"type": "string", "pattern": url_pattern(("http", "https"))}
+        return {
+            "allOf": [
+                when("type", "TEXT", {"required": ["text"], "properties": {"text": text}}),
+                when(
+                    "type", "IMAGE", {"required": ["image_url"], "properties": {"image_url": image}}
+                ),
+            ]
+        }
 
 
 # -- schedules (issue 10) -------------------------------------------------------------------------
@@ -214,7 +282,12 @@ class WeeklyWindow(BaseModel):
     stop: ClockTime
 
 
-class Schedule(BaseModel):
+TIMEZONES = sorted(available_timezones())
+"""The IANA zone names this host knows (what ``ZoneInfo`` accepts; the schema's enum, unless the
+host has no time zone database)."""
+
+
+class Schedule(CrossFieldSchema):
     """When a job may run: a job is desired-running when ``active`` *and* inside a window.
 
     * only ``start_at``/``stop_at``: one window (either end may be open);
@@ -229,7 +302,9 @@ class Schedule(BaseModel):
     start_at: datetime | None = None
     stop_at: datetime | None = None
     weekly: list[WeeklyWindow] = Field(default_factory=list, max_length=50)
-    timezone: str = Field("UTC", max_length=64)
+    timezone: str = Field(
+        "UTC", max_length=64, json_schema_extra={"enum": TIMEZONES} if TIMEZONES else None
+    )
     """IANA zone name (``Europe/Berlin``) for the weekly times and naive datetimes."""
 
     @field_validator("timezone")
@@ -253,3 +328,12 @@ class Schedule(BaseModel):
         if self.start_at and self.stop_at and self.stop_at <= self.start_at:
             raise _field_error("stop_at", "must be after start_at")
         return self
+
+    @classmethod
+    def cross_field_schema(cls) -> dict[str, Any]:
+        given = [
+            {"required": ["start_at"], "properties": {"start_at": {"type": "string"}}},
+            {"required": ["stop_at"], "properties": {"stop_at": {"type": "string"}}},
+            {"required": ["weekly"], "properties": {"weekly": {"minItems": 1}}},
+        ]
+        return {"anyOf": given}

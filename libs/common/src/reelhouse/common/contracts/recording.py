@@ -7,14 +7,13 @@ payloads validate unchanged. Blocks the dashboard always sends in a "Disabled" s
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StrictBool,
-    StrictInt,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -23,14 +22,16 @@ from pydantic import (
 from reelhouse.common.contracts.base import ObjectIdStr
 from reelhouse.common.contracts.listing import ListQuery
 from reelhouse.common.contracts.media import (
+    CrossFieldSchema,
     InputIn,
     ModifyAudio,
     ModifyVideo,
     Overlay,
     Schedule,
     Transcoding,
+    when,
 )
-from reelhouse.common.contracts.types import Name
+from reelhouse.common.contracts.types import SAFE_INT, Name, whole_int
 from reelhouse.common.ffmpeg.command import check_processing
 
 OutputFormat = Literal["mp4", "avi", "flv", "mp3", "m3u8", "mpegts", "mkv"]
@@ -48,9 +49,9 @@ class RecordingModeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    hours: Annotated[StrictInt, Field(ge=0, le=168)] = 0
-    minutes: Annotated[StrictInt, Field(ge=0, le=59 * 60)] = 0
-    seconds: Annotated[StrictInt, Field(ge=0, le=59 * 3600)] = 0
+    hours: whole_int(ge=0, le=168) = 0
+    minutes: whole_int(ge=0, le=59 * 60) = 0
+    seconds: whole_int(ge=0, le=59 * 3600) = 0
     align_to_clock: StrictBool = False
     """Split mode: cut at wall-clock multiples of the split length (UTC time of day: every 10
     minutes at :00, :10, ...) instead of every N seconds from the start; the first segment is
@@ -61,8 +62,13 @@ class RecordingModeSettings(BaseModel):
         return self.hours * 3600 + self.minutes * 60 + self.seconds
 
 
-class RecordingIn(BaseModel):
-    """Body of ``/api/recording/create`` (and of ``update``, with ``id``)."""
+class RecordingIn(CrossFieldSchema):
+    """Body of ``/api/recording/create`` (and of ``update``, with ``id``).
+
+    ``RECORDING_MODE_SPLIT_BY_TIME`` needs a positive split length; ``align_to_clock`` needs
+    split mode and a format other than m3u8. Processing must fit the output format (FFmpeg's
+    codecs and containers: an overlay, a video change or a frame size needs video encoding,
+    mp3 is audio only, ...): a combination FFmpeg cannot run is a 400 naming the field."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -76,21 +82,21 @@ class RecordingIn(BaseModel):
     modify_audio: ModifyAudio = Field(default_factory=ModifyAudio)
     modify_video: ModifyVideo = Field(default_factory=ModifyVideo)
     overlay: Overlay = Field(default_factory=Overlay)
-    delete_after: Annotated[StrictInt, Field(ge=0, le=36500)] = 0
-    max_files: Annotated[StrictInt, Field(ge=0)] = 0
+    delete_after: whole_int(ge=0, le=36500) = 0
+    max_files: whole_int(ge=0, le=SAFE_INT) = 0
     """Keep at most this many files of the job (oldest go first; 0: no limit)."""
-    max_bytes: Annotated[StrictInt, Field(ge=0)] = 0
+    max_bytes: whole_int(ge=0, le=SAFE_INT) = 0
     """Keep at most this many bytes of the job's files (oldest go first; 0: no limit)."""
     active: StrictBool = False
     seamless: StrictBool | None = None
     """Join the parts of one session (source drops, failovers) into one file when it ends.
     Default (None): on for RECORDING_MODE_INFINITY; split-by-time never joins. An m3u8
     session is not joined: its parts continue one playlist, with a discontinuity at each."""
-    seamless_reconnect_s: Annotated[StrictInt, Field(ge=0, le=7 * 86400)] = 0
+    seamless_reconnect_s: whole_int(ge=0, le=7 * 86400) = 0
     """Seamless jobs: seconds a source may stay away before its live session ends (the parts so
     far are joined into one file; the source's return starts a new file). 0: no limit, a session
     lasts until stop/start/update (or the end of a schedule window)."""
-    max_bytes_total: Annotated[StrictInt, Field(ge=0)] = 0
+    max_bytes_total: whole_int(ge=0, le=SAFE_INT) = 0
     """Quota: when the job's stored files (its folder, the part being written included) reach
     this many bytes, the job is stopped (``active: false``) with a ``quota_exceeded`` event.
     0: no quota. Not ``max_bytes``, which is retention (oldest files deleted)."""
@@ -132,6 +138,41 @@ class RecordingIn(BaseModel):
             output_format=self.output_format,
         )
         return self
+
+    @classmethod
+    def cross_field_schema(cls) -> dict[str, Any]:
+        positive = [{"required": [unit], "properties": {unit: {"minimum": 1}}}
+                    for unit in ("hours", "minutes", "seconds")]  # fmt: skip
+        split = "RECORDING_MODE_SPLIT_BY_TIME"
+        aligned = {
+            "properties": {"align_to_clock": {"const": True}},
+            "required": ["align_to_clock"],
+        }
+        return {
+            "allOf": [
+                when(
+                    "recording_mode",
+                    split,
+                    {
+                        "required": ["recording_mode_settings"],
+                        "properties": {"recording_mode_settings": {"anyOf": positive}},
+                    },
+                ),
+                {
+                    "if": {
+                        "properties": {"recording_mode_settings": aligned},
+                        "required": ["recording_mode_settings"],
+                    },
+                    "then": {
+                        "required": ["recording_mode"],
+                        "properties": {
+                            "recording_mode": {"const": split},
+                            "output_format": {"not": {"const": "m3u8"}},
+                        },
+                    },
+                },
+            ]
+        }
 
     @property
     def is_seamless(self) -> bool:

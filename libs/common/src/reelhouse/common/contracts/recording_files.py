@@ -6,11 +6,12 @@ Every field is typed (no free-form filters), so no ``$`` operator can reach a qu
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reelhouse.common.contracts.base import ObjectIdStr
+from reelhouse.common.contracts.types import whole_int
 
 FileStatus = Literal[
     "recording", "processing", "ready", "archiving", "archived", "failed", "deleted"
@@ -27,8 +28,8 @@ class FilesQuery(BaseModel):
     status: FileStatus | None = None
     from_: datetime | None = Field(None, alias="from", description="Created at or after (ISO).")
     to: datetime | None = Field(None, description="Created before (ISO).")
-    limit: Annotated[StrictInt, Field(ge=1, le=1000)] = 50
-    offset: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0  # MongoDB skip: int32 is plenty
+    limit: whole_int(ge=1, le=1000) = 50
+    offset: whole_int(ge=0, le=2**31 - 1) = 0  # MongoDB skip: int32 is plenty
 
     @field_validator("from_", "to")
     @classmethod

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     StrictBool,
@@ -21,6 +20,7 @@ from pydantic import (
 from reelhouse.common.contracts.base import ObjectIdStr
 from reelhouse.common.contracts.listing import ListQuery
 from reelhouse.common.contracts.media import (
+    CrossFieldSchema,
     InputIn,
     ModifyAudio,
     ModifyVideo,
@@ -28,7 +28,13 @@ from reelhouse.common.contracts.media import (
     Schedule,
     Transcoding,
 )
-from reelhouse.common.contracts.types import JsonObject, Name, OptionalStreamUrl, url_scheme
+from reelhouse.common.contracts.types import (
+    JsonObject,
+    Name,
+    OptionalStreamUrl,
+    url_pattern,
+    url_scheme,
+)
 from reelhouse.common.ffmpeg.command import check_processing
 
 OutputType = Literal[
@@ -67,8 +73,10 @@ def _field_error(field: str, message: str) -> ValueError:
     return ValueError(f"@{field}: {message}")
 
 
-class OutputIn(BaseModel):
-    """One destination of a restream (the seed's ``output`` block)."""
+class OutputIn(CrossFieldSchema):
+    """One destination of a restream (the seed's ``output`` block). ``output_stream_url`` takes
+    the schemes of its ``output_type``; HLS and DEV_NULL take none. Only an SRT output may
+    listen on a port (then it needs no URL); only an RTMP output takes a stream key."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -123,6 +131,37 @@ class OutputIn(BaseModel):
             raise _field_error("output_stream_key", "only an RTMP output takes a stream key")
         return self
 
+    @classmethod
+    def cross_field_schema(cls) -> dict[str, Any]:
+        no_port = {"output_stream_listen_port": {"not": {"type": "integer"}}}
+        no_key = {"output_stream_key": {"const": ""}}
+        branches = []
+        for output_type, schemes in OUTPUT_SCHEMES.items():
+            const = {"const": output_type}
+            if not schemes:
+                url = {"const": ""}
+            elif output_type == "OUTPUT_TYPE_SRT_URL":
+                url = {"pattern": f"^$|{url_pattern(schemes)}"}
+            else:
+                url = {"pattern": url_pattern(schemes)}
+            properties = {"output_type": const, "output_stream_url": url}
+            branch: dict[str, Any] = {"properties": properties}
+            if output_type == "OUTPUT_TYPE_SRT_URL":  # a URL, or a port to listen on
+                branch["anyOf"] = [
+                    {"required": ["output_stream_url"],
+                     "properties": {"output_stream_url": {"minLength": 1}}},
+                    {"required": ["output_stream_listen_port"],
+                     "properties": {"output_stream_listen_port": {"type": "integer"}}},
+                ]  # fmt: skip
+            else:
+                properties.update(no_port)
+                if schemes:
+                    branch["required"] = ["output_stream_url"]
+            if output_type != "OUTPUT_TYPE_OTHER_RTMP_URL":
+                properties.update(no_key)
+            branches.append(branch)
+        return {"oneOf": branches}
+
     @property
     def listen_port(self) -> int | None:
         port = self.output_stream_listen_port
@@ -143,8 +182,12 @@ class OutputIn(BaseModel):
         return url
 
 
-class RestreamIn(BaseModel):
-    """Body of ``/api/restream/create`` (and of ``update``, with ``id``)."""
+class RestreamIn(CrossFieldSchema):
+    """Body of ``/api/restream/create`` (and of ``update``, with ``id``).
+
+    At most one ``OUTPUT_TYPE_HLS`` destination; two SRT outputs never listen on one port.
+    Processing must fit every destination's container (FLV: no H.265, Opus or AC-3, ...): a
+    combination FFmpeg cannot run is a 400 naming the field."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -186,6 +229,12 @@ class RestreamIn(BaseModel):
         if len(ports) != len(set(ports)):
             raise _field_error("output", "two SRT outputs cannot listen on the same port")
         return self
+
+    @classmethod
+    def cross_field_schema(cls) -> dict[str, Any]:
+        hls = {"properties": {"output_type": {"const": "OUTPUT_TYPE_HLS"}}}
+        one_hls = {"anyOf": [{"not": {"contains": hls}}, {"contains": hls, "maxContains": 1}]}
+        return {"allOf": [{"properties": {"output": one_hls}}]}
 
     def config(self) -> dict[str, Any]:
         """The job's stored processing configuration (input and outputs are their own documents)."""

@@ -25,22 +25,32 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     StrictBool,
-    StrictInt,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from reelhouse.common.contracts.base import BusMessage, ObjectIdStr, Timestamp, utcnow
+from reelhouse.common.contracts.listing import name_fields
 from reelhouse.common.contracts.messages import JobEvent
 from reelhouse.common.contracts.types import (
     INPUT_SCHEMES,
+    REQUIRED_TEXT_PATTERN,
+    TEXT_PATTERN,
     InputType,
     Name,
     _storable,
     _stream_url,
+    json_object_schema,
+    string_schema,
+    url_pattern,
     url_scheme,
+    whole_int,
 )
 
 RoleName = Literal["publisher", "receiver", "pusher", "puller"]
@@ -72,7 +82,14 @@ def _probe_url(value: str) -> str:
     return _stream_url(value)
 
 
-ProbeUrl = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_probe_url)]
+PROBE_URL_PATTERN: Final = url_pattern(tuple(PROBE_INPUT_TYPES))
+
+ProbeUrl = Annotated[
+    str,
+    StringConstraints(max_length=2048),
+    AfterValidator(_probe_url),
+    string_schema(pattern=PROBE_URL_PATTERN, max_length=2048),
+]
 """A live network URL that may be probed: the schemes of the FFmpeg input types only."""
 
 
@@ -81,7 +98,10 @@ def _probe_url_or_blank(value: str) -> str:
 
 
 ProbeUrlOrBlank = Annotated[
-    str, StringConstraints(max_length=2048), AfterValidator(_probe_url_or_blank)
+    str,
+    StringConstraints(max_length=2048),
+    AfterValidator(_probe_url_or_blank),
+    string_schema(pattern=f"^$|{PROBE_URL_PATTERN}", max_length=2048),
 ]
 """A :data:`ProbeUrl`, or ``""`` for none."""
 
@@ -100,14 +120,23 @@ def _required(value: str) -> str:
 
 
 StreamId = Annotated[
-    str, StringConstraints(max_length=512), AfterValidator(_clean_text), AfterValidator(_required)
+    str,
+    StringConstraints(max_length=512),
+    AfterValidator(_clean_text),
+    AfterValidator(_required),
+    string_schema(pattern=REQUIRED_TEXT_PATTERN, max_length=512),
 ]
 """A stream id as the transport sees it (``publisher/main-stage/srt-main``)."""
 
 Host = Annotated[str, StringConstraints(max_length=253, pattern=r"^[A-Za-z0-9.:\[\]_-]*$")]
 """An optional host binding (name, IPv4 or IPv6 address); ``""`` for none."""
 
-Label = Annotated[str, StringConstraints(max_length=128), AfterValidator(_clean_text)]
+Label = Annotated[
+    str,
+    StringConstraints(max_length=128),
+    AfterValidator(_clean_text),
+    string_schema(pattern=TEXT_PATTERN, max_length=128),
+]
 """A short label a person typed (track or channel name); may be empty."""
 
 CHANNEL_LAYOUT_SIZES: Final[dict[str, int]] = {
@@ -132,7 +161,7 @@ class AudioStream(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: Annotated[StrictInt, Field(ge=0, le=255)]
+    id: whole_int(ge=0, le=255)
     name: Label = ""
     channel_layout: Annotated[
         str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9.()+_-]+$")
@@ -205,7 +234,16 @@ def _meta_data(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-MetaData = Annotated[dict[str, Any], AfterValidator(_meta_data)]
+MetaData = Annotated[
+    dict[str, Any],
+    AfterValidator(_meta_data),
+    WithJsonSchema(
+        json_object_schema(
+            description="A JSON object, at most 16 KiB and 6 levels deep; keys without a "
+            "leading '$', '.' or NUL; no array directly inside an array; 64-bit whole numbers."
+        )
+    ),
+]
 """Saved inspection output (``{"codec_name": "h264", "fps": "30/1"}``); a bounded JSON object."""
 
 
@@ -279,12 +317,20 @@ class StreamListBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    limit: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
-    skip: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0  # past int64 MongoDB fails (500)
+    limit: whole_int(ge=0, le=1000) = 0
+    skip: whole_int(ge=0, le=2**31 - 1) = 0  # past int64 MongoDB fails (500)
     sort: dict[str, Literal[1, -1]] = Field(default_factory=lambda: {"created": 1})
     filter: dict[str, Annotated[str, StringConstraints(max_length=512)] | StrictBool] = Field(
         default_factory=dict
     )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        name_fields(schema, filter_fields=FILTER_FIELDS, sort_fields=SORT_FIELDS)
+        return schema
 
     @field_validator("filter")
     @classmethod
@@ -323,7 +369,7 @@ def _port(value: Any) -> Any:
     return value
 
 
-Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+Port = whole_int(ge=1, le=65535)
 
 
 class SetStreamInfoBody(BaseModel):

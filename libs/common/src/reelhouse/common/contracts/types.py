@@ -7,9 +7,55 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StrictInt,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# -- what the JSON schema says -------------------------------------------------------------------
+# A validator that checks more than its annotated type shows (strip, then "not empty", a URL's
+# parts, a scheme per input type) would leave the OpenAPI document promising more than the API
+# accepts. Each such type below carries the pattern of what it accepts, in ECMA-262 syntax that
+# Python's ``re`` reads the same way; where a rule cannot be a pattern, the pattern describes a
+# subset of what is accepted, never more (issue 20, item 6).
+
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+"""No control characters."""
+
+REQUIRED_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f]*$"
+"""No control characters and something besides white space (a value is stripped first)."""
+
+_URL_USERINFO = r"[A-Za-z0-9._~%!$&'()*+,;=:-]*@"
+_URL_HOST = r"[A-Za-z0-9._~-]+"
+_URL_PORT = r":[0-9]{1,5}"
+_URL_REST = r"[/?#][^\s\x00-\x1f\x7f]*"
+
+
+def url_pattern(schemes: tuple[str, ...] | None = None, *, host_required: bool = False) -> str:
+    """The pattern of a stream URL with one of ``schemes`` (None: any scheme): ``scheme://``,
+    a host and/or a port (optionally after user info), then a path, query or fragment without
+    white space; with ``host_required``, not a port alone. IPv6 literals (``srt://[::1]:9000``)
+    are accepted too, but not shown: a pattern that admits every valid one admits invalid ones."""
+    scheme = "|".join(schemes) if schemes else "[a-z][a-z0-9+.-]*"
+    hostport = f"{_URL_HOST}(?:{_URL_PORT})?"
+    netloc = f"(?:{_URL_USERINFO})?" + (
+        hostport if host_required else f"(?:{hostport}|{_URL_PORT})"
+    )
+    return f"^(?:{scheme})://{netloc}(?:{_URL_REST})?$"
+
+
+def string_schema(*, pattern: str, max_length: int, description: str = "") -> WithJsonSchema:
+    """The JSON schema of a validated string type (its pattern and length)."""
+    schema: dict[str, Any] = {"type": "string", "maxLength": max_length, "pattern": pattern}
+    if description:
+        schema["description"] = description
+    return WithJsonSchema(schema)
 
 
 def _clean_name(value: str) -> str:
@@ -21,7 +67,12 @@ def _clean_name(value: str) -> str:
     return value
 
 
-Name = Annotated[str, StringConstraints(max_length=128), AfterValidator(_clean_name)]
+Name = Annotated[
+    str,
+    StringConstraints(max_length=128),
+    AfterValidator(_clean_name),
+    string_schema(pattern=REQUIRED_TEXT_PATTERN, max_length=128),
+]
 """A job or stream name a person typed: 1 to 128 printable characters."""
 
 InputType = Literal[
@@ -62,11 +113,19 @@ def _stream_url(value: str) -> str:
     return value
 
 
-StreamUrl = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_stream_url)]
+StreamUrl = Annotated[
+    str,
+    StringConstraints(max_length=2048),
+    AfterValidator(_stream_url),
+    string_schema(pattern=url_pattern(), max_length=2048),
+]
 """A network stream URL (its scheme is checked against the input/output type elsewhere)."""
 
 OptionalStreamUrl = Annotated[
-    str, StringConstraints(max_length=2048), AfterValidator(lambda v: _stream_url(v) if v else v)
+    str,
+    StringConstraints(max_length=2048),
+    AfterValidator(lambda v: _stream_url(v) if v else v),
+    string_schema(pattern=f"^$|{url_pattern()}", max_length=2048),
 ]
 """A :data:`StreamUrl` or ``""`` (for destinations that take no URL)."""
 
@@ -74,6 +133,21 @@ OptionalStreamUrl = Annotated[
 def url_scheme(url: str) -> str:
     """Lower-case scheme of ``url``."""
     return urlsplit(url).scheme.lower()
+
+
+def _whole_float(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+WholeInt = Annotated[StrictInt, BeforeValidator(_whole_float)]
+"""A whole number as JSON schema's ``integer`` means it: ``3`` or ``3.0``, never ``"3"`` or
+``true`` (pydantic's ``StrictInt`` refuses ``3.0``, which the spec's ``integer`` allows)."""
+
+
+def whole_int(*, ge: int, le: int) -> Any:
+    """A :data:`WholeInt` from ``ge`` to ``le`` (the bounds go inside the validator, so the
+    schema shows them as ``minimum``/``maximum``)."""
+    return Annotated[StrictInt, Field(ge=ge, le=le), BeforeValidator(_whole_float)]
 
 
 Kbps = Annotated[int, Field(gt=0, le=200_000)]
@@ -88,8 +162,8 @@ def _storable(value: Any, depth: int = 0) -> None:
         raise ValueError("nests too deep (at most 16 levels)")
     if isinstance(value, dict):
         for key, item in value.items():
-            if key.startswith("$") or "." in key:
-                raise ValueError(f"key {key!r} is not allowed (no '$' prefix, no '.')")
+            if key.startswith("$") or "." in key or "\x00" in key:
+                raise ValueError(f"key {key!r} is not allowed (no '$' prefix, no '.', no NUL)")
             _storable(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
@@ -107,6 +181,49 @@ def _json_object(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
+SAFE_INT = 2**53 - 1
+"""The whole numbers a schema shows (the spec's numbers are doubles; 64-bit ones are accepted)."""
+
+JSON_KEY_PATTERN = r"^[^$.\x00][^.\x00]*$"
+"""An object key the database stores as sent: no ``$`` first, no ``.``, no NUL."""
+
+_JSON_SCALAR: list[dict[str, Any]] = [
+    {"type": "string"},
+    {"type": "boolean"},
+    {"type": "null"},
+    {"type": "integer", "minimum": -SAFE_INT, "maximum": SAFE_INT},
+    {"type": "number", "not": {"type": "integer"}},
+]
+
+
+def json_object_schema(*, levels: int = 3, description: str = "") -> dict[str, Any]:
+    """The JSON schema of a stored free-form object: keys without ``$``/``.``/NUL, no array
+    directly in an array, 64-bit whole numbers. It spells out ``levels`` of nesting (deeper
+    objects are accepted, up to the type's own limit); the size limit, in bytes of JSON, is in
+    the description, as a schema cannot count bytes."""
+    inner: dict[str, Any] | None = None
+    for _ in range(levels):
+        element = [*_JSON_SCALAR, *([inner] if inner else [])]
+        inner = {
+            "type": "object",
+            "propertyNames": {"pattern": JSON_KEY_PATTERN},
+            "additionalProperties": {
+                "anyOf": [*element, {"type": "array", "items": {"anyOf": element}}]
+            },
+        }
+    assert inner is not None
+    return {**inner, "description": description} if description else inner
+
+
+JsonObject = Annotated[
+    dict[str, Any],
+    AfterValidator(_json_object),
+    WithJsonSchema(
+        json_object_schema(
+            description="A JSON object, at most 16 KiB and 16 levels deep; keys without a "
+            "leading '$', '.' or NUL; no array directly inside an array; 64-bit whole numbers."
+        )
+    ),
+]
 """A free-form JSON object the database can store as sent (``input_settings`` and the like):
 keys without ``$``/``.``, no array directly in an array, 64-bit numbers, at most 16 KiB."""

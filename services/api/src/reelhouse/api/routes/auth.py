@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from reelhouse.api import accounts
 from reelhouse.api.accounts import Collections
 from reelhouse.api.auth import AuthPrincipal, Principal, issue_access_token
+from reelhouse.api.errors import documented
 from reelhouse.api.ratelimit import limit_auth
 from reelhouse.api.state import AppState, State
 from reelhouse.common.contracts.messages import RefreshReuse
@@ -43,7 +44,12 @@ from reelhouse.common.logging import get_logger
 
 log = get_logger("reelhouse.api.auth")
 
-router = APIRouter(prefix="/api/auth", tags=["auth"], dependencies=[Depends(limit_auth)])
+router = APIRouter(
+    prefix="/api/auth",
+    tags=["auth"],
+    dependencies=[Depends(limit_auth)],
+    responses=documented(429),
+)
 me_router = APIRouter(prefix="/api/auth", tags=["auth"])
 """``/api/auth/me``: authenticated, so counted per caller (``auth`` bucket), not per address."""
 
@@ -135,7 +141,11 @@ async def _issue(
     )
 
 
-@router.post("/login", summary="Username and password → access JWT and refresh token")
+@router.post(
+    "/login",
+    summary="Username and password → access JWT and refresh token",
+    responses=documented(401, s401="UNAUTHORIZED: wrong username or password"),
+)
 async def login(request: Request, state: State, body: LoginBody) -> TokenPair:
     user = await state.db[Collections.USERS].find_one({"username": body.username})
     hashed = user.get("password_hash") if user else None
@@ -199,7 +209,11 @@ async def _logout(request: Request, state: AppState, token: str) -> None:
         log.info("logout", user_id=str(use.doc["user_id"]), tenant=use.doc["tenant"])
 
 
-@router.post("/refresh", summary="A refresh token → a new access JWT and a new refresh token")
+@router.post(
+    "/refresh",
+    summary="A refresh token → a new access JWT and a new refresh token",
+    responses=documented(401, s401="UNAUTHORIZED: the refresh token is invalid, used or expired"),
+)
 async def refresh(request: Request, state: State, body: RefreshBody) -> TokenPair:
     """Rotate: the token is used up and its successor returned. Presenting a used token again
     revokes its whole chain and the user's access tokens (reuse detection)."""

@@ -80,6 +80,7 @@ async def asset(asset: str) -> FileResponse:
     "/api/recording/thumbnail",
     summary="The live thumbnail of a recording job (JPEG; header token or ?token=)",
     response_class=FileResponse,
+    responses={200: {"description": "The newest picture.", "content": {"image/jpeg": {}}}},
 )
 async def thumbnail(
     state: State,
@@ -123,6 +124,13 @@ def _playlist_with_token(text: str, token: str) -> str:
 @router.get(
     "/api/recording/play/{file_id}/{name}",
     summary="An m3u8 recording for players: its playlist and the segments it lists",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The playlist or a segment.",
+            "content": {t: {} for t in sorted(set(_HLS_TYPES.values()))},
+        }
+    },
 )
 async def play_hls(
     request: Request,

@@ -21,6 +21,7 @@ from pymongo import ReturnDocument
 
 from reelhouse.api import downloads
 from reelhouse.api.auth import Operator, Principal, request_credential, verify_credential
+from reelhouse.api.errors import documented
 from reelhouse.api.routes import jobs
 from reelhouse.api.routes.jobs import tenant_of
 from reelhouse.api.routes.recordings import KIND, MODULE
@@ -103,7 +104,11 @@ async def _file(state: Any, tenant: str, ref: FileRef) -> dict[str, Any]:
     return record
 
 
-@router.post("/getDownloadUrl", summary="A signed, expiring download URL of a recorded file")
+@router.post(
+    "/getDownloadUrl",
+    summary="A signed, expiring download URL of a recorded file",
+    responses=documented(409),
+)
 async def get_download_url(
     request: Request, state: State, principal: Principal, body: FileRef
 ) -> dict[str, Any]:
@@ -152,6 +157,19 @@ def _unsatisfiable(range_header: str | None, size: int) -> bool:
     "/download/{file_id}",
     summary="Download a recorded file (signed URL, no token; HTTP Range supported)",
     response_class=FileResponse,
+    responses={
+        200: {
+            "description": "The file (or the Range of it: 206).",
+            "content": {t: {} for t in sorted({*MEDIA_TYPES.values(), "application/octet-stream"})},
+        },
+        206: {
+            "description": "The Range of the file asked for.",
+            "content": {t: {} for t in sorted({*MEDIA_TYPES.values(), "application/octet-stream"})},
+        },
+        **documented(
+            401, 403, 404, 409, 416, 503, s403="FORBIDDEN: the link is invalid or expired"
+        ),
+    },
 )
 async def download(
     request: Request,
@@ -239,7 +257,11 @@ def _archive_moves(settings: ApiSettings, record: dict[str, Any]) -> list[tuple[
     return moves
 
 
-@router.post("/archiveFile", summary="Move a ready file to the archive (downloads keep working)")
+@router.post(
+    "/archiveFile",
+    summary="Move a ready file to the archive (downloads keep working)",
+    responses=documented(409),
+)
 async def archive_file(state: State, principal: Operator, body: FileRef) -> dict[str, Any]:
     tenant = tenant_of(principal)
     record = await _file(state, tenant, body)

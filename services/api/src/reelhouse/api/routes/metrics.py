@@ -9,9 +9,10 @@ from __future__ import annotations
 import hmac
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from reelhouse.api.errors import documented
 from reelhouse.api.ops import Ops
 from reelhouse.api.state import State
 from reelhouse.common.errors import Unauthorized
@@ -22,7 +23,12 @@ log = get_logger("reelhouse.api.metrics")
 router = APIRouter(tags=["system"])
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses=documented(401, s401="UNAUTHORIZED: REELHOUSE_METRICS_TOKEN is set and not sent"),
+)
 async def metrics(request: Request, state: State, ops: Ops) -> Response:
     """Jobs by state, restarts, per-job bitrate, API latency, NATS and MongoDB reconnects."""
     secret = state.settings.metrics_token

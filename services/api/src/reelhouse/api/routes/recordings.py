@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.api import idempotency
 from reelhouse.api.auth import Operator, Principal
+from reelhouse.api.errors import documented
 from reelhouse.api.idempotency import IdempotencyKey
 from reelhouse.api.routes import jobs
 from reelhouse.api.routes.jobs import JobKind, tenant_of
@@ -88,7 +89,16 @@ async def _event(state: Any, tenant: str, job_id: str, event: Any, **fields: Any
         log.warning("event_not_sent", job_id=job_id, event=event, error=str(exc))
 
 
-@router.post("/create", summary="Create a recording job")
+@router.post(
+    "/create",
+    summary="Create a recording job",
+    responses=documented(
+        409,
+        507,
+        s409="CONFLICT: this Idempotency-Key was used with another body, or its first "
+        "call is still running",
+    ),
+)
 async def create(
     state: State,
     principal: Operator,
@@ -128,14 +138,22 @@ async def get_by_id(state: State, principal: Principal, body: IdBody) -> dict[st
     return await _loaded(state.db, tenant_of(principal), body.id, state.live)
 
 
-@router.post("/update", summary="Change a recording job; a running job restarts with it")
+@router.post(
+    "/update",
+    summary="Change a recording job; a running job restarts with it",
+    responses=documented(507),
+)
 async def update(state: State, principal: Operator, body: RecordingUpdate) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.update_job(state, KIND, tenant, body.id, body.config(), {"input": [body.input]})
     return await _loaded(state.db, tenant, body.id, state.live)
 
 
-@router.post("/start", summary="Mark active and (re)start the recording worker")
+@router.post(
+    "/start",
+    summary="Mark active and (re)start the recording worker",
+    responses=documented(507),
+)
 async def start(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=True)
@@ -149,7 +167,11 @@ async def stop(state: State, principal: Operator, body: IdBody) -> dict[str, Any
     return await _loaded(state.db, tenant, body.id, state.live)
 
 
-@router.post("/pause", summary="Close the current part; the job stays active but idle")
+@router.post(
+    "/pause",
+    summary="Close the current part; the job stays active but idle",
+    responses=documented(409),
+)
 async def pause(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     if await jobs.set_paused(state, KIND, tenant, body.id, paused=True):
@@ -157,7 +179,11 @@ async def pause(state: State, principal: Operator, body: IdBody) -> dict[str, An
     return await _loaded(state.db, tenant, body.id, state.live)
 
 
-@router.post("/resume", summary="Open a new part of the paused session")
+@router.post(
+    "/resume",
+    summary="Open a new part of the paused session",
+    responses=documented(409, 507),
+)
 async def resume(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     if await jobs.set_paused(state, KIND, tenant, body.id, paused=False):
@@ -186,7 +212,11 @@ async def remove(state: State, principal: Operator, body: IdBody) -> dict[str, A
     return loaded
 
 
-@router.post("/removeFile", summary="Delete one recorded file; the job stays")
+@router.post(
+    "/removeFile",
+    summary="Delete one recorded file; the job stays",
+    responses=documented(409),
+)
 async def remove_file(state: State, principal: Operator, body: RemoveFileBody) -> dict[str, bool]:
     tenant = tenant_of(principal)
     db = state.db

@@ -20,6 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.api import idempotency
 from reelhouse.api.auth import Operator, PlayerPrincipal, Principal
+from reelhouse.api.errors import documented
 from reelhouse.api.idempotency import IdempotencyKey
 from reelhouse.api.routes import jobs
 from reelhouse.api.routes.jobs import JobKind, tenant_of
@@ -27,7 +28,7 @@ from reelhouse.api.state import State
 from reelhouse.common.contracts.base import ObjectIdStr
 from reelhouse.common.contracts.listing import IdBody
 from reelhouse.common.contracts.restream import RestreamIn, RestreamListBody, RestreamUpdate
-from reelhouse.common.errors import NotFound, ValidationFailed
+from reelhouse.common.errors import NotFound
 from reelhouse.common.files import checked_path, is_under, restream_hls_dir
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections
@@ -60,6 +61,8 @@ HLS_MEDIA_TYPES = {
 """What the HLS route serves, by extension (nothing else)."""
 
 _HLS_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+HLS_NAME_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+"""A plain file name: letters, digits, '_' and '-', in parts joined by single dots."""
 _PLAYLIST_URI_ATTR = re.compile(r'URI="([A-Za-z0-9_-][A-Za-z0-9._-]*)"')
 
 
@@ -82,7 +85,16 @@ def _linked(body: RestreamIn) -> dict[str, list[Any]]:
     return {"input": [body.input], "output": list(body.output)}
 
 
-@router.post("/create", summary="Create a restream job")
+@router.post(
+    "/create",
+    summary="Create a restream job",
+    responses=documented(
+        409,
+        507,
+        s409="CONFLICT: this Idempotency-Key was used with another body, or its first "
+        "call is still running",
+    ),
+)
 async def create(
     state: State,
     principal: Operator,
@@ -123,14 +135,22 @@ async def get_by_id(state: State, principal: Principal, body: IdBody) -> dict[st
     return await _loaded(state.db, tenant_of(principal), body.id, state.live)
 
 
-@router.post("/update", summary="Change a restream job; a running job restarts with it")
+@router.post(
+    "/update",
+    summary="Change a restream job; a running job restarts with it",
+    responses=documented(507),
+)
 async def update(state: State, principal: Operator, body: RestreamUpdate) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.update_job(state, KIND, tenant, body.id, _config(body), _linked(body))
     return await _loaded(state.db, tenant, body.id, state.live)
 
 
-@router.post("/start", summary="Mark active and (re)start the restream")
+@router.post(
+    "/start",
+    summary="Mark active and (re)start the restream",
+    responses=documented(507),
+)
 async def start(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=True)
@@ -180,18 +200,24 @@ def _playlist_with_token(text: str, token: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-@router.get("/hls/{id}/{name}", summary="A file of the job's HLS destination (monitoring)")
+@router.get(
+    "/hls/{id}/{name}",
+    summary="A file of the job's HLS destination (monitoring)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The playlist or a segment.",
+            "content": {t: {} for t in sorted(set(HLS_MEDIA_TYPES.values()))},
+        }
+    },
+)
 async def hls_file(
     state: State,
     principal: PlayerPrincipal,
     request: Request,
     job_id: Annotated[ObjectIdStr, Path(alias="id")],
-    name: Annotated[str, Path(max_length=128)],
+    name: Annotated[str, Path(max_length=128, pattern=HLS_NAME_PATTERN)],
 ) -> Response:
-    if not _HLS_NAME.match(name) or ".." in name:
-        raise ValidationFailed(
-            "name must be a plain file name of letters, digits, '.', '_' and '-'", field="name"
-        )
     media_type = HLS_MEDIA_TYPES.get(FsPath(name).suffix.lower())
     await jobs.load(state.db, KIND, tenant_of(principal), job_id)
     root = state.settings.storage_root

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 
 from reelhouse.api.auth import Operator, Principal
+from reelhouse.api.errors import documented
 from reelhouse.api.routes.jobs import tenant_of
 from reelhouse.api.state import State
 from reelhouse.common.contracts.storage import CleanupRequest, PassReport
@@ -58,7 +59,7 @@ async def get_info(
     return {**disk, "per_job": per_job, "archive": archive}
 
 
-@router.post("/cleanup", summary="Run the janitor now; what it removed")
+@router.post("/cleanup", summary="Run the janitor now; what it removed", responses=documented(504))
 async def cleanup(
     state: State, _principal: Operator, _body: Annotated[dict[str, Any] | None, Body()] = None
 ) -> dict[str, Any]:

@@ -18,9 +18,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.api import idempotency
 from reelhouse.api.auth import AuthPrincipal, Operator, Principal, tenant_of
+from reelhouse.api.errors import documented
 from reelhouse.api.idempotency import IdempotencyKey
 from reelhouse.api.state import AppState, State
-from reelhouse.common.contracts.base import format_timestamp, is_object_id, utcnow
+from reelhouse.common.contracts.base import ObjectIdStr, format_timestamp, is_object_id, utcnow
 from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.contracts.streams import (
     ProbeReply,
@@ -111,7 +112,15 @@ def _list_query(tenant: str, body: StreamListBody) -> dict[str, Any]:
     return query
 
 
-@router.post("/create", summary="Create a stream row")
+@router.post(
+    "/create",
+    summary="Create a stream row",
+    responses=documented(
+        409,
+        s409="CONFLICT: this Idempotency-Key was used with another body, or its first "
+        "call is still running",
+    ),
+)
 async def create(
     state: State,
     principal: Operator,
@@ -239,10 +248,15 @@ async def remove(
     state: State,
     principal: Operator,
     body: Annotated[StreamIdBody | None, Body()] = None,
-    id: Annotated[str | None, Query(description="The stream row's id (or in the body).")] = None,
+    id: Annotated[
+        ObjectIdStr | None,
+        Query(description="The stream row's id; or `id` in the body (one of them is required)."),
+    ] = None,
 ) -> dict[str, bool]:
+    # OpenAPI cannot say "this query parameter or that body field": the schema shows both as
+    # optional, and a request with neither is a 400 naming `id`.
     stream_id = body.id if body is not None else id
-    if stream_id is None or not is_object_id(stream_id):
+    if stream_id is None:
         raise ValidationFailed("id: a 24-hex stream id is required", field="id")
     tenant = tenant_of(principal)
     doc = await _load(state.db, tenant, stream_id)
@@ -286,6 +300,7 @@ async def stop(state: State, principal: Operator, body: StreamIdBody) -> dict[st
     "refused one is a 400 with `reason: forbidden_address`. A failed probe is a 502/504 whose "
     "`reason` is its class (`unreachable`, `refused`, `timeout`, `not_media`, "
     "`forbidden_address`), never the source's own text.",
+    responses=documented(502, 504),
 )
 async def get_stream_info(
     state: State, _principal: Operator, body: StreamInfoBody

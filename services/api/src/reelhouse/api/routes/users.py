@@ -21,6 +21,7 @@ from pymongo.errors import DuplicateKeyError
 from reelhouse.api import accounts
 from reelhouse.api.accounts import Collections
 from reelhouse.api.auth import Admin, Role, tenant_of
+from reelhouse.api.errors import documented
 from reelhouse.api.state import State
 from reelhouse.common.contracts.base import ObjectIdStr, format_timestamp, utcnow
 from reelhouse.common.contracts.listing import IdBody
@@ -83,7 +84,11 @@ async def _load(state: State, tenant: str, user_id: str) -> dict[str, Any]:
     return doc
 
 
-@router.post("/create", summary="Create a user (admin)")
+@router.post(
+    "/create",
+    summary="Create a user (admin)",
+    responses=documented(409, s409="CONFLICT: the username is taken"),
+)
 async def create(state: State, principal: Admin, body: UserIn) -> UserOut:
     tenant = body.tenant or tenant_of(principal)
     if tenant != tenant_of(principal) and principal.kind != "bootstrap":

@@ -19,7 +19,8 @@ from reelhouse.api.auth import Admin
 from reelhouse.api.ops import Ops
 from reelhouse.api.state import State
 from reelhouse.api.webhooks import DELIVERIES, WEBHOOKS, describe_delivery, describe_hook
-from reelhouse.common.contracts.base import utcnow
+from reelhouse.common.contracts.base import ObjectIdStr, utcnow
+from reelhouse.common.contracts.types import url_pattern
 from reelhouse.common.errors import NotFound
 from reelhouse.common.netpolicy import validate_url
 from reelhouse.common.subjects import Event, Module
@@ -34,7 +35,12 @@ class WebhookCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(..., max_length=2048, description="http(s) URL the deliveries are POSTed to.")
+    url: str = Field(
+        ...,
+        max_length=2048,
+        description="http(s) URL the deliveries are POSTed to.",
+        json_schema_extra={"pattern": url_pattern(("http", "https"), host_required=True)},
+    )
     events: list[Event] = Field(
         default_factory=list, description="Event types to deliver (empty: every event)."
     )
@@ -65,13 +71,13 @@ class WebhookCreate(BaseModel):
 class WebhookId(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(..., description="The webhook's id.")
+    id: ObjectIdStr = Field(..., description="The webhook's id.")
 
 
 class DeliveriesQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(..., description="The webhook's id.")
+    id: ObjectIdStr = Field(..., description="The webhook's id.")
     status: Literal["pending", "delivered", "failed", "cancelled"] | None = None
     limit: int = Field(50, ge=1, le=500)
 
