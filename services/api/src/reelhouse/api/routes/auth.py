@@ -71,6 +71,13 @@ class RefreshBody(BaseModel):
     refresh_token: str = Field(min_length=1, max_length=256)
 
 
+class SessionBody(BaseModel):
+    """The cookie endpoints' body: an empty JSON object. Requiring it makes the JSON content
+    type (the CSRF defence beside ``SameSite=Strict``) part of the documented contract."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class TokenPair(BaseModel):
     access_token: str
     token_type: str = "bearer"  # noqa: S105 (the OAuth token type, not a secret)
@@ -278,6 +285,7 @@ def _session_answer(request: Request, response: Response, pair: TokenPair) -> Se
     "/session/login",
     summary="Username and password → access JWT; the refresh token in an HttpOnly cookie",
     dependencies=[Depends(json_only)],
+    responses=documented(401, s401="UNAUTHORIZED: wrong username or password"),
 )
 async def session_login(
     request: Request, response: Response, state: State, body: LoginBody
@@ -292,9 +300,14 @@ async def session_login(
     "/session/refresh",
     summary="The refresh cookie → a new access JWT and a new refresh cookie",
     dependencies=[Depends(json_only)],
+    responses=documented(401, s401="UNAUTHORIZED: no session cookie, or it is invalid or used"),
 )
 async def session_refresh(
-    request: Request, response: Response, state: State, cookie: RefreshCookie = None
+    request: Request,
+    response: Response,
+    state: State,
+    _body: SessionBody,
+    cookie: RefreshCookie = None,
 ) -> SessionTokens:
     """Rotate the cookie's token, with the same reuse detection as ``refresh``. A refused
     cookie is cleared."""
@@ -313,7 +326,11 @@ async def session_refresh(
     dependencies=[Depends(json_only)],
 )
 async def session_logout(
-    request: Request, response: Response, state: State, cookie: RefreshCookie = None
+    request: Request,
+    response: Response,
+    state: State,
+    _body: SessionBody,
+    cookie: RefreshCookie = None,
 ) -> dict[str, bool]:
     if cookie:
         await _logout(request, state, cookie)
