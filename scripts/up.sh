@@ -4,16 +4,20 @@
 # with its process name (honcho). Ctrl-C or SIGTERM stops everything.
 #
 # Knobs (environment or make variables): API_PORT (8080), NATS_PORT (4222), DB_PORT (27017),
-# UP_DATA_DIR (./data), RECORDERS (1), RESTREAMERS (1), and any REELHOUSE_* setting.
+# UP_DATA_DIR (./data), RECORDERS (1), RESTREAMERS (1), DB_BACKEND (postgresql: a private
+# cluster under $UP_DATA_DIR/db/pg; or sqlite), and any REELHOUSE_* setting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
 data="$(realpath -m "${UP_DATA_DIR:-$root/data}")"
 mkdir -p "$data/nats" "$data/db" "$data/recordings"
+chmod a+x "$data" "$data/db"  # PostgreSQL runs as its own user and must reach data/db/pg
 
 export UP_NATS_PORT="${NATS_PORT:-4222}"
 export UP_DB_PORT="${DB_PORT:-27017}"
 export UP_DATA_DIR="$data"
+export UP_DB_BACKEND="${DB_BACKEND:-postgresql}"
+export REELHOUSE_MONGODB_DATABASE="${REELHOUSE_MONGODB_DATABASE:-reelhouse}"
 export REELHOUSE_API_PORT="${REELHOUSE_API_PORT:-${API_PORT:-8080}}"
 export REELHOUSE_STORAGE_ROOT="${REELHOUSE_STORAGE_ROOT:-$data/recordings}"
 export REELHOUSE_BOOTSTRAP_TOKEN_FILE="${REELHOUSE_BOOTSTRAP_TOKEN_FILE:-$data/bootstrap-token}"
