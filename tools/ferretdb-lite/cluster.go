@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -29,6 +30,8 @@ type cluster struct {
 	cred *syscall.Credential
 	cmd  *exec.Cmd
 	exit chan error
+	once sync.Once // stop
+	logf *os.File
 }
 
 // pgBin finds the bin directory of the newest PostgreSQL installed from Debian's packages
@@ -117,11 +120,17 @@ func (c *cluster) start(ctx context.Context) error {
 		// FerretDB sends prepared statements whose key is a parameter (_jsonb->$1 @> $2): a
 		// generic plan cannot match the expression indexes, so always plan with the values.
 		"-c", "plan_cache_mode=force_custom_plan",
-		"-c", "log_min_messages=warning",
 		"-c", "logging_collector=off",
 	)
 	c.cmd.SysProcAttr.Pdeathsig = syscall.SIGINT // fast shutdown if the helper dies
-	c.cmd.Stdout, c.cmd.Stderr = os.Stderr, os.Stderr
+	// Its own log beside the cluster (its start and stop messages are LOG, above ERROR).
+	logf, err := os.OpenFile(filepath.Join(filepath.Dir(c.data), "postgres.log"),
+		os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	c.logf = logf
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	if err := c.cmd.Start(); err != nil {
 		return fmt.Errorf("postgres: %w", err)
 	}
@@ -138,7 +147,8 @@ func (c *cluster) start(ctx context.Context) error {
 		}
 		select {
 		case err := <-c.exit:
-			return fmt.Errorf("postgres exited at start: %v", err)
+			c.exit = nil // nothing left to stop
+			return fmt.Errorf("postgres exited at start: %v (its log: %s)", err, logf.Name())
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(20 * time.Millisecond):
@@ -163,16 +173,21 @@ func (c *cluster) stop() {
 	if c == nil {
 		return
 	}
-	if c.cmd == nil || c.cmd.Process == nil {
-		return
-	}
-	_ = c.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-c.exit:
-	case <-time.After(15 * time.Second):
-		_ = c.cmd.Process.Signal(syscall.SIGQUIT)
-		<-c.exit
-	}
+	c.once.Do(func() {
+		if c.cmd == nil || c.cmd.Process == nil || c.exit == nil {
+			return
+		}
+		_ = c.cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-c.exit:
+		case <-time.After(15 * time.Second):
+			_ = c.cmd.Process.Signal(syscall.SIGQUIT)
+			<-c.exit
+		}
+		if c.logf != nil {
+			_ = c.logf.Close()
+		}
+	})
 }
 
 // stalePostmaster is whether postmaster.pid names a process that is still alive.

@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -102,13 +103,46 @@ func (p *preparer) forget(db, coll string) {
 }
 
 func (p *preparer) prepare(ctx context.Context, db, coll string) error {
-	if err := p.create(ctx, db, coll); err != nil {
-		return err
+	table, err := p.table(ctx, db, coll)
+	if err != nil { // not there yet (FerretDB logs a warning for `create` of an existing one)
+		if err := p.create(ctx, db, coll); err != nil {
+			return err
+		}
+		if table, err = p.table(ctx, db, coll); err != nil {
+			return err
+		}
 	}
 	if p.pg != nil {
-		return p.pgIndexes(ctx, db, coll)
+		return p.pgIndexes(ctx, db, coll, table)
 	}
-	return p.sqliteIndexes(ctx, db, coll)
+	return p.sqliteIndexes(ctx, db, table)
+}
+
+// table is the backend's table of db.coll, from FerretDB's own metadata.
+func (p *preparer) table(ctx context.Context, db, coll string) (string, error) {
+	var table string
+	if p.pg != nil {
+		q := fmt.Sprintf(`SELECT _jsonb->>'table' FROM %s WHERE _jsonb->>'_id' = $1`,
+			pgx.Identifier{db, "_ferretdb_database_metadata"}.Sanitize())
+		err := p.pg.QueryRow(ctx, q, coll).Scan(&table)
+		return table, err
+	}
+	conn, err := p.sqliteDB(db)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	err = conn.QueryRowContext(ctx, `SELECT table_name FROM _ferretdb_collections WHERE name = ?`,
+		coll).Scan(&table)
+	return table, err
+}
+
+func (p *preparer) sqliteDB(db string) (*sql.DB, error) {
+	path := filepath.Join(p.sqlite, db+".sqlite")
+	if _, err := os.Stat(path); err != nil {
+		return nil, err // (opening it would create it behind FerretDB's back)
+	}
+	return sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
 }
 
 // create sends FerretDB `create` (an existing collection is fine).
@@ -159,13 +193,7 @@ func indexName(table, field string) string {
 	return fmt.Sprintf("rh_%016x", h.Sum64())
 }
 
-func (p *preparer) pgIndexes(ctx context.Context, db, coll string) error {
-	var table string
-	q := fmt.Sprintf(`SELECT _jsonb->>'table' FROM %s WHERE _jsonb->>'_id' = $1`,
-		pgx.Identifier{db, "_ferretdb_database_metadata"}.Sanitize())
-	if err := p.pg.QueryRow(ctx, q, coll).Scan(&table); err != nil {
-		return fmt.Errorf("table of %s.%s: %w", db, coll, err)
-	}
+func (p *preparer) pgIndexes(ctx context.Context, db, coll, table string) error {
 	for _, field := range append([]string{"_id"}, indexed[coll]...) {
 		q := fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %s ON %s USING gin ((_jsonb->%s) jsonb_path_ops)`,
 			pgx.Identifier{indexName(table, field)}.Sanitize(),
@@ -177,19 +205,12 @@ func (p *preparer) pgIndexes(ctx context.Context, db, coll string) error {
 	return nil
 }
 
-func (p *preparer) sqliteIndexes(ctx context.Context, db, coll string) error {
-	path := filepath.Join(p.sqlite, db+".sqlite")
-	conn, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+func (p *preparer) sqliteIndexes(ctx context.Context, db, table string) error {
+	conn, err := p.sqliteDB(db)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	var table string
-	err = conn.QueryRowContext(ctx, `SELECT table_name FROM _ferretdb_collections WHERE name = ?`, coll).
-		Scan(&table)
-	if err != nil {
-		return fmt.Errorf("table of %s.%s: %w", db, coll, err)
-	}
 	// The expression FerretDB's SQLite backend filters {_id: value} with (not the ->"_id" of
 	// its own unique index, which SQLite does not match to it).
 	q := fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %q ON %q (_ferretdb_sjson->'$._id')`,
