@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `make up` and `make test` need and skips what is already there (idempotent):
-#   - Debian packages: ffmpeg (with ffprobe, libsrt, librist, libx264) and chromium (the
-#     dashboard's browser tests drive /usr/bin/chromium with Playwright)
+#   - Debian packages: ffmpeg (with ffprobe, libsrt, librist, libx264), chromium (the
+#     dashboard's browser tests drive /usr/bin/chromium with Playwright) and, unless
+#     REELHOUSE_MONGODB_URL points at a real MongoDB, postgresql (the local FerretDB's backend:
+#     ferretdb-lite runs a private cluster of its own; the package's default cluster is not used)
 #   - nats-server, the official Go module at the exact version pinned in tools/nats-server/go.mod
 #     (Debian's 2.9 lacks per-key TTLs and expiry markers, which the live plane needs), built once
 #     per machine and cached in ${XDG_CACHE_HOME:-~/.cache}/reelhouse; needs Go
@@ -21,6 +23,9 @@ if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
 missing=()
 { command -v ffmpeg && command -v ffprobe; } >/dev/null 2>&1 || missing+=(ffmpeg)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ -z "${REELHOUSE_MONGODB_URL:-}" ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  missing+=(postgresql)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   "${sudo_cmd[@]}" apt-get update -qq

@@ -7,7 +7,8 @@
 # STOP_WAIT), then nats-server and the database.
 #
 # Knobs (environment or make variables): API_PORT (8080), NATS_PORT (4222), DB_PORT (27017),
-# UP_DATA_DIR (./data), RECORDERS (1), RESTREAMERS (1), and any REELHOUSE_* setting.
+# UP_DATA_DIR (./data), RECORDERS (1), RESTREAMERS (1), DB_BACKEND (postgresql: a private
+# cluster under $UP_DATA_DIR/db/pg; or sqlite), and any REELHOUSE_* setting.
 # The supervisord configuration is written afresh at each start to $UP_DATA_DIR/run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,10 +16,13 @@ root="$PWD"
 data="$(realpath -m "${UP_DATA_DIR:-$root/data}")"
 run="$data/run"
 mkdir -p "$data/nats" "$data/db" "$data/recordings" "$run"
+chmod a+x "$data" "$data/db"  # PostgreSQL runs as its own user and must reach data/db/pg
 
 export UP_NATS_PORT="${NATS_PORT:-4222}"
 export UP_DB_PORT="${DB_PORT:-27017}"
 export UP_DATA_DIR="$data"
+export UP_DB_BACKEND="${DB_BACKEND:-postgresql}"
+export REELHOUSE_MONGODB_DATABASE="${REELHOUSE_MONGODB_DATABASE:-reelhouse}"
 export REELHOUSE_API_PORT="${REELHOUSE_API_PORT:-${API_PORT:-8080}}"
 export REELHOUSE_STORAGE_ROOT="${REELHOUSE_STORAGE_ROOT:-$data/recordings}"
 export REELHOUSE_BOOTSTRAP_TOKEN_FILE="${REELHOUSE_BOOTSTRAP_TOKEN_FILE:-$data/bootstrap-token}"
@@ -125,7 +129,8 @@ EOF
       nats) program nats 1 true 10 "$(q "$root/.cache/bin/nats-server") -js -a 127.0.0.1 \
 -p $UP_NATS_PORT -sd $(q "$data/nats")" ;;
       db) program db 1 true 10 "$(q "$root/.cache/bin/ferretdb-lite") \
--listen 127.0.0.1:$UP_DB_PORT -data $(q "$data/db") -log-level error" ;;
+-listen 127.0.0.1:$UP_DB_PORT -data $(q "$data/db") -log-level error -backend $UP_DB_BACKEND \
+-prepare $(q "${REELHOUSE_MONGODB_DATABASE:-reelhouse}")" ;;
     esac
   done
   # The workers get REELHOUSE_STOP_GRACE_S (10 s) to stop FFmpeg, and a little more to drain.

@@ -6,10 +6,13 @@ stopped and started again on the same port (tests of outages do exactly that).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,11 +123,22 @@ def nats_server(tmp: Path, port: int | None = None) -> ServerProcess:
 
 
 def ferretdb(tmp: Path, port: int | None = None) -> ServerProcess:
-    """FerretDB (SQLite backend) through the ferretdb-lite helper, data under ``tmp``."""
+    """FerretDB through the ferretdb-lite helper (its log under ``tmp``), on its default backend:
+    a private PostgreSQL cluster, or SQLite with ``REELHOUSE_FERRETDB_BACKEND=sqlite``.
+
+    The data lives in a directory of its own under /tmp, removed when this process exits:
+    PostgreSQL runs as its own user (it refuses root), who cannot enter pytest's 0700 temporary
+    directories. It survives a stop and start of the server (the outage tests do that).
+    """
     port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
-    argv = [ferretdb_binary(), "-listen", f"127.0.0.1:{port}", "-data", str(tmp),
+    data = Path(tempfile.mkdtemp(prefix="reelhouse-db-", dir="/tmp"))
+    data.chmod(0o755)
+    atexit.register(shutil.rmtree, data, ignore_errors=True)
+    argv = [ferretdb_binary(), "-listen", f"127.0.0.1:{port}", "-data", str(data),
             "-log-level", "error"]  # fmt: skip
+    if backend := os.environ.get("REELHOUSE_FERRETDB_BACKEND"):
+        argv += ["-backend", backend]
     if stats := os.environ.get("REELHOUSE_FERRETDB_STATS"):  # e.g. 30s: cost per command kind
         argv += ["-stats", stats]
     return ServerProcess("ferretdb", argv, port, tmp / "ferretdb.log")

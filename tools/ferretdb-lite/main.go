@@ -1,5 +1,10 @@
-// Command ferretdb-lite runs FerretDB v1 with its SQLite backend as a small,
-// local MongoDB-compatible server for `make up` and `make test`.
+// Command ferretdb-lite runs FerretDB v1 as a small, local MongoDB-compatible server for
+// `make up` and `make test`, on a private PostgreSQL cluster under the data directory
+// (-backend postgresql, the default: PostgreSQL from Debian's package, created with initdb
+// on first use and run as a child of the helper) or on SQLite files (-backend sqlite).
+// Before FerretDB serves the first command naming one of the engine's collections in a
+// database, the helper creates that collection and the indexes FerretDB's pushed-down
+// filters can use (prepare.go; docs/DECISIONS.md "The durable plane on the local server").
 //
 // It embeds github.com/FerretDB/FerretDB/ferretdb rather than running the
 // upstream cmd/ferretdb, which panics at start when installed from the module
@@ -58,6 +63,10 @@ func main() {
 	dataDir := flag.String("data", "data/db", "directory for the SQLite database files")
 	logLevel := flag.String("log-level", "warn", "log level: debug, info, warn or error")
 	statsEvery := flag.Duration("stats", 0, "log command counts and FerretDB time every this long (0: off)")
+	backend := flag.String("backend", "postgresql", "postgresql (a private cluster under -data) or sqlite")
+	pgBinDir := flag.String("pg-bin", "", "PostgreSQL's bin directory (default: the newest /usr/lib/postgresql/*/bin)")
+	pgUser := flag.String("pg-user", "postgres", "user to run PostgreSQL as when the helper runs as root")
+	prepareDBs := flag.String("prepare", "", "comma-separated databases whose collections and indexes are created at start")
 	flag.Parse()
 
 	var level slog.Level
@@ -81,18 +90,48 @@ func main() {
 	defer os.RemoveAll(sockDir)
 	sock := filepath.Join(sockDir, "ferretdb.sock")
 
-	f, err := ferretdb.New(&ferretdb.Config{
-		Listener:  ferretdb.ListenerConfig{Unix: sock},
-		Logger:    logger,
-		Handler:   "sqlite",
-		SQLiteURL: "file:" + dir + "/",
-	})
-	if err != nil {
-		fail("%v", err)
-	}
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+
+	config := &ferretdb.Config{Listener: ferretdb.ListenerConfig{Unix: sock}, Logger: logger}
+	prep := &preparer{log: logger, upstream: sock, done: map[string]*prepared{}}
+	var pg *cluster
+	switch *backend {
+	case "sqlite":
+		config.Handler, config.SQLiteURL = "sqlite", "file:"+dir+"/"
+		prep.sqlite = dir
+	case "postgresql":
+		bin, err := pgBin(*pgBinDir)
+		if err != nil {
+			fail("%v", err)
+		}
+		cred, err := credential(*pgUser)
+		if err != nil {
+			fail("%v", err)
+		}
+		pg = &cluster{log: logger, bin: bin, data: filepath.Join(dir, "pg"), sock: sockDir, cred: cred}
+		t0 := time.Now()
+		if err := pg.start(ctx); err != nil {
+			pg.stop()
+			fail("%v", err)
+		}
+		defer pg.stop()
+		logger.Info("ferretdb-lite: PostgreSQL started", "pgdata", pg.data, "took", time.Since(t0))
+		config.Handler, config.PostgreSQLURL = "postgresql", pg.url()
+		if prep.pg, err = pg.pool(ctx); err != nil {
+			pg.stop()
+			fail("%v", err)
+		}
+		defer prep.pg.Close()
+	default:
+		fail("-backend must be postgresql or sqlite, not %q", *backend)
+	}
+
+	f, err := ferretdb.New(config)
+	if err != nil {
+		pg.stop()
+		fail("%v", err)
+	}
 
 	done := make(chan struct{})
 	go func() {
@@ -103,14 +142,20 @@ func main() {
 		}
 	}()
 	if err := waitDialable(ctx, sock); err != nil {
+		pg.stop()
 		fail("FerretDB did not start: %v", err)
+	}
+	for _, db := range strings.Split(*prepareDBs, ",") {
+		for coll := range indexed {
+			prep.ensure(ctx, strings.TrimSpace(db), coll)
+		}
 	}
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		fail("listen %s: %v", *listen, err)
 	}
-	p := &proxy{upstream: sock, log: logger}
+	p := &proxy{upstream: sock, log: logger, prep: prep, ctx: ctx}
 	if *statsEvery > 0 {
 		p.stats = map[string]*stat{}
 		go p.reportStats(ctx, *statsEvery)
@@ -121,10 +166,13 @@ func main() {
 	<-ctx.Done()
 	_ = ln.Close()
 	<-done
+	pg.stop()
 	logger.Warn("ferretdb-lite stopped")
 }
 
 func fail(format string, args ...any) {
+	// (deferred calls do not run: a started PostgreSQL is stopped by the caller or, at
+	// worst, by its parent-death signal)
 	fmt.Fprintf(os.Stderr, "ferretdb-lite: "+format+"\n", args...)
 	os.Exit(1)
 }
@@ -149,6 +197,8 @@ type proxy struct {
 	upstream string
 	log      *slog.Logger
 	writes   sync.Mutex
+	prep     *preparer
+	ctx      context.Context
 
 	statsMu sync.Mutex
 	stats   map[string]*stat // nil: -stats is off
@@ -311,10 +361,19 @@ func (p *proxy) handle(client net.Conn) {
 			break
 		}
 		requestID := int32(binary.LittleEndian.Uint32(msg[4:8]))
-		name, target, isCommand := "", "", false
+		name, target, db, isCommand := "", "", "", false
 		if binary.LittleEndian.Uint32(msg[12:16]) == opMsg {
-			name, target, isCommand = command(msg)
+			name, target, db, isCommand = command(msg)
 			name = strings.ToLower(name)
+		}
+		switch {
+		case !isCommand:
+		case name == "dropdatabase":
+			c.p.prep.forget(db, "")
+		case name == "drop":
+			c.p.prep.forget(db, target)
+		case target != "":
+			c.p.prep.ensure(c.p.ctx, db, target) // before FerretDB creates it without indexes
 		}
 		noReply := isCommand && binary.LittleEndian.Uint32(msg[16:20])&moreToCome != 0
 		if isCommand && !noReply { // (a request without a reply has nothing to time)
@@ -354,47 +413,19 @@ func readMessage(r io.Reader) ([]byte, error) {
 	return msg, nil
 }
 
-// command is the first key of the OP_MSG body (the kind 0 section) and, when
-// its value is a string, that value (the collection, for most commands).
-func command(msg []byte) (name, target string, ok bool) {
-	at := headerLen + 4 // flag bits
-	for at < len(msg) {
-		kind := msg[at]
-		at++
-		if at+4 > len(msg) {
-			return "", "", false
-		}
-		size := int(int32(binary.LittleEndian.Uint32(msg[at : at+4])))
-		if kind == 1 { // document sequence: its size, an identifier, documents
-			if size < 4 {
-				return "", "", false
-			}
-			at += size
-			continue
-		}
-		if kind != 0 || size < 5 || at+size > len(msg) {
-			return "", "", false
-		}
-		doc := msg[at : at+size]
-		// int32 length, then elements: type byte, cstring key, value.
-		if doc[4] == 0 {
-			return "", "", false
-		}
-		end := 5
-		for end < len(doc) && doc[end] != 0 {
-			end++
-		}
-		if end >= len(doc) {
-			return "", "", false
-		}
-		name = string(doc[5:end])
-		if doc[4] == 0x02 && end+5 <= len(doc) { // a string: int32 length (with its NUL), bytes
-			n := int(int32(binary.LittleEndian.Uint32(doc[end+1 : end+5])))
-			if n >= 1 && end+5+n <= len(doc) {
-				target = string(doc[end+5 : end+5+n-1])
-			}
-		}
-		return name, target, true
+// command is the first key of the OP_MSG body (the kind 0 section), its value when that is a
+// string (the collection, for most commands), and the body's $db.
+func command(msg []byte) (name, target, db string, ok bool) {
+	els, err := elements(body(msg))
+	if err != nil || len(els) == 0 {
+		return "", "", "", false
 	}
-	return "", "", false
+	name = els[0].key
+	target, _ = stringValue(els[0])
+	for _, e := range els[1:] {
+		if e.key == "$db" {
+			db, _ = stringValue(e)
+		}
+	}
+	return name, target, db, true
 }

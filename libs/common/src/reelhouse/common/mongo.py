@@ -7,7 +7,12 @@ Repository functions elsewhere take keyword arguments (``get_job(*, db, tenant, 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.settings import CommonSettings
@@ -42,15 +47,52 @@ def get_database(client: AsyncMongoClient, settings: CommonSettings) -> AsyncDat
 
 
 async def ensure_indexes(db: AsyncDatabase) -> None:
-    """Create every index the services rely on (idempotent)."""
+    """Create every index the services rely on (idempotent).
+
+    On the local FerretDB these calls change nothing: ``tools/ferretdb-lite`` creates the
+    indexes its pushed-down filters can use (top-level equality only) itself, from its own list
+    of each collection's equality fields, which must name every field the hot queries below
+    compare by equality (``indexed`` in ``tools/ferretdb-lite/prepare.go``).
+    """
     await db[Collections.NODES].create_index([("service", ASCENDING), ("last_seen", DESCENDING)])
     for name in (Collections.RECORDINGS, Collections.RESTREAMS):
         await db[name].create_index([("tenant", ASCENDING), ("created", ASCENDING)])
         await db[name].create_index([("active", ASCENDING), ("runtime.lease_until", ASCENDING)])
+    for name in (Collections.INPUTS, Collections.OUTPUTS):  # a page's linked documents
+        await db[name].create_index([("entity_id", ASCENDING)])
     await db[Collections.FILES].create_index(
         [("tenant", ASCENDING), ("entity_id", ASCENDING), ("created", ASCENDING)]
     )
+    # one job's files (getAll's recordedFiles, the janitor's retention), without the tenant
+    await db[Collections.FILES].create_index([("entity_id", ASCENDING), ("created", ASCENDING)])
     await db[Collections.STREAMS].create_index([("tenant", ASCENDING), ("created", ASCENDING)])
+
+
+async def find_each(
+    collection: AsyncCollection,
+    field: str,
+    values: Iterable[Any],
+    projection: dict[str, Any] | None = None,
+    *,
+    at_once: int = 8,
+) -> list[dict[str, Any]]:
+    """Every document whose top-level ``field`` equals one of ``values``: one equality query
+    per value, ``at_once`` in flight, instead of one ``$in`` query.
+
+    The local FerretDB pushes only top-level equality down to its backend; an ``$in`` makes it
+    read and decode every document of the collection. One equality query per value reads only
+    the matching documents, through an index on both servers. Use it for a page's worth of
+    values, not thousands.
+    """
+    wanted = list(dict.fromkeys(values))
+    limit = asyncio.Semaphore(at_once)
+
+    async def one(value: Any) -> list[dict[str, Any]]:
+        async with limit:
+            return await collection.find({field: value}, projection).to_list(None)
+
+    found = await asyncio.gather(*(one(v) for v in wanted))
+    return [doc for docs in found for doc in docs]
 
 
 async def server_version(db: AsyncDatabase) -> str:

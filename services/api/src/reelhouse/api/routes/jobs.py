@@ -33,6 +33,7 @@ from reelhouse.common.contracts.listing import ListQuery
 from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.errors import Conflict, InsufficientStorage, NotFound
 from reelhouse.common.logging import get_logger
+from reelhouse.common.mongo import find_each
 from reelhouse.common.netpolicy import validate_url
 from reelhouse.common.runtime import load_runtime
 from reelhouse.common.schedule import window_fields
@@ -93,8 +94,8 @@ async def _stored_output_types(db: AsyncDatabase, kind: JobKind, job: dict[str, 
     ids = job.get("output") or []
     if collection is None or not ids:
         return []
-    found = db[collection].find({"_id": {"$in": ids}}, {"output_type": 1})
-    return [str(doc.get("output_type", "")) async for doc in found]
+    found = db[collection].find({"entity_id": str(job["_id"])}, {"output_type": 1})
+    return [str(doc.get("output_type", "")) async for doc in found if doc["_id"] in ids]
 
 
 def _linked_output_types(linked: dict[str, list[BaseModel]]) -> list[str]:
@@ -175,11 +176,13 @@ async def fetch_linked(
 ) -> dict[ObjectId, dict[str, Any]]:
     """Every document the jobs link to, by id (one query per linked collection)."""
     found: dict[ObjectId, dict[str, Any]] = {}
+    job_ids = [str(job["_id"]) for job in jobs]
     for field, collection in kind.links.items():
-        ids = [i for job in jobs for i in job.get(field, [])]
-        if ids:
-            async for doc in db[collection].find({"_id": {"$in": ids}}):
-                found[doc["_id"]] = doc
+        ids = {i for job in jobs for i in job.get(field, [])}
+        if ids:  # by the owning job (top-level equality: mongo.find_each), not `_id $in`
+            for doc in await find_each(db[collection], "entity_id", job_ids):
+                if doc["_id"] in ids:
+                    found[doc["_id"]] = doc
     return found
 
 
@@ -376,8 +379,8 @@ async def update_job(
         },
     )
     for collection, extra in left_over:
-        if extra:
-            await db[collection].delete_many({"_id": {"$in": extra}})
+        for linked_id in extra:  # by _id, one at a time: FerretDB scans for `$in`
+            await db[collection].delete_one({"_id": linked_id})
     active = bool(config.get("active"))
     log.info(f"{kind.module}_updated", job_id=job_id, active=active)
     await hint(state, kind, "reload" if active else "stop", job_id)
@@ -465,9 +468,8 @@ async def stop_and_wait(state: AppState, kind: JobKind, job_id: str) -> None:
 async def delete_job(db: AsyncDatabase, kind: JobKind, tenant: str, job: dict[str, Any]) -> None:
     """Delete a presented job's linked documents, then the job."""
     for field, collection in kind.links.items():
-        ids = [ObjectId(d["_id"]) for d in job.get(field, [])]
-        if ids:
-            await db[collection].delete_many({"_id": {"$in": ids}})
+        for linked in job.get(field, []):  # by _id, one at a time: FerretDB scans for `$in`
+            await db[collection].delete_one({"_id": ObjectId(linked["_id"])})
     await db[kind.collection].delete_one({"_id": ObjectId(job["_id"]), "tenant": tenant})
 
 

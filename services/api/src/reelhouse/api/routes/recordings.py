@@ -32,7 +32,7 @@ from reelhouse.common.contracts.recording import (
 from reelhouse.common.errors import Conflict, NotFound
 from reelhouse.common.files import delete_file_record_from_disk, delete_job_dir, present_file
 from reelhouse.common.logging import get_logger
-from reelhouse.common.mongo import Collections
+from reelhouse.common.mongo import Collections, find_each
 
 router = APIRouter(prefix="/api/recording", tags=["recordings"])
 log = get_logger("reelhouse.api.recordings")
@@ -61,9 +61,10 @@ async def _populate(
 ) -> list[dict[str, Any]]:
     linked = await jobs.fetch_linked(db, KIND, found)
     files: dict[str, list[dict[str, Any]]] = {str(job["_id"]): [] for job in found}
-    if found:
-        query = {"entity_id": {"$in": list(files)}, "status": {"$ne": "deleted"}}
-        async for doc in db[Collections.FILES].find(query).sort("created", 1):
+    # Each job's files by top-level equality (mongo.find_each), sorted here.
+    for doc in sorted(await find_each(db[Collections.FILES], "entity_id", files),
+                      key=lambda d: (d["created"], d["_id"])):  # fmt: skip
+        if doc.get("status") != "deleted":
             files[doc["entity_id"]].append(doc)
     return [
         jobs.present_job(
