@@ -22,6 +22,16 @@ export UP_NATS_PORT="${NATS_PORT:-4222}"
 export UP_DB_PORT="${DB_PORT:-27017}"
 export UP_DATA_DIR="$data"
 export UP_DB_BACKEND="${DB_BACKEND:-postgresql}"
+# Run as root, the helper starts PostgreSQL as the `postgres` user (PostgreSQL refuses root), which
+# must be able to reach the data directory: a checkout under a private home (/root is 0700) is out
+# of its reach. Then the local database keeps its data with the SQLite backend instead, and says so.
+if [ "$UP_DB_BACKEND" = postgresql ] && [ "$(id -u)" -eq 0 ] && [ -z "${REELHOUSE_MONGODB_URL:-}" ] \
+   && ! runuser -u postgres -- test -x "$data/db" 2>/dev/null; then
+  echo "reelhouse: the postgres user cannot reach $data/db (a parent directory is private);" \
+       "the local database uses its SQLite backend (DB_BACKEND=sqlite). Put the data elsewhere" \
+       "(UP_DATA_DIR) to use PostgreSQL." >&2
+  export UP_DB_BACKEND=sqlite
+fi
 export REELHOUSE_MONGODB_DATABASE="${REELHOUSE_MONGODB_DATABASE:-reelhouse}"
 export REELHOUSE_API_PORT="${REELHOUSE_API_PORT:-${API_PORT:-8080}}"
 export REELHOUSE_STORAGE_ROOT="${REELHOUSE_STORAGE_ROOT:-$data/recordings}"

@@ -69,6 +69,18 @@ def _prefixed(log: str, name: str) -> list[str]:
     return re.findall(rf"^\d\d:\d\d:\d\d {re.escape(name)} +\| (.*)$", log, flags=re.M)
 
 
+def _reachable(path: Path) -> Path:
+    """``path`` with every directory down to it traversable by others (pytest makes them 0700):
+    run as root, the stack's database runs PostgreSQL as the `postgres` user, which must reach
+    its data directory (else `make up` falls back to SQLite, and this suite would not run the
+    default backend)."""
+    for directory in [path, *path.parents]:
+        if directory == Path(directory.anchor) or str(directory) in ("/tmp", "/var/tmp"):
+            break
+        directory.chmod(directory.stat().st_mode | 0o011)
+    return path
+
+
 def _stack_env(data: Path, api_port: int, **extra: str) -> dict[str, str]:
     # As a user would type it: none of the suite's REELHOUSE_* settings, and no outer make's
     # flags (`make test` runs this suite).
@@ -92,7 +104,7 @@ async def _green(client: httpx.AsyncClient, timeout: float = 60) -> dict:
 
 
 async def test_up_serves_health_and_stops_everything(tmp_path):
-    data = tmp_path / "stack-data"
+    data = _reachable(tmp_path) / "stack-data"
     api_port = free_port()
     log = (tmp_path / "up.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
@@ -137,7 +149,7 @@ async def test_up_serves_health_and_stops_everything(tmp_path):
 async def test_a_killed_process_comes_back_alone_and_ctrl_c_stops_all(tmp_path):
     """SIGKILL each kind of process of `make up RECORDERS=2`: it is back with a new pid within
     2 s and serving again, and every other process keeps its pid and keeps serving."""
-    data = tmp_path / "stack-data"
+    data = _reachable(tmp_path) / "stack-data"
     api_port = free_port()
     token = "a-token-from-the-environment-0123"  # issue 20 item 9: written to the file too
     env = _stack_env(data, api_port, RECORDERS="2", REELHOUSE_BOOTSTRAP_TOKEN=token)
@@ -281,7 +293,7 @@ async def test_a_recorder_killed_under_make_up_hands_its_jobs_over_and_comes_bac
     of them. The survivor takes every one of its jobs over (their heartbeat key expires, the
     owner keys move by compare-and-set); supervisord starts the killed recorder again, and the
     new one, the least loaded node, takes its share of the next jobs."""
-    data = tmp_path / "stack-data"
+    data = _reachable(tmp_path) / "stack-data"
     api_port = free_port()
     env = _stack_env(data, api_port, RECORDERS="2")
     log = (tmp_path / "up.log").open("wb")
