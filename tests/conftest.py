@@ -27,7 +27,7 @@ from reelhouse.common.settings import CommonSettings
 
 pytest_plugins = ["support.media_fixtures"]
 
-LOOPBACK = "127.0.0.0/8,::1/128"
+LOOPBACK = local.LOOPBACK
 """What ``make up`` allows: the networks local test sources and receivers listen on."""
 
 

@@ -23,7 +23,6 @@ import uuid
 
 import pytest
 import schemathesis
-from conftest import LOOPBACK
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -35,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support.infra import LOOPBACK
 from support.services import settings_from_env
 from support.stack import HEADERS, TOKEN
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = "127.0.0.0/8,::1/128"
+"""The URL policy's allow-list for local sources (REELHOUSE_PROBE_ALLOW_NETWORKS), as `make up`."""
 T = TypeVar("T")
 
 

@@ -36,7 +36,7 @@ def test_readme_names_everything_make_up_installs():
     section = README[README.index("## The two commands") : README.index("API documentation")]
     apt = re.findall(r"missing\+=\((\w+)\)", bootstrap)
     builds = re.findall(r"^\s*build_go ([\w-]+) ", bootstrap, flags=re.M)
-    assert apt == ["ffmpeg", "chromium"]
+    assert apt == ["ffmpeg", "chromium", "postgresql"]
     assert builds == ["nats-server", "ferretdb-lite"]
     uv_version = re.search(r'^UV_VERSION="([\d.]+)"', bootstrap, flags=re.M)[1]
     for name in [*apt, "nats-server", "FerretDB", f"`uv` {uv_version}", "uv sync --locked"]:
