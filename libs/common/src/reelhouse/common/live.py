@@ -130,7 +130,6 @@ class LivePlane:
         self.on_owner: list[Callable[[tuple[str, str], OwnerEntry | None], None]] = []
         self.on_resync: list[Callable[[], Awaitable[None]]] = []
         self.beat_fields: Callable[[], dict[str, Any]] = dict
-        self.started = utcnow()
         self.ready = asyncio.Event()  # the bucket is open and every watcher has its first view
         self._watches = [_Watch(p) for p in (watch or (self.subjects.live_nodes(),))]
         self._connected_at: float | None = None  # loop time of the last (re)connection seen
@@ -254,7 +253,6 @@ class LivePlane:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "version": __version__,
-            "started": self.started.isoformat(),
             "at": time.time(),
             **self.beat_fields(),
         }
@@ -474,6 +472,16 @@ class LivePlane:
             return
         subject = self.subjects.live_key_subject(self.progress_key(kind, job_id))
         await self.bus.nc.publish(subject, payload, headers={"Nats-TTL": str(5 * self.ttl_s)})
+
+    def owner_progress(self, kind: str, job_id: str) -> tuple[int, dict[str, Any]] | None:
+        """A job's last progress (revision, value) from the map, unless an owner key names
+        another node than the one that wrote it (a dead owner's last word, until the new owner
+        reports)."""
+        found = self.progress.get((kind, job_id))
+        owner = self.owners.get((kind, job_id))
+        if found is None or (owner is not None and found[1].get("node") != owner.node):
+            return None
+        return found
 
     async def read_progress(self, kind: str, job_id: str) -> dict[str, Any] | None:
         """A job's progress value now (from the server, not a map); None if none or no NATS."""

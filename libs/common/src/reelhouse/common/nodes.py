@@ -70,7 +70,8 @@ class NodeRegistry:
 
     def beat_fields(self) -> dict[str, object]:
         """What this node's live-plane heartbeat carries besides its identity."""
-        return {"capacity": self.capacity, "running_jobs": self.running_jobs}
+        return {"capacity": self.capacity, "running_jobs": self.running_jobs,
+                "started": self.started.isoformat()}  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
         """Register once (retried while MongoDB is away, never fatal), then wait for ``stop``."""

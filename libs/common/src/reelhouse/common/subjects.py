@@ -85,10 +85,6 @@ class Subjects:
         """Wildcard for every command hint to ``service``."""
         return f"{self.prefix}.cmd.{_check('service', service, SERVICES)}.*"
 
-    def beat(self, service: Service) -> str:
-        """Worker nodes' pulses (:class:`~reelhouse.common.contracts.messages.NodeBeat`)."""
-        return f"{self.prefix}.beat.{_check('service', service, SERVICES)}"
-
     def probe(self) -> str:
         """The prober's request subject."""
         return f"{self.prefix}.req.prober.probe"

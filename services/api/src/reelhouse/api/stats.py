@@ -42,15 +42,12 @@ class LiveStats:
         self._decoded.pop((module, job_id), None)
 
     def get(self, module: Module, job_id: str) -> JobStats | None:
-        found = self._live.progress.get((module, job_id))
+        found = self._live.owner_progress(module, job_id)
         if found is None:
             return None
         stats = self._stats((module, job_id), *found)
         if stats is None or stats.processData.progress == "end":
             return None
-        owner = self._live.owners.get((module, job_id))
-        if owner is not None and owner.node != stats.node:
-            return None  # a dead owner's last word, until the new owner reports
         return stats
 
     def current_all(self, module: Module) -> list[JobStats]:

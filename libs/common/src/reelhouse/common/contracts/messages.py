@@ -26,20 +26,6 @@ class JobCommand(BusMessage):
     job_id: str
 
 
-class NodeBeat(BusMessage):
-    """A worker node's pulse on ``<p>.beat.<service>``, every ``lease_s / 3``: whether its last
-    MongoDB round trip worked. Peers use it to tell "the database is down for everyone" (keep
-    FFmpeg running) from "only I am cut off from it" (fence: stop, another node takes over)."""
-
-    type: Literal["node_beat"] = "node_beat"
-    service: str
-    node: str
-    db_ok: bool
-    ok_age_s: float = 0.0
-    """Seconds since its last MongoDB call that worked (when ``db_ok``)."""
-    jobs: int = 0
-
-
 class ProcessData(BaseModel):
     """The getStat ``processData`` fields, FFmpeg's values as printed (``out_time_ms`` verbatim)."""
 

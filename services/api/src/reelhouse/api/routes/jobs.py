@@ -132,8 +132,8 @@ def live_runtime(live: Any, module: str, job: dict[str, Any]) -> dict[str, Any] 
     if runtime.get("node") != owner.node:  # the document lags a take-over by a moment
         runtime = {"state": owner.value.get("state", "starting")}
     runtime["node"] = owner.node
-    progress = live.progress.get((module, job_id))
-    if progress is not None and progress[1].get("node") == owner.node:  # not a dead owner's
+    progress = live.owner_progress(module, job_id)  # not a dead owner's
+    if progress is not None:
         value = progress[1]
         if value.get("state"):
             runtime["state"] = value["state"]

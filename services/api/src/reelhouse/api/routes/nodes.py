@@ -112,9 +112,7 @@ def _attach_jobs(state: Any, principal: Any, rows: list[dict[str, Any]]) -> None
             continue
         if not everyone and owner.value.get("tenant", "default") != tenant:
             continue
-        progress = live.progress.get((module, job_id))
-        if progress is not None and progress[1].get("node") != owner.node:
-            progress = None  # a dead owner's last word
+        progress = live.owner_progress(module, job_id)
         job_state = (progress[1].get("state") if progress else None) or owner.value.get("state")
         by_node[key].append({"module": module, "id": job_id, "state": job_state})
     for row in rows:
