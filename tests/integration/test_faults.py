@@ -21,6 +21,7 @@ from support import infra as local
 from support.events import Events
 from support.media import ffmpeg_children, free_port
 from support.netproxy import TcpProxy
+from support.livekv import node_beat
 from support.stack import HEADERS, Stack, running_stack
 from support.wait import eventually
 from test_recording_jobs import job, job_body, out_time_s, stop_and_wait, wait_recorded
@@ -40,6 +41,14 @@ async def nodes_running(db: Any, count: int) -> None:
         return await db[Collections.NODES].count_documents(query) >= count
 
     await eventually(enough, timeout=30, what=f"{count} recorder node(s)")
+
+
+async def heartbeating(env: dict[str, str], node: str) -> None:
+    """Until the recorder's key is in the live plane: the drain decides by the nodes its own
+    watcher saw there, and the MongoDB row (``nodes_running``) is written before the first beat."""
+    url, prefix = env["REELHOUSE_NATS_URL"], env["REELHOUSE_SUBJECT_PREFIX"]
+    await eventually(lambda: node_beat(url, prefix, "recorder", node), timeout=30,
+                     what=f"{node} in the live plane")  # fmt: skip
 
 
 async def runtime_of(stack: Stack, job_id: str) -> dict[str, Any]:
@@ -82,6 +91,7 @@ async def test_sigterm_drains_hands_the_job_over_at_once_and_the_gap_is_recorded
         await wait_recorded(stack, job_id, 4.0)
         await stack.start_recorder(REELHOUSE_RECONCILE_S="60")
         await nodes_running(db, 2)
+        await heartbeating(service_env, "recorder-2")
         sent = time.monotonic()
         first.proc.send_signal(signal.SIGTERM)
         await running_on(stack, job_id, "recorder-2", timeout=25)
@@ -115,6 +125,7 @@ async def test_sigterm_hands_a_two_reader_source_over_before_it_stops_without_a_
         await wait_recorded(stack, job_id, 4.0)
         second = await stack.start_recorder(REELHOUSE_RECONCILE_S="60")
         await nodes_running(db, 2)
+        await heartbeating(service_env, "recorder-2")
         first.proc.send_signal(signal.SIGTERM)
         await running_on(stack, job_id, "recorder-2", timeout=25)
         assert await first.wait(timeout=30) == 0

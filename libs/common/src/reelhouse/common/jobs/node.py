@@ -451,6 +451,10 @@ class JobNode(ABC):
             e.alive and e.service == self.service and e.node != me
             for e in list(self.live.nodes.values())
         )
+        two_readers = [r for r in self.runs.values() if getattr(r, "admits_two_readers", False)]
+        if self.ctx.stop.is_set() and two_readers and not peers:
+            self.log.info("drain_without_handover", jobs=len(two_readers),
+                          reason="no live peer of this service")  # fmt: skip
         for run in list(self.runs.values()):
             if run.stopping:
                 continue
