@@ -19,9 +19,9 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from support import infra as local
 from support.events import Events
+from support.livekv import node_beat
 from support.media import ffmpeg_children, free_port
 from support.netproxy import TcpProxy
-from support.livekv import node_beat
 from support.stack import HEADERS, Stack, running_stack
 from support.wait import eventually
 from test_recording_jobs import job, job_body, out_time_s, stop_and_wait, wait_recorded
