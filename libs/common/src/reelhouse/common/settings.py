@@ -128,6 +128,16 @@ class CommonSettings(BaseSettings):
 class WorkerSettings(CommonSettings):
     """Settings of the services that run supervised FFmpeg jobs by lease (recorder, restreamer)."""
 
+    ingest_poll_s: float = Field(
+        0.25, gt=0, description="How often a job fed by an ingest server looks for its publisher "
+        "while it waits (a live-plane read)."
+    )  # fmt: skip
+    ingest_gap_hold_s: float = Field(
+        30.0, gt=0, description="How long the ingest fan-out holds readers through a publisher "
+        "gap (the ingest service's setting of the same name); FFmpeg's read timeout and the "
+        "stall watchdog of an ingest-fed job are above it."
+    )  # fmt: skip
+
     max_jobs: int = Field(40, ge=1, description="Most jobs this node runs at once.")
     lease_s: float = Field(
         15.0,

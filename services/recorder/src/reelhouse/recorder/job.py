@@ -313,6 +313,9 @@ class RecordingRun(SupervisedRun):
     # -- FFmpeg arguments: one new part per (re)start -----------------------------------------
 
     async def _argv(self) -> list[str]:
+        source = self.config.input
+        # First: an ingest input waits here for its publisher, before the part is named.
+        url = await self._source_url(source)
         self._part += 1
         now = await self._fresh_second()
         self._part_started = now
@@ -332,8 +335,6 @@ class RecordingRun(SupervisedRun):
             self._part_path = target
             self._segment_list = None
         self._part_record = None
-        source = self.config.input
-        url = await self._target(source.input_stream_url, role="input", field="input_stream_url")
         overlay = self.config.overlay
         if overlay.type == "IMAGE" and overlay.image_url:
             await self._target(overlay.image_url, role="input", field="overlay.image_url")

@@ -1,0 +1,94 @@
+"""A job whose input is one of the engine's own ingest servers (``INPUT_TYPE_SRT_SERVER``,
+``INPUT_TYPE_RTMP_SERVER``; docs/INGEST.md).
+
+The input names the server (``input_module_id``) and its publisher stream row
+(``input_stream_id``); nobody types a URL. Before each FFmpeg start the run asks
+:class:`IngestInput` for the reader URL: it reads the stream row once (its contribution name), then
+waits, as ``waiting``, until the contribution is live in the live plane, and answers the ingest
+node's fan-out URL for it (SRT, ``read/<server_id>/<name>``), with a read timeout above the
+ingest's publisher-gap hold so that FFmpeg rides out a short publisher gap in one part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from bson import ObjectId
+from pymongo.asynchronous.database import AsyncDatabase
+
+from reelhouse.common.contracts.media import InputIn
+from reelhouse.common.contracts.types import INGEST_INPUT_TYPES
+from reelhouse.common.ingest import contribution, contribution_name, reader_url
+from reelhouse.common.live import LivePlane
+from reelhouse.common.mongo import Collections
+
+__all__ = ["IngestInput", "is_ingest_input"]
+
+
+def is_ingest_input(source: Any) -> bool:
+    """Whether an input block reads from one of the engine's ingest servers."""
+    return getattr(source, "input_type", None) in INGEST_INPUT_TYPES
+
+
+class IngestInput:
+    """Resolves one run's ingest input to the fan-out reader URL, waiting for the publisher."""
+
+    def __init__(
+        self,
+        *,
+        db: AsyncDatabase,
+        live: LivePlane,
+        tenant: str,
+        source: InputIn,
+        poll_s: float,
+        gap_hold_s: float,
+    ) -> None:
+        self._db = db
+        self._live = live
+        self._tenant = tenant
+        self._source = source
+        self._poll_s = poll_s
+        self._gap_hold_s = gap_hold_s
+        self.server_id = source.input_module_id
+        self.name: str | None = None  # the contribution's name, from the stream row
+        self.waiting = False  # no publisher yet: FFmpeg is not started
+
+    async def _name(self) -> str:
+        if self.name is None:
+            row = await self._db[Collections.STREAMS].find_one(
+                {"_id": ObjectId(self._source.input_stream_id), "tenant": self._tenant}
+            )
+            module = INGEST_INPUT_TYPES[self._source.input_type]
+            if row is None or row.get("module_name") != module:
+                raise RuntimeError(
+                    "input_stream_id: no stream row of that ingest server (removed?)"
+                )
+            if str(row.get("entity_id")) != self.server_id:
+                raise RuntimeError("input_stream_id: the stream row is on another server")
+            if row.get("role_name") != "publisher":
+                raise RuntimeError("input_stream_id: not a publisher stream row")
+            self.name = contribution_name(module, str(row.get("stream_id", "")))
+        return self.name
+
+    async def url(self, stopping: Callable[[], bool], on_wait: Callable[[], Any]) -> str:
+        """The reader URL once the contribution has a publisher (or is held through a gap).
+
+        Until then ``waiting`` is true and ``on_wait`` is awaited once; returns early by raising
+        when ``stopping()`` turns true (the supervisor is being stopped)."""
+        name = await self._name()
+        while True:
+            live = await self._live_value(name)
+            if live is not None:
+                self.waiting = False
+                return reader_url(live, self.server_id, name, timeout_s=self._gap_hold_s + 10.0)
+            if not self.waiting:
+                self.waiting = True
+                await on_wait()
+            if stopping():
+                raise RuntimeError("stopped while waiting for the publisher")
+            await asyncio.sleep(self._poll_s)
+
+    async def _live_value(self, name: str) -> dict[str, Any] | None:
+        return await contribution(self._live, self.server_id, name)
