@@ -92,7 +92,9 @@ def part_periods(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def began(part: dict[str, Any]) -> datetime:
         if part.get("duration_ms"):
-            return part["part_ended_at"] - timedelta(milliseconds=part["duration_ms"])
+            # A publisher gap inside the part (an ingest input) took wall-clock time, not media.
+            held = sum(g["duration_ms"] for g in part.get("source_gaps") or ())
+            return part["part_ended_at"] - timedelta(milliseconds=part["duration_ms"] + held)
         return part["part_started_at"]
 
     return [{"from": began(p), "to": p["part_ended_at"], "duration_ms": p.get("duration_ms")}
@@ -116,11 +118,17 @@ def integrity_report(parts: list[dict[str, Any]], facts: FileFacts) -> dict[str,
     Each part's media ends when its file was last written and began its media duration
     earlier; the time between one part's end and the next one's beginning that no media
     covers is a gap (reported from one second), caused by a ``pause`` or an ``interruption``
-    (source drop, FFmpeg restart, failover).
+    (source drop, FFmpeg restart, failover). A part of an ingest input may also hold a
+    ``publisher_gap`` (``in_part``): the publisher was away and came back within the fan-out's
+    hold, so the media runs on and the wall clock shows the gap.
     """
 
     periods = part_periods(parts)
     gaps = []
+    for index, part in enumerate(parts):  # publisher gaps an ingest fan-out held a part through
+        gaps += [{"in_part": index + 1, "from": g["from"], "to": g["to"],
+                  "duration_ms": g["duration_ms"], "cause": "publisher_gap"}
+                 for g in part.get("source_gaps") or ()]  # fmt: skip
     for index, (prev, nxt) in enumerate(itertools.pairwise(periods)):
         gap_ms = int((nxt["from"] - prev["to"]).total_seconds() * 1000)
         if gap_ms >= GAP_MIN_MS:
@@ -443,6 +451,21 @@ class RecordingRun(SupervisedRun):
             )
             == 1
         )
+
+    async def _publisher_gap(self, began: datetime, ended: datetime) -> None:
+        """Kept on the open part's record: the join's integrity report lists it
+        (``publisher_gap``) and counts it in the part's wall-clock span."""
+        gap = {"from": began, "to": ended,
+               "duration_ms": int((ended - began).total_seconds() * 1000)}  # fmt: skip
+        self._log.info("publisher_gap", duration_ms=gap["duration_ms"], part=self._part)
+        if self._part_record is None:
+            return  # no media written yet: nothing to account for
+        try:
+            await self._db[Collections.FILES].update_one(
+                {"_id": self._part_record}, {"$push": {"source_gaps": gap}}
+            )
+        except Exception as exc:
+            self._log.warning("publisher_gap_not_recorded", error=str(exc)[:200])
 
     async def _open_part_record(self, snapshot: ProgressSnapshot) -> None:
         assert self._part_path is not None

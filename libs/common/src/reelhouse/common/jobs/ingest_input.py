@@ -12,12 +12,16 @@ ingest's publisher-gap hold so that FFmpeg rides out a short publisher gap in on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 
+from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.media import InputIn
 from reelhouse.common.contracts.types import INGEST_INPUT_TYPES
 from reelhouse.common.ingest import contribution, contribution_name, reader_url
@@ -54,6 +58,7 @@ class IngestInput:
         self.server_id = source.input_module_id
         self.name: str | None = None  # the contribution's name, from the stream row
         self.waiting = False  # no publisher yet: FFmpeg is not started
+        self._gap_sub: Any = None
 
     async def _name(self) -> str:
         if self.name is None:
@@ -89,6 +94,34 @@ class IngestInput:
             if stopping():
                 raise RuntimeError("stopped while waiting for the publisher")
             await asyncio.sleep(self._poll_s)
+
+    async def watch_gaps(
+        self, bus: Bus, on_gap: Callable[[datetime, datetime], Awaitable[None]]
+    ) -> None:
+        """Call ``on_gap(began, ended)`` for every publisher gap of this contribution that its
+        readers were held through (the ingest service's ``publisher_back`` events)."""
+        if self._gap_sub is not None:
+            return
+        subject = bus.subjects.event("ingest", self.server_id, "publisher_back")
+
+        async def on_back(msg: Any) -> None:
+            try:
+                data = json.loads(msg.data)
+                if data.get("name") != self.name:
+                    return
+                ended = datetime.fromtimestamp(float(data["at"]), UTC)
+                began = ended - timedelta(milliseconds=int(data["gap_ms"]))
+            except (ValueError, KeyError, TypeError):
+                return
+            await on_gap(began, ended)
+
+        self._gap_sub = await bus.nc.subscribe(subject, cb=on_back)
+
+    async def close(self) -> None:
+        if self._gap_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._gap_sub.unsubscribe()
+            self._gap_sub = None
 
     async def _live_value(self, name: str) -> dict[str, Any] | None:
         return await contribution(self._live, self.server_id, name)

@@ -154,6 +154,10 @@ class SupervisedRun:
     async def _after_stop(self) -> None:
         """Once FFmpeg has stopped, before the lease is released."""
 
+    async def _publisher_gap(self, began: datetime, ended: datetime) -> None:
+        """An ingest input's publisher was away from ``began`` to ``ended`` and came back within
+        the fan-out's hold: FFmpeg read on, the media has no gap, the wall clock has."""
+
     async def _target(self, url: str, *, role: Role, field: str) -> str:
         """``url`` as FFmpeg gets it on this start: checked against the address policy at its
         resolved address, and pinned to it where FFmpeg would resolve the name itself.
@@ -189,6 +193,10 @@ class SupervisedRun:
                 poll_s=self._settings.ingest_poll_s,
                 gap_hold_s=self._settings.ingest_gap_hold_s,
             )
+            try:
+                await self._ingest.watch_gaps(self._bus, self._publisher_gap)
+            except Exception as exc:  # NATS away: the gap goes unreported, the media is whole
+                self._log.warning("publisher_gap_watch_failed", error=str(exc)[:200])
 
         async def waiting() -> None:
             self._log.info(f"{self.module}_waiting_for_publisher",
@@ -247,6 +255,8 @@ class SupervisedRun:
         self._log.info(f"{self.module}_stopping", reason=reason)
         state = await self.supervisor.stop(reason)
         await self._proxy.close()
+        if self._ingest is not None:
+            await self._ingest.close()
         if self.lease.doc.get("scheduled"):
             try:  # the closed window becomes the next one (a new session) before finishing up
                 await self._leases.advance_windows(self.lease.job_id)
