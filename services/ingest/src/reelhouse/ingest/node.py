@@ -356,7 +356,9 @@ class IngestNode:
         s = self.settings
         bound = self.dp.fanout or f"{s.ingest_fanout_host}:{s.ingest_fanout_port}"
         host, _, port = bound.rpartition(":")
-        if host.strip("[]") in ("0.0.0.0", "::", ""):
+        if s.ingest_fanout_advertise:
+            host = s.ingest_fanout_advertise
+        elif host.strip("[]") in ("0.0.0.0", "::", ""):
             host = self.settings.public_host()
         return f"{host}:{port}"
 

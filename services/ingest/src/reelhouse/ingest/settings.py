@@ -21,6 +21,11 @@ class IngestSettings(IngestCommonSettings):
         description="Address the fan-out SRT listener binds (jobs on other hosts need a "
         "reachable one).",
     )
+    ingest_fanout_advertise: str = Field(
+        "",
+        description="Host name jobs use to reach the fan-out listener (e.g. `ingest` in "
+        "compose). Empty: the bound address, or the public host when it binds a wildcard.",
+    )
     ingest_gap_hold_s: float = Field(
         30.0,
         gt=0,

@@ -68,16 +68,21 @@ def host_matches(host: str, remote: str, resolved: frozenset[str] = frozenset())
         caller = ipaddress.ip_address(ip)
     except ValueError:
         return False
-    if caller.version == 6 and caller.ipv4_mapped is not None:
-        caller = caller.ipv4_mapped
     candidates = {host.strip("[]"), *resolved}
     for candidate in candidates:
         try:
-            if ipaddress.ip_address(candidate) == caller:
+            if _plain(ipaddress.ip_address(candidate)) == _plain(caller):
                 return True
         except ValueError:
             continue
     return False
+
+
+def _plain(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
+    """An IPv4-mapped IPv6 address as the IPv4 address it is."""
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _rows_named(rows: list[dict[str, Any]], proto: str, name: str, role: str) -> list[dict]:
