@@ -8,13 +8,15 @@ within the issue's test-time budget.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.events import Events
-from support.media import FfmpegProcess, MediaSpec, _ffmpeg_argv, free_port
+from support.media import FfmpegProcess, MediaSpec, _ffmpeg_argv, free_port, port_in_use
 from support.stack import DATAPLANE, Stack, running_stack
 from support.wait import eventually
 
@@ -318,3 +320,43 @@ async def test_rtmp_publisher_with_key_and_a_wrong_key(stack: Stack):
             await eventually(grew, timeout=10, what="RTMP bytes to grow")
         finally:
             await encoder.stop()
+
+
+def children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@needs_dataplane
+@pytest.mark.slow
+async def test_a_crashed_data_plane_is_restarted_and_its_servers_reopened(stack: Stack):
+    port = first_port(stack.env, "srt")
+    ingest = await stack.start_ingest()
+    body = {"server_name": "Main", "server_port": port, "active": True}
+    await stack.api_ok("srt-servers/create", body)
+
+    def dataplane_on_port() -> int | None:
+        for child in children(ingest.pid):
+            if port_in_use(port, "udp", pid=child):
+                return child
+        return None
+
+    first = await eventually(dataplane_on_port, timeout=20, what="the data plane on the port")
+    os.kill(first, signal.SIGKILL)
+    second = await eventually(
+        lambda: (pid := dataplane_on_port()) and pid != first and pid, timeout=20,
+        what="a new data plane on the port",
+    )  # fmt: skip
+    assert second != first
+    assert ingest.proc is not None
+    assert ingest.proc.returncode is None  # the service itself kept running
+    assert "dataplane_crashed" in ingest.output()
