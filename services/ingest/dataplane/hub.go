@@ -254,8 +254,7 @@ func (a *App) endContribution(h *Hub, reason string) {
 	a.mu.Unlock()
 
 	if pub != nil {
-		pub.close()
-		a.connEvent("publisher_lost", pub.ci, map[string]any{"reason": reason})
+		pub.close() // its goroutine finds itself no longer the publisher: no publisher_lost
 	}
 	for _, r := range readers {
 		a.readerGone(h, r, "ended")

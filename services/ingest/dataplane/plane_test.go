@@ -32,7 +32,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binPath = filepath.Join(dir, "reelhouse-ingest")
-	out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+	args := []string{"build", "-o", binPath}
+	if os.Getenv("DATAPLANE_RACE") != "" {
+		args = append(args, "-race")
+	}
+	out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build failed: %v\n%s", err, out)
 		os.Exit(1)
