@@ -39,8 +39,8 @@ def test_readme_names_everything_make_up_installs():
     apt = re.findall(r"missing\+=\((\w+)\)", bootstrap)
     builds = re.findall(r"^\s*build_go ([\w-]+) ", bootstrap, flags=re.M)
     assert apt == ["ffmpeg", "chromium", "postgresql"]
-    assert builds == ["nats-server", "ferretdb-lite"]
+    assert builds == ["nats-server", "reelhouse-ingest", "ferretdb-lite"]
     uv_version = re.search(r'^UV_VERSION="([\d.]+)"', bootstrap, flags=re.M)[1]
-    for name in [*apt, "nats-server", "FerretDB", f"`uv` {uv_version}", "uv sync --locked"]:
+    for name in [*apt, "nats-server", "reelhouse-ingest", "FerretDB", f"`uv` {uv_version}", "uv sync --locked"]:
         assert name in section, name
     assert re.search(r"first run takes about \d+ minutes", section)
