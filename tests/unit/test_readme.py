@@ -41,6 +41,7 @@ def test_readme_names_everything_make_up_installs():
     assert apt == ["ffmpeg", "chromium", "postgresql"]
     assert builds == ["nats-server", "reelhouse-ingest", "ferretdb-lite"]
     uv_version = re.search(r'^UV_VERSION="([\d.]+)"', bootstrap, flags=re.M)[1]
-    for name in [*apt, "nats-server", "reelhouse-ingest", "FerretDB", f"`uv` {uv_version}", "uv sync --locked"]:
+    tools = ["nats-server", "reelhouse-ingest", "FerretDB", f"`uv` {uv_version}"]
+    for name in [*apt, *tools, "uv sync --locked"]:
         assert name in section, name
     assert re.search(r"first run takes about \d+ minutes", section)
