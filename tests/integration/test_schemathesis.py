@@ -122,8 +122,18 @@ CROSS_FIELD_RULES: dict[str, re.Pattern[str]] = {
     ),
     # Unique track and channel ids, a channel count per layout: JSON schema compares no items
     # by one of their fields.
-    "POST /api/streams/create": re.compile(r"^audio_settings\.streams(\.\d+\.channels)?$"),
-    "POST /api/streams/update": re.compile(r"^audio_settings\.streams(\.\d+\.channels)?$"),
+    # ... and the server a row sits on must exist (stored state).
+    "POST /api/streams/create": re.compile(
+        r"^audio_settings\.streams(\.\d+\.channels)?$|^entity_id$"
+    ),
+    "POST /api/streams/update": re.compile(
+        r"^audio_settings\.streams(\.\d+\.channels)?$|^entity_id$"
+    ),
+    # A server's port must lie in the deployment's range (a setting) and not be the fan-out's.
+    "POST /api/srt-servers/create": re.compile(r"^server_port$"),
+    "POST /api/srt-servers/update": re.compile(r"^server_port$"),
+    "POST /api/rtmp-servers/create": re.compile(r"^server_port$"),
+    "POST /api/rtmp-servers/update": re.compile(r"^server_port$"),
     "POST /api/streams/setStreamInfo": re.compile(r"^audio_settings\.streams(\.\d+\.channels)?$"),
     # `to` after `from`.
     "POST /api/recording/getFiles": re.compile(r"^to$"),

@@ -28,6 +28,8 @@ class Collections:
     OUTPUTS = "outputs"
     FILES = "files"
     STREAMS = "streams"
+    SRT_SERVERS = "srt_servers"
+    RTMP_SERVERS = "rtmp_servers"
 
 
 def connect_mongo(settings: CommonSettings, *, app_name: str) -> AsyncMongoClient:

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.bus import Bus
+from reelhouse.common.contracts.ingest import IngestEvent
 from reelhouse.common.contracts.media import InputIn
 from reelhouse.common.contracts.types import INGEST_INPUT_TYPES
-from reelhouse.common.ingest import contribution, contribution_name, reader_url
+from reelhouse.common.ingest import read_contribution, stream_name
 from reelhouse.common.live import LivePlane
 from reelhouse.common.mongo import Collections
 
@@ -74,7 +74,8 @@ class IngestInput:
                 raise RuntimeError("input_stream_id: the stream row is on another server")
             if row.get("role_name") != "publisher":
                 raise RuntimeError("input_stream_id: not a publisher stream row")
-            self.name = contribution_name(module, str(row.get("stream_id", "")))
+            proto = "srt" if module == "MODULE_SRT_SERVERS" else "rtmp"
+            self.name = stream_name(proto, str(row.get("stream_id", "")))
         return self.name
 
     async def url(self, stopping: Callable[[], bool], on_wait: Callable[[], Any]) -> str:
@@ -84,10 +85,10 @@ class IngestInput:
         when ``stopping()`` turns true (the supervisor is being stopped)."""
         name = await self._name()
         while True:
-            live = await self._live_value(name)
-            if live is not None:
+            live = await read_contribution(self._live, self.server_id, name)
+            if live is not None and live.fanout:
                 self.waiting = False
-                return reader_url(live, self.server_id, name, timeout_s=self._gap_hold_s + 10.0)
+                return live.reader_url(timeout_s=self._gap_hold_s + 10.0)
             if not self.waiting:
                 self.waiting = True
                 await on_wait()
@@ -106,13 +107,13 @@ class IngestInput:
 
         async def on_back(msg: Any) -> None:
             try:
-                data = json.loads(msg.data)
-                if data.get("name") != self.name:
-                    return
-                ended = datetime.fromtimestamp(float(data["at"]), UTC)
-                began = ended - timedelta(milliseconds=int(data["gap_ms"]))
-            except (ValueError, KeyError, TypeError):
+                event = IngestEvent.model_validate_json(msg.data)
+            except ValueError:
                 return
+            if event.name != self.name or not event.gap_ms:
+                return
+            ended = event.timestamp
+            began = ended - timedelta(milliseconds=event.gap_ms)
             await on_gap(began, ended)
 
         self._gap_sub = await bus.nc.subscribe(subject, cb=on_back)
@@ -122,6 +123,3 @@ class IngestInput:
             with contextlib.suppress(Exception):
                 await self._gap_sub.unsubscribe()
             self._gap_sub = None
-
-    async def _live_value(self, name: str) -> dict[str, Any] | None:
-        return await contribution(self._live, self.server_id, name)
