@@ -211,11 +211,20 @@ func (a *App) publisherGone(h *Hub, p *publisher, reason string) {
 	}
 	h.pub = nil
 	h.held = true
-	h.lostAt = time.Now()
+	// The gap began with the publisher's last data, not when its loss was noticed (a killed
+	// SRT caller is found out only by the peer-idle timeout): the readers' silence is measured
+	// from there, and so is the hold.
+	last := time.Unix(0, p.lastRecv.Load())
+	silent := time.Since(last)
+	h.lostAt = last
 	h.ts.restart()
-	a.connEvent("publisher_lost", p.ci, map[string]any{"reason": reason})
-	a.log.Info("publisher_lost", "conn", p.ci.id, "server_id", h.key.server, "name", h.key.name, "reason", reason)
-	h.timer = time.AfterFunc(a.cfg.GapHold, func() {
+	a.connEvent("publisher_lost", p.ci, map[string]any{"reason": reason, "silent_ms": silent.Milliseconds()})
+	a.log.Info("publisher_lost", "conn", p.ci.id, "server_id", h.key.server, "name", h.key.name, "reason", reason, "silent_ms", silent.Milliseconds())
+	hold := a.cfg.GapHold - silent
+	if hold < 0 {
+		hold = 0
+	}
+	h.timer = time.AfterFunc(hold, func() {
 		h.mu.Lock()
 		still := h.held && !h.ended
 		h.mu.Unlock()

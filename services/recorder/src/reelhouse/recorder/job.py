@@ -179,6 +179,7 @@ class RecordingRun(SupervisedRun):
         self._hls_continues = self._seamless and self._ext == "m3u8"  # one playlist per session
         self._hls_from = 0  # continued playlist: segments listed before the current part
         self._part = 0
+        self._part_gaps: list[dict[str, Any]] = []  # publisher gaps held within the part
         self._part_path: Path | None = None  # infinity mode: the current part's file
         self._part_started = utcnow()  # wall-clock start of the current part
         self._list_base: float | None = None  # split mode: media time of the part's first cut
@@ -325,6 +326,7 @@ class RecordingRun(SupervisedRun):
         # First: an ingest input waits here for its publisher, before the part is named.
         url = await self._source_url(source)
         self._part += 1
+        self._part_gaps = []
         now = await self._fresh_second()
         self._part_started = now
         if self._split:
@@ -458,8 +460,9 @@ class RecordingRun(SupervisedRun):
         gap = {"from": began, "to": ended,
                "duration_ms": int((ended - began).total_seconds() * 1000)}  # fmt: skip
         self._log.info("publisher_gap", duration_ms=gap["duration_ms"], part=self._part)
+        self._part_gaps.append(gap)  # a part whose record is made when it closes
         if self._part_record is None:
-            return  # no media written yet: nothing to account for
+            return
         try:
             await self._db[Collections.FILES].update_one(
                 {"_id": self._part_record}, {"$push": {"source_gaps": gap}}
@@ -538,7 +541,7 @@ class RecordingRun(SupervisedRun):
         else:
             began = started or ended - timedelta(milliseconds=duration or 0)
             part = {"part_started_at": min(began, ended), "part_ended_at": ended,
-                    "duration_ms": duration}  # fmt: skip
+                    "duration_ms": duration, "source_gaps": self._part_gaps}  # fmt: skip
             report = integrity_report([part], facts)
             if started is not None:  # the wall clock's span, against the media's duration
                 report["expected_ms"] = max(0, int((ended - started).total_seconds() * 1000))

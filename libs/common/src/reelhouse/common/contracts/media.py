@@ -27,6 +27,7 @@ from pydantic_core import CoreSchema
 from reelhouse.common.contracts.types import (
     INGEST_INPUT_TYPES,
     INPUT_SCHEMES,
+    TEXT_PATTERN,
     InputType,
     JsonObject,
     Kbps,
@@ -81,10 +82,11 @@ class InputIn(CrossFieldSchema):
     )
     """Stored as sent (the seed sends ``{}``); a number is a port."""
     input_settings: JsonObject = Field(default_factory=dict)
-    input_module_id: str = Field("", max_length=64)
-    input_stream_id: str = Field("", max_length=256)
-    entity_name: str = Field("", max_length=128)
-    module_name: str = Field("", max_length=64)
+    # Stored as sent: printable text (no control characters, which the database cannot hold).
+    input_module_id: str = Field("", max_length=64, pattern=TEXT_PATTERN)
+    input_stream_id: str = Field("", max_length=256, pattern=TEXT_PATTERN)
+    entity_name: str = Field("", max_length=128, pattern=TEXT_PATTERN)
+    module_name: str = Field("", max_length=64, pattern=TEXT_PATTERN)
 
     @model_validator(mode="after")
     def _scheme_fits_type(self) -> InputIn:

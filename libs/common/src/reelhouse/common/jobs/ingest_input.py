@@ -28,7 +28,10 @@ from reelhouse.common.ingest import read_contribution, stream_name
 from reelhouse.common.live import LivePlane
 from reelhouse.common.mongo import Collections
 
-__all__ = ["IngestInput", "is_ingest_input"]
+__all__ = ["GAP_MIN_MS", "IngestInput", "is_ingest_input"]
+
+GAP_MIN_MS = 1000
+"""A publisher silence shorter than this is jitter, not a gap (as the integrity report counts)."""
 
 
 def is_ingest_input(source: Any) -> bool:
@@ -58,7 +61,7 @@ class IngestInput:
         self.server_id = source.input_module_id
         self.name: str | None = None  # the contribution's name, from the stream row
         self.waiting = False  # no publisher yet: FFmpeg is not started
-        self._gap_sub: Any = None
+        self._gap_subs: list[Any] = []
 
     async def _name(self) -> str:
         if self.name is None:
@@ -101,25 +104,29 @@ class IngestInput:
     ) -> None:
         """Call ``on_gap(began, ended)`` for every publisher gap of this contribution that its
         readers were held through (the ingest service's ``publisher_back`` events)."""
-        if self._gap_sub is not None:
+        if self._gap_subs:
             return
-        subject = bus.subjects.event("ingest", self.server_id, "publisher_back")
+        subjects = [bus.subjects.event("ingest", self.server_id, kind)
+                    for kind in ("publisher_back", "publisher_replaced")]  # fmt: skip
 
         async def on_back(msg: Any) -> None:
             try:
                 event = IngestEvent.model_validate_json(msg.data)
             except ValueError:
                 return
-            if event.name != self.name or not event.gap_ms:
+            # A return within the hold (gap_ms), or a new publisher that took over an idle one
+            # (idle_ms): either way the readers got nothing for that long.
+            silent_ms = event.gap_ms if event.type == "publisher_back" else event.idle_ms
+            if event.name != self.name or not silent_ms or silent_ms < GAP_MIN_MS:
                 return
             ended = event.timestamp
-            began = ended - timedelta(milliseconds=event.gap_ms)
+            began = ended - timedelta(milliseconds=silent_ms)
             await on_gap(began, ended)
 
-        self._gap_sub = await bus.nc.subscribe(subject, cb=on_back)
+        self._gap_subs = [await bus.nc.subscribe(subject, cb=on_back) for subject in subjects]
 
     async def close(self) -> None:
-        if self._gap_sub is not None:
+        for sub in self._gap_subs:
             with contextlib.suppress(Exception):
-                await self._gap_sub.unsubscribe()
-            self._gap_sub = None
+                await sub.unsubscribe()
+        self._gap_subs = []
