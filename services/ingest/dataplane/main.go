@@ -7,7 +7,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -379,11 +378,9 @@ func (a *App) emitStats() {
 	a.out.emit("stats", map[string]any{"conns": cs, "contributions": hs})
 }
 
-func splitHostPort(addr net.Addr) string {
+func addrString(addr net.Addr) string {
 	if addr == nil {
 		return ""
 	}
 	return addr.String()
 }
-
-var _ = fmt.Sprintf

@@ -6,7 +6,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -19,7 +18,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -370,9 +368,6 @@ func checkStartsAtKeyframe(t *testing.T, file string, minPackets int) []videoPac
 func srtURL(port int, streamID string) string {
 	return fmt.Sprintf("srt://127.0.0.1:%d?streamid=%s&mode=caller&latency=120000", port, streamID)
 }
-
-var _ = context.Background
-var _ = syscall.SIGTERM
 
 func (p *plane) addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
 

@@ -204,7 +204,7 @@ func (a *App) handleSRT(req srt.ConnRequest, s *server) {
 	sid := req.StreamId()
 	role, serverID, name, ok := parseStreamID(sid, s == nil)
 	ci := &connInfo{id: a.nextID("c"), via: "fanout", proto: "srt", name: name, role: role,
-		remote: splitHostPort(req.RemoteAddr())}
+		remote: addrString(req.RemoteAddr())}
 	if s != nil {
 		ci.via, ci.serverID, ci.latencyMs = "server", s.id, s.latencyMs
 	} else {
