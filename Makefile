@@ -24,7 +24,7 @@ test: lint test-go
 # The ingest data plane's own tests (real gosrt clients and FFmpeg; about 20 s). Needs only Go and
 # FFmpeg: `go test` builds what it tests.
 test-go:
-	cd services/ingest/dataplane && go test ./...
+	cd services/ingest/dataplane && go test -count=1 ./...
 
 format: install
 	$(UV) run --locked ruff check --fix .

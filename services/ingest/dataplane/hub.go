@@ -98,6 +98,10 @@ func (a *App) attachPublisher(key hubKey, proto string, ci *connInfo, accept fun
 		a.connEvent("publisher_up", ci, nil)
 	case old != nil:
 		idle := now.Sub(time.Unix(0, old.lastRecv.Load()))
+		// an encoder killed and restarted within the peer idle timeout lands here: its silence
+		// is a gap like any other
+		h.gaps++
+		h.gapMs += idle.Milliseconds()
 		h.pub = p
 		h.ts.restart()
 		delete(a.conns, old.ci.id)

@@ -7,7 +7,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -34,10 +33,24 @@ type Config struct {
 	GOPMaxBytes    int           // cap on the GOP kept per contribution (bytes)
 }
 
-// Emitter writes events, one JSON object per line.
+// Emitter writes events, one JSON object per line, from its own goroutine: a service that is
+// slow to read stdout delays the events, not the data plane's locks (up to a deep queue).
 type Emitter struct {
-	mu sync.Mutex
-	w  io.Writer
+	q      chan []byte
+	done   chan struct{}
+	mu     sync.RWMutex
+	closed bool
+}
+
+func newEmitter(w io.Writer) *Emitter {
+	e := &Emitter{q: make(chan []byte, 1<<16), done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		for b := range e.q {
+			_, _ = w.Write(b)
+		}
+	}()
+	return e
 }
 
 func (e *Emitter) emit(ev string, fields map[string]any) {
@@ -51,10 +64,20 @@ func (e *Emitter) emit(ev string, fields map[string]any) {
 	if err != nil {
 		return
 	}
-	b = append(b, '\n')
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if !e.closed {
+		e.q <- append(b, '\n')
+	}
+}
+
+// flush writes what is queued; nothing may be emitted after it.
+func (e *Emitter) flush() {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	_, _ = e.w.Write(b)
+	e.closed = true
+	close(e.q)
+	e.mu.Unlock()
+	<-e.done
 }
 
 func unixSeconds(t time.Time) float64 { return float64(t.UnixMicro()) / 1e6 }
@@ -112,7 +135,7 @@ func main() {
 
 	a := &App{
 		cfg:     cfg,
-		out:     &Emitter{w: os.Stdout},
+		out:     newEmitter(os.Stdout),
 		log:     slog.New(slog.NewJSONHandler(os.Stderr, nil)),
 		servers: map[string]*server{},
 		hubs:    map[hubKey]*Hub{},
@@ -142,6 +165,7 @@ func main() {
 	why := <-stop
 	a.log.Info("stopping", "why", why)
 	a.shutdown()
+	a.out.flush()
 	os.Exit(0)
 }
 
@@ -354,11 +378,9 @@ func (a *App) emitStats() {
 	a.out.emit("stats", map[string]any{"conns": cs, "contributions": hs})
 }
 
-func splitHostPort(addr net.Addr) string {
+func addrString(addr net.Addr) string {
 	if addr == nil {
 		return ""
 	}
 	return addr.String()
 }
-
-var _ = fmt.Sprintf

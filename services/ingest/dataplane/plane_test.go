@@ -6,7 +6,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -19,7 +18,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -55,6 +53,7 @@ type plane struct {
 	fanout int
 	done   chan struct{}
 
+	sendMu  sync.Mutex
 	mu      sync.Mutex
 	events  []event
 	verdict func(ev event) event // nil answer: no verdict (the connect times out)
@@ -165,8 +164,8 @@ func (p *plane) readEvents(r io.Reader) {
 
 func (p *plane) send(cmd event) {
 	b, _ := json.Marshal(cmd)
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.sendMu.Lock()
+	defer p.sendMu.Unlock()
 	_, _ = p.stdin.Write(append(b, '\n'))
 }
 
@@ -370,5 +369,34 @@ func srtURL(port int, streamID string) string {
 	return fmt.Sprintf("srt://127.0.0.1:%d?streamid=%s&mode=caller&latency=120000", port, streamID)
 }
 
-var _ = context.Background
-var _ = syscall.SIGTERM
+func (p *plane) addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+
+// audioPTS lists the first audio stream's packet timestamps.
+func audioPTS(t *testing.T, file string) []float64 {
+	t.Helper()
+	out, err := exec.Command("ffprobe", "-v", "error", "-select_streams", "a:0",
+		"-show_entries", "packet=pts_time", "-of", "csv=p=0", file).Output()
+	if err != nil {
+		t.Fatalf("ffprobe %s: %v", file, err)
+	}
+	var pts []float64
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if v, err := strconv.ParseFloat(strings.TrimSuffix(line, ","), 64); err == nil {
+			pts = append(pts, v)
+		}
+	}
+	return pts
+}
+
+// checkContinuous fails on a timestamp that goes backwards or jumps more than maxStep seconds.
+func checkContinuous(t *testing.T, what string, ts []float64, maxStep float64) {
+	t.Helper()
+	bad := 0
+	for i := 1; i < len(ts); i++ {
+		if d := ts[i] - ts[i-1]; d <= 0 || d > maxStep {
+			if bad++; bad <= 5 {
+				t.Errorf("%s: step %.3f s at %d (%.3f -> %.3f)", what, d, i, ts[i-1], ts[i])
+			}
+		}
+	}
+}

@@ -3,6 +3,7 @@ package main
 // SRT servers (one UDP port each, many contributions by stream id) and the fan-out listener.
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"strconv"
@@ -203,7 +204,7 @@ func (a *App) handleSRT(req srt.ConnRequest, s *server) {
 	sid := req.StreamId()
 	role, serverID, name, ok := parseStreamID(sid, s == nil)
 	ci := &connInfo{id: a.nextID("c"), via: "fanout", proto: "srt", name: name, role: role,
-		remote: splitHostPort(req.RemoteAddr())}
+		remote: addrString(req.RemoteAddr())}
 	if s != nil {
 		ci.via, ci.serverID, ci.latencyMs = "server", s.id, s.latencyMs
 	} else {
@@ -331,12 +332,23 @@ func srtWriter(c srt.Conn) func([]byte) error {
 
 func (a *App) runSRTPublisher(h *Hub, p *publisher, conn srt.Conn) {
 	buf := make([]byte, 1500)
+	var rest []byte // a TS packet split across SRT payloads (senders that do not align to 188)
 	for {
 		n, err := conn.Read(buf)
 		if err != nil {
 			break
 		}
-		if !h.ingest(a, p, buf[:n]) {
+		data := buf[:n]
+		if len(rest) > 0 || n%tsPacketSize != 0 {
+			rest = append(rest, data...)
+			for len(rest) > 0 && rest[0] != 0x47 { // lost sync: find it again
+				rest = rest[1:]
+			}
+			whole := len(rest) - len(rest)%tsPacketSize
+			data = bytes.Clone(rest[:whole])
+			rest = append(rest[:0], rest[whole:]...)
+		}
+		if !h.ingest(a, p, data) {
 			_ = conn.Close()
 			return
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -73,7 +72,7 @@ func TestSRTFanout(t *testing.T) {
 	t.Parallel()
 	p := startPlane(t, serviceVerdicts)
 	sid, port := p.listen("srt")
-	enc := encoder(t, "mpegts", srtURL(port, "publisher/main-stage/x"))
+	encoder(t, "mpegts", srtURL(port, "publisher/main-stage/x"))
 	up := p.wait(10*time.Second, isEv("publisher_up", "server_id", sid, "name", "main-stage/x"))
 	if up["via"] != "server" || up["proto"] != "srt" || up["role"] != "publish" {
 		t.Errorf("publisher_up: %v", up)
@@ -167,11 +166,10 @@ func TestSRTFanout(t *testing.T) {
 		wait()
 	}
 	for _, f := range files {
-		pkts := checkStartsAtKeyframe(t, f, 50)
+		checkStartsAtKeyframe(t, f, 50)
 		if a := audioCodec(t, f); a != "aac" {
 			t.Errorf("%s: audio %q", f, a)
 		}
-		_ = pkts
 	}
 
 	st := p.wait(5*time.Second, func(ev event) bool {
@@ -208,6 +206,4 @@ func TestSRTFanout(t *testing.T) {
 	if p.count(isEv("reader_up", "via", "fanout", "name", "main-stage/x")) < 3 {
 		t.Errorf("want 3 fan-out readers up")
 	}
-	_ = enc
-	_ = io.EOF
 }
