@@ -156,6 +156,16 @@ async def test_one_srt_contribution_feeds_two_recordings_and_a_restream_through_
             assert (back[0].get("gap_ms") or back[0].get("idle_ms") or 0) >= 2500, back
             for job_id in recs:
                 await wait_recorded(stack, job_id, before[job_id] + 4.0)
+
+            # getStat shows the gap on the contribution's connections.
+            async def gap_counted() -> dict[str, Any] | None:
+                rows = await stack.api_ok("srt-servers/getStat", {"id": sid})
+                found = [r for r in rows if r["role"] == "publish" and r["gaps"] >= 1]
+                return found[0] if found else None
+
+            row_now = await eventually(gap_counted, timeout=10, what="the gap in getStat")
+            assert row_now["gap_ms_total"] >= 2500, row_now
+            assert row_now["held"] is False
             # The jobs kept running: the same FFmpeg, no restart, no job_retrying.
             for job_id in recs:
                 rt = await runtime(stack, "recording", job_id)

@@ -367,6 +367,7 @@ class IngestNode:
         contributions = [c for c in event.get("contributions") or [] if isinstance(c, dict)]
         readers = {(str(c.get("server_id")), str(c.get("name"))): int(c.get("readers") or 0)
                    for c in contributions}  # fmt: skip
+        by_name = {(str(c.get("server_id")), str(c.get("name"))): c for c in contributions}
         for (server_id, name), count in readers.items():
             contrib = self.contribs.get((server_id, name))
             if contrib is not None:
@@ -384,7 +385,7 @@ class IngestNode:
                     tenant=str(server.get("tenant", "")),
                     node=self.ctx.node_id,
                     proto=server["proto"],
-                    conns=[conn_stat(c, readers.get((server_id, str(c.get("name"))), 0))
+                    conns=[conn_stat(c, by_name.get((server_id, str(c.get("name")))))
                            for c in conns if c.get("server_id") == server_id],
                     contributions=[ContributionStat.model_validate(c) for c in contributions
                                    if c.get("server_id") == server_id],
