@@ -6,7 +6,8 @@ Real nats-server, FerretDB, ingest service with the Go data plane (``.cache/bin/
 and FFmpeg; the API serves the page over HTTP. The test reads the publish and read URLs off the
 page (and its copy button), pushes an SRT contribution with one reader, and waits for the panel's
 bitrate to move and its readers to show 1; a wrong passphrase, a publisher that goes and comes
-back show in the events list. An RTMP contribution shows bytes, bitrate and readers; servers and
+back show in the events list, and a refusal while the API is down shows once it is back (the
+socket resumes from the last event id). An RTMP contribution shows bytes, bitrate and readers; servers and
 rows are edited, stopped and removed through the page, and a viewer sees no button it may not
 use. The page's screenshot lands in docs/screenshots/ingest.png.
 """
@@ -93,7 +94,7 @@ async def test_ingest_page_shows_a_live_srt_contribution_and_its_publisher_event
 ):
     srt_port, rtmp_port = port_of(stack.env, "srt"), port_of(stack.env, "rtmp")
     # A long hold: the encoder that comes back below is a publisher_back, not a new contribution.
-    await stack.start_ingest(REELHOUSE_INGEST_GAP_HOLD_S="20")
+    ingest = await stack.start_ingest(REELHOUSE_INGEST_GAP_HOLD_S="20")
     await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     operator = await account("operator")
     await page.goto("/")
@@ -210,6 +211,23 @@ async def test_ingest_page_shows_a_live_srt_contribution_and_its_publisher_event
 
         await page.mouse.move(0, 0)
         await page.screenshot(path=screenshot_path("ingest"), full_page=True)
+
+        # The API goes away and comes back: the page's socket reconnects and resumes after the
+        # last event it saw, so a refusal while the API was down (the ingest service runs on)
+        # still reaches the events list, once.
+        live_state = view.get_by_test_id("live-state")
+        refusals = feed.locator("li", has_text="bad_passphrase")
+        await expect(refusals).to_have_count(1)
+        logged = ingest.output().count("ingest_refused")
+        await dashboard.api.terminate()
+        await expect(live_state).not_to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        procs.append(await encoder(publish_url.replace(SRT_PASS, "wrong-pass-5678")).start())
+        await eventually(lambda: ingest.output().count("ingest_refused") > logged, timeout=20,
+                         what="the second wrong passphrase refused")  # fmt: skip
+        await dashboard.api.start()
+        await expect(live_state).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        await expect(refusals).to_have_count(2, timeout=WAIT_MS)
+        await expect(panel.get_by_test_id("m-readers")).to_have_attribute("data-value", "1")
 
         # Edit, stop, remove: the page follows the API.
         await rtmp.get_by_test_id("server-edit").click()
