@@ -7,9 +7,9 @@ and FFmpeg; the API serves the page over HTTP. The test reads the publish and re
 page (and its copy button), pushes an SRT contribution with one reader, and waits for the panel's
 bitrate to move and its readers to show 1; a wrong passphrase, a publisher that goes and comes
 back show in the events list, and a refusal while the API is down shows once it is back (the
-socket resumes from the last event id). An RTMP contribution shows bytes, bitrate and readers; servers and
-rows are edited, stopped and removed through the page, and a viewer sees no button it may not
-use. The page's screenshot lands in docs/screenshots/ingest.png.
+socket resumes from the last event id). An RTMP contribution shows bytes, bitrate and readers;
+servers and rows are edited, stopped and removed through the page, and a viewer sees no button
+it may not use. The page's screenshot lands in docs/screenshots/ingest.png.
 """
 
 from __future__ import annotations
