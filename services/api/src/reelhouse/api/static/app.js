@@ -1,7 +1,10 @@
 // The Reelhouse operator dashboard: sign-in, a hash router, and one poll loop (every 3 s, as the
-// seed's dashboard polls getStat) feeding every view, the sparklines and the events feed.
+// seed's dashboard polls getStat) feeding every view, the sparklines and the events feed. The
+// ingest servers' events and statistics come live over the events WebSocket (live.js).
 import { call, readBudget, refreshSession, session, signIn, signOut as endSession } from "./api.js";
 import { clearErrors, field, input, showErrors } from "./forms.js";
+import { describeIngestEvent, ingestView, recordIngestStats } from "./ingest.js";
+import { openLive } from "./live.js";
 import { jobState, recordingsView } from "./recordings.js";
 import { restreamsView } from "./restreams.js";
 import { streamsView } from "./streams.js";
@@ -24,6 +27,13 @@ const store = {
   feed: [],
   tick: 0,
   seen: null, // last snapshot of states, for the events feed
+  ingest: {
+    stats: new Map(), // server id → its latest IngestStats (WebSocket, about once a second)
+    history: new Map(), // "<server id>|<contribution>" → {kbits: [], rtt: []}
+    names: new Map(), // server id → server_name, for the events feed
+    socket: "connecting",
+    socketWhy: "",
+  },
   refresh: async () => {},
 };
 
@@ -44,8 +54,8 @@ function snapshot() {
   return seen;
 }
 
-function emit(kind, subject, text) {
-  store.feed.unshift({ at: new Date(), kind, subject, text });
+function emit(kind, subject, text, at = new Date()) {
+  store.feed.unshift({ at, kind, subject, text });
   store.feed.length = Math.min(store.feed.length, FEED_SIZE);
 }
 
@@ -150,10 +160,32 @@ const VIEWS = {
   recordings: ["Recordings", recordingsView],
   restreams: ["Restreams", restreamsView],
   streams: ["Streams", streamsView],
+  ingest: ["Ingest", ingestView],
   system: ["System", systemView],
 };
 const built = new Map();
 let aside = null;
+let live = null; // the events WebSocket, open while signed in
+
+function openLiveFeed() {
+  if (live) return;
+  live = openLive({ modules: "ingest", stats: "1" }, {
+    onStats(stats) {
+      recordIngestStats(store, stats);
+      current?.live?.(stats.server_id);
+    },
+    onEvent(event) {
+      if (event.module !== "ingest") return;
+      emit(...describeIngestEvent(store, event));
+      renderFeedAside();
+    },
+    onState(state, why = "") {
+      store.ingest.socket = state;
+      store.ingest.socketWhy = why;
+      current?.socket?.(state, why);
+    },
+  });
+}
 
 function renderFeedAside() {
   if (aside) aside.replaceChildren(h("h3", {}, "Events"), feedList(store, { limit: 12 }));
@@ -181,11 +213,16 @@ function showApp() {
     h("div", { id: "notice", class: "notice", hidden: true, role: "status" }),
     h("main", {}, current.el, aside),
   );
+  openLiveFeed();
   refresh();
 }
 
 function leave() {
   clearTimeout(timer);
+  live?.close();
+  live = null;
+  store.ingest.stats.clear();
+  store.ingest.history.clear();
   built.clear(); // views are built for one user's role
   store.seen = null;
   store.feed = [];
