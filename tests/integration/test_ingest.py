@@ -312,6 +312,13 @@ async def test_rtmp_publisher_with_key_and_a_wrong_key(stack: Stack):
                 )
 
             await eventually(grew, timeout=10, what="RTMP bytes to grow")
+
+            # Stopping the server ends its live contribution, and says so.
+            await stack.api_ok("rtmp-servers/stop", {"id": sid})
+            (ended,) = await eventually(lambda: events_of(ev, sid, "contribution_ended"),
+                                        timeout=15, what="contribution_ended")  # fmt: skip
+            assert ended["name"] == "live/program"
+            assert ended["reason"] == "closed"
         finally:
             await encoder.stop()
 
