@@ -28,6 +28,9 @@ class Collections:
     OUTPUTS = "outputs"
     FILES = "files"
     STREAMS = "streams"
+    CHANNELS = "channels"
+    CHANNEL_RECORDINGS = "channel_recordings"
+    """One document per recorded broadcast of a channel (a session of the channel's job)."""
 
 
 def connect_mongo(settings: CommonSettings, *, app_name: str) -> AsyncMongoClient:
@@ -66,6 +69,10 @@ async def ensure_indexes(db: AsyncDatabase) -> None:
     # one job's files (getAll's recordedFiles, the janitor's retention), without the tenant
     await db[Collections.FILES].create_index([("entity_id", ASCENDING), ("created", ASCENDING)])
     await db[Collections.STREAMS].create_index([("tenant", ASCENDING), ("created", ASCENDING)])
+    await db[Collections.CHANNELS].create_index([("tenant", ASCENDING), ("created", ASCENDING)])
+    await db[Collections.CHANNEL_RECORDINGS].create_index(
+        [("tenant", ASCENDING), ("channel_id", ASCENDING), ("started_at", DESCENDING)]
+    )
 
 
 async def find_each(
