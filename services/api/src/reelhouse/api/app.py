@@ -18,6 +18,7 @@ from reelhouse.api.middleware import HardeningMiddleware
 from reelhouse.api.operations import install_operations, start_operations
 from reelhouse.api.routes import (
     auth,
+    channels,
     dashboard,
     files,
     health,
@@ -119,6 +120,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(nodes.router)
     app.include_router(recordings.router)
+    app.include_router(channels.router)
     app.include_router(files.router)
     app.include_router(restreams.router)
     app.include_router(streams.router)
