@@ -30,7 +30,6 @@ _HTTP_CODES = {
     405: "METHOD_NOT_ALLOWED",
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
-    422: "VALIDATION_ERROR: the request is valid but cannot be done for this object",
     429: "RATE_LIMITED",
     503: "UNAVAILABLE",
 }
