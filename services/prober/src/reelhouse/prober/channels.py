@@ -307,22 +307,20 @@ class ChannelWatcher:
         assert found.stream_url is not None
         await kinds.set_input(db, kinds.RECORDING, self.recording_job_id,
                               kinds.channel_input(found.stream_url))  # fmt: skip
+        generation = await kinds.set_active(
+            db, self.node.bus, kinds.RECORDING, self.recording_job_id, active=True
+        )
         rec_id = ObjectId()
         doc = {
             "_id": rec_id, "tenant": self.tenant, "channel_id": self.channel_id,
             "channel_name": self.config.name, "platform": self.config.platform,
             "job_id": self.recording_job_id, "title": found.title, "category": found.category,
             "broadcast_started_at": b.started_at, "started_at": now, "ended_at": None,
-            "session": None, "chapters": [{"at": now, "title": found.title,
-                                           "category": found.category}],
+            "session": generation, "chapters": [{"at": now, "title": found.title,
+                                                 "category": found.category}],
             "created": now, "modified": now,
         }  # fmt: skip
         await db[Collections.CHANNEL_RECORDINGS].insert_one(doc)
-        generation = await kinds.set_active(db, self.node.bus, kinds.RECORDING,
-                                            self.recording_job_id, active=True)  # fmt: skip
-        await db[Collections.CHANNEL_RECORDINGS].update_one(
-            {"_id": rec_id}, {"$set": {"session": generation}}
-        )
         b.recording_id = rec_id
         self.log.info("channel_recording_started", recording_id=str(rec_id), session=generation)
         await self._publish("recording_started", recording_id=str(rec_id), title=found.title,

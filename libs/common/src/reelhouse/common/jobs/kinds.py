@@ -90,10 +90,10 @@ async def set_active(
     change: dict[str, Any] = {"$set": {"active": active, "paused": False, "modified": utcnow()}}
     if active:
         change["$inc"] = {"generation": 1}
-    doc = await db[kind.collection].find_one_and_update(
-        {"_id": ObjectId(job_id)}, change, projection={"generation": 1}, return_document=True
-    )
-    if doc is None:
+    # update, then read (the local FerretDB's findAndModify takes no projection)
+    result = await db[kind.collection].update_one({"_id": ObjectId(job_id)}, change)
+    doc = await db[kind.collection].find_one({"_id": ObjectId(job_id)}, {"generation": 1})
+    if not result.matched_count or doc is None:
         return None
     await hint(bus, kind, "start" if active else "stop", job_id)
     return int(doc.get("generation", 0))

@@ -20,6 +20,7 @@ from reelhouse.api.auth import Operator, Principal, tenant_of
 from reelhouse.api.errors import documented
 from reelhouse.api.routes import files as file_routes
 from reelhouse.api.routes import jobs
+from reelhouse.api.routes import recordings as recording_routes
 from reelhouse.api.routes.recordings import KIND as RECORDING
 from reelhouse.api.state import AppState, State
 from reelhouse.common.contracts.base import ObjectIdStr, format_timestamp, utcnow
@@ -416,6 +417,8 @@ async def pause_active(state: State, principal: Operator, rec_id: str) -> dict[s
         await state.db[Collections.CHANNEL_RECORDINGS].update_one(
             {"_id": rec["_id"]}, {"$set": {"paused": True}}
         )
+        await recording_routes._event(state, rec["tenant"], rec["job_id"], "job_paused",
+                                      channel_id=rec["channel_id"])  # fmt: skip
     return await _present_recording(state.db, await _load_recording(state, principal, rec_id))
 
 
@@ -427,6 +430,8 @@ async def resume_active(state: State, principal: Operator, rec_id: str) -> dict[
         await state.db[Collections.CHANNEL_RECORDINGS].update_one(
             {"_id": rec["_id"]}, {"$set": {"paused": False}}
         )
+        await recording_routes._event(state, rec["tenant"], rec["job_id"], "job_resumed",
+                                      channel_id=rec["channel_id"])  # fmt: skip
     return await _present_recording(state.db, await _load_recording(state, principal, rec_id))
 
 
