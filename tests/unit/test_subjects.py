@@ -82,6 +82,10 @@ def test_every_architecture_event_is_known():
     added = ["job_paused", "job_resumed", "schedule_skip"]
     # Issue 20: a refresh token presented twice (docs/SECURITY.md).
     added.append("auth_refresh_reuse")
+    # Issue 22: the channel-recorder seed's events.
+    added += ["channel_status", "channel_error", "recording_started", "segment_downloaded",
+              "recording_ended", "filter_skip", "quota_skip", "quota_status_changed",
+              "platform_auth_updated", "platform_auth_expired"]  # fmt: skip
     assert set(EVENTS) == set(expected) | set(added)
 
 
