@@ -136,6 +136,9 @@ class Socket:
         return [f["event"] for f in self.frames if f.get("type") == "event"]
 
 
+TITLE = "Chess finals"
+
+
 def channel_body(name: str, url: str, **more: Any) -> dict[str, Any]:
     return {"name": name, "platform": "url", "url": url, **more}
 
@@ -149,7 +152,8 @@ async def test_channel_records_each_broadcast_with_rules_and_a_channel_filtered_
     deployment: Deployment, settings_env: dict[str, str], tmp_path: Path
 ) -> None:
     dep = deployment
-    origin = HlsSource(workdir=tmp_path / "origin")
+    # The origin names its program (MPEG-TS service_name): the ``url`` platform's title.
+    origin = HlsSource(workdir=tmp_path / "origin", metadata={"service_name": TITLE})
     prefix = settings_env["REELHOUSE_SUBJECT_PREFIX"]
     async with Events(settings_env["REELHOUSE_NATS_URL"], prefix) as events:
         await origin.start()
@@ -169,7 +173,7 @@ async def test_channel_records_each_broadcast_with_rules_and_a_channel_filtered_
                                         what=f"A's recording\n{dep.logs()}"))[0]  # fmt: skip
                 assert rec["status"] == "recording"
                 assert rec["platform"] == "url"
-                assert rec["title"] is None or isinstance(rec["title"], str)
+                assert rec["title"] == TITLE
                 await eventually(lambda: _of(events, b["id"], "filter_skip"), timeout=20,
                                  what="B's filter_skip")  # fmt: skip
                 await eventually(lambda: _of(events, c["id"], "schedule_skip"), timeout=20,
@@ -208,6 +212,7 @@ async def test_channel_records_each_broadcast_with_rules_and_a_channel_filtered_
 
                 done = await eventually(ready, timeout=60, what=f"a ready file\n{dep.logs()}")
                 assert done["ended_at"] is not None
+                assert done["title"] == TITLE
                 assert done["duration"] > 1
                 assert len(done["files"]) == 1
                 assert done["size"] > 0
@@ -228,7 +233,10 @@ async def test_channel_records_each_broadcast_with_rules_and_a_channel_filtered_
                 await eventually(lambda: _of(events, a["id"], "quota_skip"), timeout=30,
                                  what=f"quota_skip\n{dep.logs()}")  # fmt: skip
                 assert len(await dep.recordings(a["id"])) == 1
-                # The socket filtered to A saw A's events and its job's, nobody else's.
+                # The socket filtered to A saw A's events and its job's, nobody else's (the relay
+                # reads the events stream: it may trail the direct subscriber a little).
+                await eventually(lambda: "quota_skip" in {e["type"] for e in sock.events()},
+                                 timeout=10, what="quota_skip on the socket")  # fmt: skip
                 seen = sock.events()
                 kinds = {e["type"] for e in seen}
                 assert {"recording_started", "recording_ended", "quota_skip"} <= kinds

@@ -758,9 +758,12 @@ class HlsSource(LiveSource):
         port: int | None = None,
         min_segments: int = 2,
         keep_serving: bool = False,
+        metadata: Mapping[str, str] | None = None,
         **kw: Any,
     ) -> None:
         self._own_workdir = workdir is None
+        self.metadata = dict(metadata or {})
+        """``-metadata`` of the stream (``service_name``: the MPEG-TS program's name)."""
         self.workdir = Path(workdir) if workdir else None
         self.min_segments = min_segments
         self._httpd: ThreadingHTTPServer | None = None
@@ -798,6 +801,7 @@ class HlsSource(LiveSource):
         assert self.workdir is not None
         return _ffmpeg_argv(
             *self.spec.source_args(),
+            *(a for k, v in self.metadata.items() for a in ("-metadata", f"{k}={v}")),
             "-f", "hls", "-hls_time", "1", "-hls_list_size", "6",
             "-hls_flags", "delete_segments+omit_endlist+temp_file+independent_segments",
             "-hls_segment_filename", str(self.workdir / "seg_%05d.ts"),

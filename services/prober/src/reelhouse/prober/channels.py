@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urljoin
 
 from bson import ObjectId
 from pydantic import ValidationError
@@ -41,10 +44,13 @@ from reelhouse.common.contracts.channels import (
     LiveInfo,
 )
 from reelhouse.common.contracts.media import Schedule
+from reelhouse.common.ffmpeg.command import PROTOCOL_WHITELIST
+from reelhouse.common.ffmpeg.probe import run_ffprobe_outcome
 from reelhouse.common.jobs import kinds
 from reelhouse.common.jobs.lease import Lease
 from reelhouse.common.jobs.node import JobNode
 from reelhouse.common.mongo import Collections
+from reelhouse.common.netproxy import FilteringProxy
 from reelhouse.common.schedule import inside
 from reelhouse.common.service import ServiceContext
 from reelhouse.common.subjects import Event
@@ -61,6 +67,9 @@ class Resolved:
     category: str | None = None
     error: str | None = None
     """A check that failed (not merely offline): the platform, the plugin or the network."""
+    probe_url: str | None = None
+    """What ffprobe reads for the stream's own title: an HLS stream's newest media segment (the
+    HLS demuxer hides the segments' program tags), else the stream URL itself."""
 
 
 def resolve(url: str, platform: str, quality: str, timeout_s: float) -> Resolved:
@@ -91,12 +100,45 @@ def resolve(url: str, platform: str, quality: str, timeout_s: float) -> Resolved
     stream_url = getattr(chosen, "url", None)
     if not stream_url:
         return Resolved(live=False, error="the stream has no URL FFmpeg can read")
+    stream_url = str(stream_url)
     return Resolved(
         live=True,
-        stream_url=str(stream_url),
+        stream_url=stream_url,
         title=_text(plugin.get_title()),
         category=_text(plugin.get_category()),
+        probe_url=_newest_segment(session, stream_url, timeout_s) or stream_url,
     )
+
+
+def _newest_segment(session: Any, url: str, timeout_s: float) -> str | None:
+    """The newest segment of an HLS media playlist (None: not a media playlist, or no answer)."""
+    try:
+        text = session.http.get(url, timeout=timeout_s).text
+    except Exception:
+        return None
+    if "#EXTM3U" not in text or "#EXT-X-STREAM-INF" in text:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    return urljoin(url, lines[-1]) if lines else None
+
+
+_DEFAULT_SERVICE = re.compile(r"^Service\d+$")
+"""The service name FFmpeg's MPEG-TS muxer writes when it is given none: not a title."""
+
+
+def stream_title(probed: dict[str, Any] | None) -> str | None:
+    """The title a stream carries: the container's ``title`` tag, else the MPEG-TS service name
+    (``service_name`` of the program; FFmpeg sets both with ``-metadata``)."""
+    if not probed:
+        return None
+    title = (probed.get("format") or {}).get("tags", {}).get("title")
+    if title:
+        return _text(title)
+    for program in probed.get("programs") or []:
+        name = (program.get("tags") or {}).get("service_name")
+        if name and not _DEFAULT_SERVICE.match(name):
+            return _text(name)
+    return None
 
 
 def _text(value: Any) -> str | None:
@@ -183,18 +225,29 @@ class ChannelWatcher:
         node.log.info("channel_watch_stopped", channel_id=self.channel_id, reason=reason)
 
     async def run(self) -> None:
-        settings = self.node.settings
         while True:
             try:
                 await self.check()
             except Exception as exc:  # MongoDB or NATS away: try again later
                 self.failures += 1
                 self.log.warning("channel_check_failed", error=str(exc).splitlines()[0][:200])
-            delay = settings.channel_interval_s
-            if self.failures:
-                backoff = settings.channel_interval_s * 2 ** min(self.failures, 10)
-                delay = min(backoff, settings.channel_backoff_max_s)
-            await asyncio.sleep(delay * random.uniform(0.9, 1.1))  # noqa: S311 (jitter)
+            await asyncio.sleep(self.next_delay() * random.uniform(0.9, 1.1))  # noqa: S311 (jitter)
+
+    def next_delay(self) -> float:
+        """Seconds to the next check (before jitter): the interval, or the backoff after
+        failed checks."""
+        settings = self.node.settings
+        if not self.failures:
+            return settings.channel_interval_s
+        backoff = settings.channel_interval_s * 2 ** min(self.failures, 10)
+        return min(backoff, settings.channel_backoff_max_s)
+
+    def result_ttl_s(self) -> int:
+        """How long this check's result (``progress.channel.<id>``) lives: past the next check
+        (its delay with jitter, plus the check's own deadline), so ``last_checked`` does not
+        vanish between checks, yet goes stale when no prober watches the channel any more."""
+        timeout = self.node.settings.channel_check_timeout_s
+        return math.ceil(1.1 * self.next_delay() + 2 * timeout) + 5
 
     async def check(self) -> LiveInfo:
         """One live check and what follows from it (one at a time per channel)."""
@@ -210,10 +263,32 @@ class ChannelWatcher:
                 found = Resolved(live=False, error="the live check timed out")
             except Exception as exc:
                 found = Resolved(live=False, error=f"{type(exc).__name__}: {exc}"[:300])
+            if found.live and found.title is None and found.probe_url:
+                found.title = await self._stream_title(found.probe_url)
             self.failures = self.failures + 1 if found.error else 0
             await self._apply(found)
             assert self.last is not None
             return self.last
+
+    async def _stream_title(self, url: str) -> str | None:
+        """The title the stream itself carries (ffprobe through the URL policy's proxy); None
+        when it has none or cannot be read in time (the check goes on without it)."""
+        settings = self.node.settings
+        args = ["-show_format", "-show_programs",
+                "-protocol_whitelist", ",".join(PROTOCOL_WHITELIST["INPUT_TYPE_HLS_URL"]),
+                "-i", url]  # fmt: skip
+        proxy = FilteringProxy(self.node.policy, connect_timeout_s=settings.monitor_timeout_s)
+        try:
+            await proxy.start()
+            outcome = await run_ffprobe_outcome(args, timeout_s=settings.monitor_timeout_s,
+                                                ffprobe_path=settings.ffprobe_path,
+                                                env=proxy.env())  # fmt: skip
+        except Exception as exc:
+            self.log.warning("channel_title_probe_failed", error=str(exc)[:200])
+            return None
+        finally:
+            await proxy.close()
+        return stream_title(outcome.data)
 
     async def _apply(self, found: Resolved) -> None:
         now = utcnow()
@@ -241,7 +316,10 @@ class ChannelWatcher:
         )  # fmt: skip
         with contextlib.suppress(Exception):
             await self.node.live.put_progress(
-                "channel", self.channel_id, self.last.model_dump_json().encode()
+                "channel",
+                self.channel_id,
+                self.last.model_dump_json().encode(),
+                ttl_s=self.result_ttl_s(),
             )
         await self._set_status(status, found.error, live=found.live, now=now)
 
@@ -407,6 +485,7 @@ class ChannelNode(JobNode):
         self.db = ctx.db
         self.bus: Bus = ctx.bus
         self.node_id = ctx.node_id
+        self.policy = ctx.settings.net_policy()
 
     @property
     def max_jobs(self) -> int:

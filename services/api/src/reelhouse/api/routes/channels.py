@@ -312,8 +312,8 @@ async def _present_recording(db: AsyncDatabase, rec: dict[str, Any]) -> dict[str
     files = await _files(db, rec)
     start, end = rec["started_at"], rec.get("ended_at")
     duration_ms = sum(int(f.get("duration_ms") or 0) for f in files)
-    if not duration_ms and end is not None:
-        duration_ms = int((end - start).total_seconds() * 1000)
+    if not duration_ms:  # no file closed yet: the broadcast's time so far
+        duration_ms = int(((end or utcnow()) - start).total_seconds() * 1000)
     return {
         "_id": str(rec["_id"]), "id": str(rec["_id"]), "channel": rec["channel_id"],
         "channel_name": rec.get("channel_name"), "platform": rec.get("platform"),

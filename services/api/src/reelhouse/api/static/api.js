@@ -183,7 +183,7 @@ export async function call(path, body = {}, { method = "POST" } = {}) {
     response = await authorized((token) => fetch(`/api/${path}`, {
       method,
       headers: { ...JSON_HEADERS, "x-access-token": token },
-      body: JSON.stringify(body ?? {}),
+      body: method === "GET" ? undefined : JSON.stringify(body ?? {}), // a GET has no body
     }));
   } catch (err) {
     throw unreachable(err);
@@ -220,4 +220,11 @@ export function hlsConfig() {
 // valid until it expires (REELHOUSE_ACCESS_TOKEN_TTL_S) or the session ends.
 export function mediaUrl(path, params = {}) {
   return `/api/${path}?${new URLSearchParams({ ...params, token: accessToken })}`;
+}
+
+// The events WebSocket (GET /api/events): a browser cannot set headers on a WebSocket, so the
+// access JWT goes in the query, as the API documents; `params` is the subscription filter.
+export function eventsSocketUrl(params = {}) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/api/events?${new URLSearchParams({ ...params, token: accessToken })}`;
 }

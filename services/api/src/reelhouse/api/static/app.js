@@ -2,6 +2,7 @@
 // seed's dashboard polls getStat) feeding every view, the sparklines and the events feed.
 import { call, readBudget, refreshSession, session, signIn, signOut as endSession } from "./api.js";
 import { clearErrors, field, input, showErrors } from "./forms.js";
+import { channelsView } from "./channels.js";
 import { jobState, recordingsView } from "./recordings.js";
 import { restreamsView } from "./restreams.js";
 import { streamsView } from "./streams.js";
@@ -143,12 +144,14 @@ async function refresh() {
   if (session.signedIn) timer = setTimeout(refresh, nextPollMs(readBudget.calls - before));
 }
 store.refresh = refresh;
+store.renderFeed = () => renderFeedAside(); // events that arrive between polls (the Channels WebSocket)
 
 // -- layout and routing -----------------------------------------------------------------------
 
 const VIEWS = {
   recordings: ["Recordings", recordingsView],
   restreams: ["Restreams", restreamsView],
+  channels: ["Channels", channelsView],
   streams: ["Streams", streamsView],
   system: ["System", systemView],
 };
@@ -186,6 +189,7 @@ function showApp() {
 
 function leave() {
   clearTimeout(timer);
+  for (const view of built.values()) view.destroy?.(); // the Channels view's WebSocket
   built.clear(); // views are built for one user's role
   store.seen = null;
   store.feed = [];
