@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from bson import ObjectId
 from support.events import Events
 from support.media import HlsSource
 from support.services import ServiceProcess, settings_from_env
@@ -31,6 +32,7 @@ from websockets.asyncio.client import connect
 from reelhouse.api.app import create_app
 from reelhouse.api.settings import ApiSettings
 from reelhouse.common.ffmpeg.probe import probe_file
+from reelhouse.common.mongo import Collections
 
 FAST_CHANNELS = {
     "REELHOUSE_CHANNEL_INTERVAL_S": "1",
@@ -149,7 +151,7 @@ def _of(events: Events, channel_id: str, kind: str) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(240)
 async def test_channel_records_each_broadcast_with_rules_and_a_channel_filtered_socket(
-    deployment: Deployment, settings_env: dict[str, str], tmp_path: Path
+    deployment: Deployment, settings_env: dict[str, str], tmp_path: Path, db: Any
 ) -> None:
     dep = deployment
     # The origin names its program (MPEG-TS service_name): the ``url`` platform's title.
@@ -188,6 +190,11 @@ async def test_channel_records_each_broadcast_with_rules_and_a_channel_filtered_
                              and e.get("channel_id") == a["id"]],
                     timeout=30, what=f"A's job to start\n{dep.logs()}",
                 )  # fmt: skip
+                # Streamlink reads the channel and feeds the recorder's FFmpeg (a pipe).
+                job = await db[Collections.RECORDINGS].find_one({"_id": ObjectId(rec["job_id"])})
+                source = await db[Collections.INPUTS].find_one({"_id": job["input"][0]})
+                assert source["application"] == "IO_APPLICATION_STREAMLINK"
+                assert source["input_stream_url"] == origin.url
                 active = (await dep.call("GET", "recordings/active"))["recordings"]
                 assert [r["id"] for r in active] == [rec["id"]]
                 # Pause and resume the active recording.

@@ -383,8 +383,8 @@ class ChannelWatcher:
     async def _start_recording(self, b: Broadcast, found: Resolved, now: datetime) -> None:
         db = self.node.db
         assert found.stream_url is not None
-        await kinds.set_input(db, kinds.RECORDING, self.recording_job_id,
-                              kinds.channel_input(found.stream_url))  # fmt: skip
+        source = kinds.channel_input(self.config.source_url(), self.config.quality)
+        await kinds.set_input(db, kinds.RECORDING, self.recording_job_id, source)
         generation = await kinds.set_active(
             db, self.node.bus, kinds.RECORDING, self.recording_job_id, active=True
         )
@@ -511,6 +511,13 @@ class ChannelNode(JobNode):
             except ValidationError:
                 return
             run = self.runs.get(ask.channel_id)
+            owner = self.live.owners.get(("channel", ask.channel_id))
+            if run is None and owner is not None and owner.node == self.node_id:
+                # Claimed by this node a moment ago: its watcher is starting.
+                for _ in range(50):
+                    await asyncio.sleep(0.1)
+                    if (run := self.runs.get(ask.channel_id)) is not None:
+                        break
             if not isinstance(run, ChannelWatcher) or run.tenant != ask.tenant or run.stopping:
                 return  # another prober watches it (or nobody: the caller times out)
             try:

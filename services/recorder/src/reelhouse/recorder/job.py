@@ -57,6 +57,7 @@ from reelhouse.common.files import (
 from reelhouse.common.jobs.lease import Lease, LeaseStore
 from reelhouse.common.jobs.run import SupervisedRun
 from reelhouse.common.mongo import Collections
+from reelhouse.recorder.feed import open_stream
 from reelhouse.recorder.processing import ProgressCallback, ffmpeg_copy
 from reelhouse.recorder.settings import RecorderSettings
 
@@ -334,6 +335,15 @@ class RecordingRun(SupervisedRun):
         self._part_record = None
         source = self.config.input
         url = await self._target(source.input_stream_url, role="input", field="input_stream_url")
+        if source.application == "IO_APPLICATION_STREAMLINK":
+            # Resolved afresh at each start (an expired platform URL comes back renewed); a
+            # source that is offline now fails this start, and the supervisor retries.
+            stream = await asyncio.to_thread(
+                open_stream, source.input_stream_url,
+                quality=str(source.input_settings.get("quality") or "best"),
+                proxy_url=self._proxy.url, timeout_s=10.0,
+            )  # fmt: skip
+            url = self.supervisor.open_feed(stream)
         overlay = self.config.overlay
         if overlay.type == "IMAGE" and overlay.image_url:
             await self._target(overlay.image_url, role="input", field="overlay.image_url")

@@ -54,12 +54,15 @@ def channel_job_config(channel: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def channel_input(url: str) -> dict[str, Any]:
-    """The job's input block for a resolved HLS URL of a broadcast."""
+def channel_input(url: str, quality: str = "best") -> dict[str, Any]:
+    """The input block of a channel's recording job: streamlink reads the channel's URL (it
+    resolves it again at each FFmpeg start, so an expired platform URL is renewed) and feeds
+    the recorder's FFmpeg through a pipe."""
     return {
-        "input_type": "INPUT_TYPE_HLS_URL", "application": "IO_APPLICATION_FFMPEG",
-        "input_stream_url": url, "input_stream_listen_port": {}, "input_settings": {},
-        "input_module_id": "", "input_stream_id": "", "entity_name": "", "module_name": "",
+        "input_type": "INPUT_TYPE_HLS_URL", "application": "IO_APPLICATION_STREAMLINK",
+        "input_stream_url": url, "input_stream_listen_port": {},
+        "input_settings": {"quality": quality}, "input_module_id": "", "input_stream_id": "",
+        "entity_name": "", "module_name": "",
     }  # fmt: skip
 
 

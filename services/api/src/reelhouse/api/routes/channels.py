@@ -33,7 +33,13 @@ from reelhouse.common.contracts.channels import (
 )
 from reelhouse.common.contracts.media import InputIn
 from reelhouse.common.contracts.recording_files import FileRef
-from reelhouse.common.errors import Conflict, NotFound, ReelhouseError, ValidationFailed
+from reelhouse.common.errors import (
+    Conflict,
+    NotFound,
+    ReelhouseError,
+    Unavailable,
+    ValidationFailed,
+)
 from reelhouse.common.files import delete_file_record_from_disk, delete_job_dir, present_file
 from reelhouse.common.jobs import kinds
 from reelhouse.common.logging import get_logger
@@ -148,8 +154,9 @@ async def add_channel(state: State, principal: Operator, body: ChannelIn) -> dic
            "status": "offline" if body.enabled else "disabled", "generation": 0,
            "created": now, "modified": now}  # fmt: skip
     config = kinds.channel_job_config(doc)
-    # The input is replaced with the broadcast's resolved URL before each start.
-    source = InputIn(input_type="INPUT_TYPE_HLS_URL", input_stream_url=body.source_url())
+    # Streamlink reads the channel's URL and feeds FFmpeg (the prober sets it again at each
+    # broadcast's start, with the channel's quality then).
+    source = InputIn.model_validate(kinds.channel_input(body.source_url(), body.quality))
     job_id = ObjectId(await jobs.create_job(state, RECORDING, tenant, config, {"input": [source]}))
     doc["job_id"] = job_id
     await db[Collections.CHANNELS].insert_one(doc)
@@ -221,6 +228,13 @@ async def check_channel(state: State, principal: Operator, channel_id: str) -> d
     doc = await _load(state.db, tenant, channel_id)
     if not doc.get("enabled"):
         raise Unprocessable("the channel is disabled; enable it to check it", field="enabled")
+    if state.live.kv is not None and ("channel", channel_id) not in state.live.owners:
+        # Nobody would answer: say so now rather than after the request's whole deadline.
+        raise Unavailable(
+            "no prober watches this channel yet (it is claimed within seconds of being "
+            "enabled, if a prober runs); try again shortly",
+            headers={"Retry-After": "2"},
+        )
     data = await call(state.bus, state.bus.subjects.channel_check(),
                       ChannelCheck(channel_id=channel_id, tenant=tenant),
                       timeout_s=state.settings.probe_timeout_s * 3, what="the prober")  # fmt: skip
