@@ -10,6 +10,12 @@
 # stages use the same base image, so the venv's interpreter path (/usr/local/bin/python3.11)
 # is valid in the runtime stage.
 
+# The ingest data plane (Go: gosrt, gortmplib, mediacommon; docs/INGEST.md), a static binary.
+FROM golang:1.24-bookworm AS dataplane
+WORKDIR /src
+COPY services/ingest/dataplane/ ./
+RUN CGO_ENABLED=0 go build -trimpath -o /out/reelhouse-ingest .
+
 FROM python:3.11-slim-bookworm AS build
 
 # Same uv as the development environment (`uv --version`), from PyPI.
@@ -34,6 +40,7 @@ COPY services/recorder/pyproject.toml services/recorder/
 COPY services/restreamer/pyproject.toml services/restreamer/
 COPY services/prober/pyproject.toml services/prober/
 COPY services/janitor/pyproject.toml services/janitor/
+COPY services/ingest/pyproject.toml services/ingest/
 # The root is virtual: --all-packages installs every member; --no-dev leaves out the dev group
 # (pytest, ruff, testcontainers, ...).
 RUN --mount=type=cache,target=/root/.cache/uv \
@@ -62,6 +69,7 @@ RUN groupadd --system --gid 10001 reelhouse \
 # (A named volume mounted on /data/... starts with the ownership of the directory in the image.)
 
 COPY --from=build /app/.venv /app/.venv
+COPY --from=dataplane /out/reelhouse-ingest /usr/local/bin/reelhouse-ingest
 
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.cache/tools/bin/uv)
 
-.PHONY: install up test lint format clean bench
+.PHONY: install up test test-go lint format clean bench
 
 install:
 	@scripts/bootstrap.sh
@@ -18,8 +18,13 @@ lint: install
 # live media, so two at once fit a 2-core machine and halve the run. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 
-test: lint
+test: lint test-go
 	$(UV) run --locked pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# The ingest data plane's own tests (real gosrt clients and FFmpeg; about 20 s). Needs only Go and
+# FFmpeg: `go test` builds what it tests.
+test-go:
+	cd services/ingest/dataplane && go test -count=1 ./...
 
 format: install
 	$(UV) run --locked ruff check --fix .

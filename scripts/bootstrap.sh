@@ -10,6 +10,9 @@
 #   - uv (pinned), when it is not on PATH: into .cache/tools
 #   - the FerretDB helper (tools/ferretdb-lite), built once per machine and cached in
 #     ${XDG_CACHE_HOME:-~/.cache}/reelhouse; skipped when REELHOUSE_MONGODB_URL points at a real MongoDB
+#   - reelhouse-ingest, the ingest data plane (services/ingest/dataplane, Go: gosrt, gortmplib,
+#     mediacommon at the versions pinned in its go.mod), built once per source version and cached
+#     in ${XDG_CACHE_HOME:-~/.cache}/reelhouse; needs Go
 #   - the Python workspace: uv sync --locked
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,10 +49,11 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/reelhouse"
 mkdir -p .cache/bin
 
 # build_go NAME SRC PACKAGE: builds PACKAGE from the Go module in SRC once per machine (the binary
-# is named after a hash of the module's pins and sources) and links it as .cache/bin/NAME.
+# is named after a hash of the module's pins and sources, subpackages included, so any source
+# change rebuilds) and links it as .cache/bin/NAME.
 build_go() {
   local name="$1" src="$2" pkg="$3" hash bin
-  hash="$(cat "$src"/go.mod "$src"/go.sum "$src"/*.go | sha256sum | cut -c1-16)"
+  hash="$(cat "$src"/go.mod "$src"/go.sum $(find "$src" -name '*.go' | LC_ALL=C sort) | sha256sum | cut -c1-16)"
   bin="$cache/$name-$hash"
   if [ ! -x "$bin" ]; then
     command -v go >/dev/null 2>&1 || {
@@ -63,6 +67,7 @@ build_go() {
 }
 
 build_go nats-server tools/nats-server github.com/nats-io/nats-server/v2
+build_go reelhouse-ingest services/ingest/dataplane .
 if [ -z "${REELHOUSE_MONGODB_URL:-}" ]; then
   build_go ferretdb-lite tools/ferretdb-lite .
 fi

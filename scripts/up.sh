@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole stack in the foreground under supervisord: nats-server, the local
-# MongoDB-compatible server (FerretDB, unless REELHOUSE_MONGODB_URL is set), and the five
-# services. A process that dies is started again at once and the others keep running; each
+# MongoDB-compatible server (FerretDB, unless REELHOUSE_MONGODB_URL is set), and the six
+# services (ingest among them). A process that dies is started again at once and the others keep running; each
 # log line is prefixed with its process name (scripts/log_prefix.py). Ctrl-C or SIGTERM stops
 # everything: the services first (SIGTERM, they drain; SIGKILL to the process group after
 # STOP_WAIT), then nats-server and the database.
@@ -40,6 +40,9 @@ export PYTHONUNBUFFERED=1
 # A one-machine stack reads local sources (and the README's examples use 127.0.0.1): loopback
 # may be reached on a user's behalf here; nothing else private (docs/SECURITY.md).
 export REELHOUSE_PROBE_ALLOW_NETWORKS="${REELHOUSE_PROBE_ALLOW_NETWORKS-127.0.0.0/8,::1/128}"
+# Ingest (docs/INGEST.md): the data plane built by bootstrap, and the address encoders reach.
+export REELHOUSE_INGEST_DATAPLANE_PATH="${REELHOUSE_INGEST_DATAPLANE_PATH:-$root/.cache/bin/reelhouse-ingest}"
+export REELHOUSE_INGEST_PUBLIC_HOST="${REELHOUSE_INGEST_PUBLIC_HOST:-127.0.0.1}"
 recorders="${RECORDERS:-1}"
 restreamers="${RESTREAMERS:-1}"
 
@@ -130,7 +133,7 @@ EOF
   if [ ${#infra[@]} -gt 0 ]; then
     printf '\n[group:infra]\nprograms=%s\npriority=100\n' "$(IFS=,; echo "${infra[*]}")"
   fi
-  services=(api prober janitor)
+  services=(api prober janitor ingest)
   if [ "$recorders" -gt 0 ]; then services+=(recorder); fi
   if [ "$restreamers" -gt 0 ]; then services+=(restreamer); fi
   printf '\n[group:services]\nprograms=%s\npriority=200\n' "$(IFS=,; echo "${services[*]}")"
@@ -147,6 +150,8 @@ EOF
   program api 1 unexpected 15 "python -m reelhouse.api"
   program prober 1 unexpected 15 "python -m reelhouse.prober"
   program janitor 1 unexpected 15 "python -m reelhouse.janitor"
+  # The ingest service runs the data plane (.cache/bin/reelhouse-ingest) as its own child.
+  program ingest 1 unexpected 15 "python -m reelhouse.ingest"
   if [ "$recorders" -gt 0 ]; then
     program recorder "$recorders" unexpected 20 "python -m reelhouse.recorder"
   fi

@@ -108,22 +108,33 @@ CROSS_FIELD_RULES: dict[str, re.Pattern[str]] = {
     # check_processing). The models say it in their descriptions; as JSON schema it would be a
     # copy of the whole capability table, kept in step by hand.
     "POST /api/recording/create": re.compile(
-        r"^(transcoding|modify_audio|modify_video|overlay)\.|^schedule\.stop_at$"
+        r"^(transcoding|modify_audio|modify_video|overlay)\.|^schedule\.stop_at$|^input\.input_(module|stream)_id$"
     ),
     "POST /api/recording/update": re.compile(
-        r"^(transcoding|modify_audio|modify_video|overlay)\.|^schedule\.stop_at$"
+        r"^(transcoding|modify_audio|modify_video|overlay)\.|^schedule\.stop_at$|^input\.input_(module|stream)_id$"
     ),
-    # The same, against every destination's container; two SRT outputs on one port.
+    # The same, against every destination's container; two SRT outputs on one port. (And for
+    # both: an ingest input's server and publisher row must exist: stored state.)
     "POST /api/restream/create": re.compile(
-        r"^(transcoding|modify_audio|modify_video|overlay)\.|^output$|^schedule\.stop_at$"
+        r"^(transcoding|modify_audio|modify_video|overlay)\.|^output$|^schedule\.stop_at$|^input\.input_(module|stream)_id$"
     ),
     "POST /api/restream/update": re.compile(
-        r"^(transcoding|modify_audio|modify_video|overlay)\.|^output$|^schedule\.stop_at$"
+        r"^(transcoding|modify_audio|modify_video|overlay)\.|^output$|^schedule\.stop_at$|^input\.input_(module|stream)_id$"
     ),
     # Unique track and channel ids, a channel count per layout: JSON schema compares no items
     # by one of their fields.
-    "POST /api/streams/create": re.compile(r"^audio_settings\.streams(\.\d+\.channels)?$"),
-    "POST /api/streams/update": re.compile(r"^audio_settings\.streams(\.\d+\.channels)?$"),
+    # ... and the server a row sits on must exist (stored state).
+    "POST /api/streams/create": re.compile(
+        r"^audio_settings\.streams(\.\d+\.channels)?$|^entity_id$"
+    ),
+    "POST /api/streams/update": re.compile(
+        r"^audio_settings\.streams(\.\d+\.channels)?$|^entity_id$"
+    ),
+    # A server's port must lie in the deployment's range (a setting) and not be the fan-out's.
+    "POST /api/srt-servers/create": re.compile(r"^server_port$"),
+    "POST /api/srt-servers/update": re.compile(r"^server_port$"),
+    "POST /api/rtmp-servers/create": re.compile(r"^server_port$"),
+    "POST /api/rtmp-servers/update": re.compile(r"^server_port$"),
     "POST /api/streams/setStreamInfo": re.compile(r"^audio_settings\.streams(\.\d+\.channels)?$"),
     # `to` after `from`.
     "POST /api/recording/getFiles": re.compile(r"^to$"),

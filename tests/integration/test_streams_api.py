@@ -131,7 +131,11 @@ async def test_update_changes_what_is_sent_and_keeps_the_rest(stack: Stack, db):
     stored = await db.streams.find_one({"_id": ObjectId(row["id"])})
     assert stored["generation"] == 1
 
-    moved = await ok(stack, "update", {"id": row["id"], "module_name": "MODULE_RTMP_SERVERS"})
+    # A row moves to another module with a server of that module (the RTMP seed's).
+    bad = await call(stack, "update", {"id": row["id"], "module_name": "MODULE_RTMP_SERVERS"})
+    assert bad.json()["error"]["field"] == "entity_id"
+    moved = await ok(stack, "update", {"id": row["id"], "module_name": "MODULE_RTMP_SERVERS",
+                                       "entity_id": "680500000000000000000001"})  # fmt: skip
     assert moved["entityModel"] == "RtmpServerModel"
 
     r = await call(stack, "update", {"id": row["id"], "role_name": "boss"})

@@ -71,3 +71,26 @@ def changed(body: dict[str, Any], **changes: Any) -> dict[str, Any]:
         else:
             target[keys[-1]] = copy.deepcopy(value)
     return body
+
+
+SEED_SERVERS = {
+    "srt_servers": {"_id": "680400000000000000000001", "server_name": "Seed SRT server",
+                    "server_port": 10001, "server_latency": 120, "server_passphrase": ""},
+    "rtmp_servers": {"_id": "680500000000000000000001", "server_name": "Seed RTMP server",
+                     "server_port": 1936},
+}  # fmt: skip
+"""The servers the Streams seed's rows sit on (``entity_id`` 6804…01 and 6805…01): stream rows
+must name an existing server, and the seed's payloads are used as they are."""
+
+
+async def seed_servers(db: Any, tenant: str = "default") -> None:
+    """Store :data:`SEED_SERVERS` (inactive, so no ingest node opens them) unless present."""
+    from bson import ObjectId
+
+    from reelhouse.common.contracts.base import utcnow
+
+    now = utcnow()
+    for collection, server in SEED_SERVERS.items():
+        doc = {**server, "_id": ObjectId(server["_id"]), "tenant": tenant, "active": False,
+               "node": "", "generation": 0, "created": now, "modified": now}  # fmt: skip
+        await db[collection].update_one({"_id": doc["_id"]}, {"$setOnInsert": doc}, upsert=True)

@@ -85,9 +85,11 @@ async def running_service(
 async def api_client(settings: BaseSettings) -> AsyncIterator[httpx.AsyncClient]:
     """The API app in-process (lifespan run for real) behind an httpx client."""
     from reelhouse.api.app import create_app
+    from support.seeds import seed_servers
 
     app = create_app(settings)  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
+        await seed_servers(app.state.reelhouse.db)  # the Streams seed's rows sit on them
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             client.app = app  # type: ignore[attr-defined]

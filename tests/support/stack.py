@@ -26,6 +26,20 @@ FAST_RECORDER = {
 }
 """Recorder settings that keep failover and reconnects within a test's patience."""
 
+DATAPLANE = Path(__file__).resolve().parents[2] / ".cache" / "bin" / "reelhouse-ingest"
+"""The ingest data plane as ``make install`` builds it."""
+
+FAST_INGEST = {
+    "REELHOUSE_INGEST_DATAPLANE_PATH": str(DATAPLANE),
+    "REELHOUSE_INGEST_GAP_HOLD_S": "3",
+    "REELHOUSE_INGEST_TAKEOVER_IDLE_S": "1",
+    "REELHOUSE_INGEST_RECONCILE_S": "2",
+    "REELHOUSE_INGEST_ROWS_CACHE_S": "1",
+    "REELHOUSE_INGEST_RETRY_INITIAL_S": "0.2",
+    "REELHOUSE_INGEST_RETRY_MAX_S": "1",
+}
+"""Ingest settings for tests (ports and the fan-out port are the test's own)."""
+
 
 @dataclass
 class Stack:
@@ -35,6 +49,7 @@ class Stack:
     recorders: list[ServiceProcess] = field(default_factory=list)
     restreamers: list[ServiceProcess] = field(default_factory=list)
     janitors: list[ServiceProcess] = field(default_factory=list)
+    ingests: list[ServiceProcess] = field(default_factory=list)
 
     async def call(self, method: str, body: Any = None, *, verb: str = "POST") -> httpx.Response:
         """``/api/recording/<method>`` with the token."""
@@ -83,6 +98,19 @@ class Stack:
         self.janitors.append(proc)
         return proc
 
+    async def start_ingest(self, **env: str) -> ServiceProcess:
+        """An ingest service subprocess (it runs the real data plane, .cache/bin/reelhouse-ingest)
+        on this test's infrastructure, with fast timings (``env`` overrides)."""
+        n = len(self.ingests) + 1
+        proc = ServiceProcess(
+            "ingest",
+            {**self.env, **FAST_INGEST, "REELHOUSE_NODE_ID": f"ingest-{n}", **env},
+            self.tmp / f"ingest-{n}.log",
+        )
+        await proc.start()
+        self.ingests.append(proc)
+        return proc
+
     @property
     def storage_root(self) -> Path:
         return Path(self.env["REELHOUSE_STORAGE_ROOT"])
@@ -105,7 +133,7 @@ async def running_stack(service_env: dict[str, str], tmp: Path) -> AsyncIterator
         try:
             yield stack
         finally:
-            for proc in [*stack.recorders, *stack.restreamers, *stack.janitors]:
+            for proc in [*stack.recorders, *stack.restreamers, *stack.janitors, *stack.ingests]:
                 with contextlib.suppress(Exception):
                     await proc.terminate(timeout=20)
                 await proc.kill()

@@ -34,9 +34,10 @@ SETTINGS = {
     "restreamer": "reelhouse.restreamer.settings:RestreamerSettings",
     "prober": "reelhouse.prober.settings:ProberSettings",
     "janitor": "reelhouse.janitor.settings:JanitorSettings",
+    "ingest": "reelhouse.ingest.settings:IngestSettings",
 }
 SERVICES = tuple(SETTINGS)
-WORKERS = tuple(s for s in SERVICES if s != "api")
+WORKERS = tuple(s for s in SERVICES if s not in ("api", "ingest"))  # ingest: one per host
 SHARE_RECORDINGS = ("api", "recorder", "restreamer", "janitor")
 LONG_STOPPERS = ("recorder", "restreamer")  # FFmpeg needs time to write trailers
 
@@ -236,6 +237,27 @@ def test_api_listens_on_all_interfaces_and_is_published(services: dict[str, Any]
     assert "container_name" not in api
 
 
+def test_ingest_publishes_the_port_ranges_it_serves(services: dict[str, Any]) -> None:
+    """The UDP range of SRT servers and the TCP range of RTMP servers are published as set."""
+    from reelhouse.common.settings import parse_port_range
+    from reelhouse.ingest.settings import IngestSettings
+
+    ingest = services["ingest"]
+    env = as_mapping(ingest["environment"])
+    published = {str(p) for p in ingest["ports"]}
+    for var, proto in (
+        ("REELHOUSE_INGEST_SRT_PORTS", "udp"),
+        ("REELHOUSE_INGEST_RTMP_PORTS", "tcp"),
+    ):
+        field = var.removeprefix("REELHOUSE_").lower()
+        low, high = parse_port_range(env.get(var, IngestSettings.model_fields[field].default))
+        assert f"{low}-{high}:{low}-{high}/{proto}" in published, var
+    assert "container_name" not in ingest
+    # The data plane binary the image builds is the one the service starts.
+    assert env["REELHOUSE_INGEST_DATAPLANE_PATH"] == "/usr/local/bin/reelhouse-ingest"
+    assert "reelhouse-ingest" in DOCKERFILE.read_text()
+
+
 def test_api_healthcheck_calls_health_endpoint(services: dict[str, Any]) -> None:
     test = " ".join(as_argv(services["api"]["healthcheck"]["test"]))
     assert "/api/health" in test
@@ -299,7 +321,11 @@ def test_ffmpeg_workers_get_time_to_stop(services: dict[str, Any], name: str) ->
 def test_dockerfile_base_and_entry_point(dockerfile: list[tuple[str, str]]) -> None:
     froms = [args for kw, args in dockerfile if kw == "FROM"]
     assert froms
-    assert all(f.split()[0] == "python:3.11-slim-bookworm" for f in froms)
+    # The Python stages share one base (the venv's interpreter path); the ingest data plane is
+    # built in a Go stage of its own and only its static binary is copied.
+    python = [f for f in froms if not f.startswith("golang:")]
+    assert all(f.split()[0] == "python:3.11-slim-bookworm" for f in python)
+    assert [f.split()[-1] for f in froms if f.startswith("golang:")] in ([], ["dataplane"])
     assert ("ARG", "SERVICE") in dockerfile
     assert ("STOPSIGNAL", "SIGTERM") in dockerfile
     cmd = [args for kw, args in dockerfile if kw == "CMD"][-1]

@@ -44,6 +44,8 @@ def test_the_hot_equality_fields_are_indexed():
     for linked in (Collections.INPUTS, Collections.OUTPUTS):  # jobs.fetch_linked
         assert "entity_id" in have[linked]
     assert {"tenant", "entity_id", "status"} <= have[Collections.FILES]  # getFiles, retention
-    assert "tenant" in have[Collections.STREAMS]
+    assert {"tenant", "entity_id"} <= have[Collections.STREAMS]  # + ingest verdicts
+    for servers in (Collections.SRT_SERVERS, Collections.RTMP_SERVERS):  # ingest reconcile
+        assert {"tenant", "active"} <= have[servers]
     assert {"tenant", "username"} <= have[AccountCollections.USERS]
     assert {"tenant", "key_hash"} <= have[AccountCollections.API_KEYS]

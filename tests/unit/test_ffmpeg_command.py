@@ -22,7 +22,7 @@ from reelhouse.common.contracts.media import (
     Transcoding,
 )
 from reelhouse.common.contracts.recording import FILE_EXTENSIONS, RecordingIn
-from reelhouse.common.contracts.types import INPUT_SCHEMES, InputType
+from reelhouse.common.contracts.types import INGEST_INPUT_TYPES, INPUT_SCHEMES, InputType
 from reelhouse.common.ffmpeg.command import (
     HLS_SEGMENT_SECONDS,
     IO_TIMEOUT_US,
@@ -48,6 +48,10 @@ def url_for(input_type: InputType) -> str:
 
 
 def make_input(input_type: InputType = "INPUT_TYPE_SRT_URL") -> InputIn:
+    if input_type in INGEST_INPUT_TYPES:  # the run hands over the fan-out URL it built
+        ids = {"input_module_id": "a" * 24, "input_stream_id": "b" * 24}
+        built = InputIn(input_type=input_type, **ids)
+        return built.model_copy(update={"input_stream_url": url_for("INPUT_TYPE_SRT_URL")})
     return InputIn(input_type=input_type, input_stream_url=url_for(input_type))
 
 

@@ -8,6 +8,7 @@ from support.infra import ROOT
 
 from reelhouse.api.settings import ApiSettings
 from reelhouse.common.settings import env_names
+from reelhouse.ingest.settings import IngestSettings
 from reelhouse.janitor.settings import JanitorSettings
 from reelhouse.prober.settings import ProberSettings
 from reelhouse.recorder.settings import RecorderSettings
@@ -25,7 +26,8 @@ def test_readme_gives_the_two_commands_and_ci_runs_one_of_them():
 def test_configuration_table_lists_every_setting_and_nothing_else():
     documented = set(re.findall(r"^\| `(REELHOUSE_[A-Z_]+)` \|", README, flags=re.M))
     real = set()
-    for cls in (ApiSettings, RecorderSettings, RestreamerSettings, ProberSettings, JanitorSettings):
+    for cls in (ApiSettings, RecorderSettings, RestreamerSettings, ProberSettings, JanitorSettings,
+                IngestSettings):  # fmt: skip
         real |= env_names(cls)
     assert documented == real
 
@@ -37,8 +39,9 @@ def test_readme_names_everything_make_up_installs():
     apt = re.findall(r"missing\+=\((\w+)\)", bootstrap)
     builds = re.findall(r"^\s*build_go ([\w-]+) ", bootstrap, flags=re.M)
     assert apt == ["ffmpeg", "chromium", "postgresql"]
-    assert builds == ["nats-server", "ferretdb-lite"]
+    assert builds == ["nats-server", "reelhouse-ingest", "ferretdb-lite"]
     uv_version = re.search(r'^UV_VERSION="([\d.]+)"', bootstrap, flags=re.M)[1]
-    for name in [*apt, "nats-server", "FerretDB", f"`uv` {uv_version}", "uv sync --locked"]:
+    tools = ["nats-server", "reelhouse-ingest", "FerretDB", f"`uv` {uv_version}"]
+    for name in [*apt, *tools, "uv sync --locked"]:
         assert name in section, name
     assert re.search(r"first run takes about \d+ minutes", section)

@@ -82,6 +82,9 @@ def test_every_architecture_event_is_known():
     added = ["job_paused", "job_resumed", "schedule_skip"]
     # Issue 20: a refresh token presented twice (docs/SECURITY.md).
     added.append("auth_refresh_reuse")
+    # Issue 21: ingest (docs/INGEST.md, "What lives where").
+    added += ["ingest_refused", "publisher_up", "publisher_lost", "publisher_back",
+              "publisher_replaced", "contribution_ended"]  # fmt: skip
     # Issue 22: the channel-recorder seed's events.
     added += ["channel_status", "channel_error", "recording_started", "segment_downloaded",
               "recording_ended", "filter_skip", "quota_skip", "quota_status_changed",
@@ -116,3 +119,23 @@ def test_nats_server_versions_below_2_11_are_refused_by_name():
     assert "2.9.10" in reason
     assert "2.11" in reason
     assert check_server_version("nonsense") is not None
+
+
+def test_ingest_subjects_and_keys_carry_no_user_text():
+    s = Subjects("reelhouse")
+    server = "680400000000000000000001"
+    assert s.stats("ingest", server) == f"reelhouse.stats.ingest.{server}"
+    assert s.event("ingest", server, "ingest_refused") == (
+        f"reelhouse.evt.ingest.{server}.ingest_refused"
+    )
+    assert s.command("ingest", "reload") == "reelhouse.cmd.ingest.reload"
+    key = s.live_ingest(server, "main-stage/srt-main")
+    assert key.startswith(f"ingest.{server}.")
+    token = key.rsplit(".", 1)[1]
+    assert "main" not in token
+    assert len(token) == 24
+    # distinct names, distinct keys (a slash and an underscore do not collide)
+    assert s.live_ingest(server, "a/b") != s.live_ingest(server, "a_b")
+    assert s.live_ingest_stats(server) == f"ingeststats.{server}"
+    with pytest.raises(ValueError, match="ObjectId"):
+        s.live_ingest("not-an-id", "x")

@@ -5,6 +5,8 @@ Keys (built by :class:`reelhouse.common.subjects.Subjects`; ``<node>`` with dots
     nodes.<service>.<node>     heartbeat every ``heartbeat_s``, per-key TTL ``ttl_s``
     owners.<kind>.<job_id>     who runs a job: created by the claim, taken over by compare-and-set
     progress.<kind>.<job_id>   a running job's last stats, about once a second (TTL: 5 * ttl_s)
+    ingest.<server_id>.<token> an ingest contribution (node, fan-out, publisher; TTL: 5 * ttl_s)
+    ingeststats.<server_id>    an ingest server's last statistics (TTL: 5 * ttl_s)
 
 :class:`LivePlane` is one process's view of it. It opens (or creates) the bucket once NATS is
 reachable, heartbeats this node's key, and watches the key families the process cares about,
@@ -126,6 +128,8 @@ class LivePlane:
         self._key_nodes: dict[tuple[str, str], str] = {}  # (service, key token) -> node id
         self.owners: dict[tuple[str, str], OwnerEntry] = {}
         self.progress: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        # Ingest servers' last statistics by server id (``ingeststats.<id>``), when watched.
+        self.ingest_stats: dict[str, tuple[int, dict[str, Any]]] = {}
         self.on_node_gone: list[NodeGone] = []
         self.on_owner: list[Callable[[tuple[str, str], OwnerEntry | None], None]] = []
         self.on_resync: list[Callable[[], Awaitable[None]]] = []
@@ -325,6 +329,11 @@ class LivePlane:
                 self.owners[key] = owner
             for cb in self.on_owner:
                 cb(key, owner)
+        elif family == "ingeststats" and len(parts) == 2:
+            if value is None:
+                self.ingest_stats.pop(parts[1], None)
+            else:
+                self.ingest_stats[parts[1]] = (entry.revision, value)
         elif family == "progress" and len(parts) == 3:
             key = (parts[1], parts[2])
             if value is None:

@@ -125,8 +125,83 @@ class CommonSettings(BaseSettings):
         return f"{service}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
 
+def parse_port_range(value: str) -> tuple[int, int]:
+    """``"10000-10099"`` (or one port, ``"1935"``) as ``(first, last)``, both within 1-65535."""
+    first, sep, last = value.strip().partition("-")
+    try:
+        low, high = int(first), int(last) if sep else int(first)
+    except ValueError:
+        raise ValueError(f"must be a port range like 10000-10099, got {value!r}") from None
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"must be a port range within 1-65535, low to high, got {value!r}")
+    return low, high
+
+
+class IngestCommonSettings(CommonSettings):
+    """What the API and the ingest service both need to know of ingest (docs/INGEST.md): the
+    port ranges servers may use and the address encoders and readers reach."""
+
+    ingest_srt_ports: str = Field(
+        "10000-10099",
+        description="UDP ports SRT servers may use (`first-last`); the compose file publishes "
+        "the same range.",
+    )
+    ingest_rtmp_ports: str = Field(
+        "1935-1945",
+        description="TCP ports RTMP servers may use (`first-last`); the compose file publishes "
+        "the same range.",
+    )
+    ingest_public_host: str = Field(
+        "",
+        description="Host name or address of the ingest node that encoders reach, used in the "
+        "`publish_url`/`read_url` of stream rows. Empty: this machine's address (`make up` sets "
+        "`127.0.0.1`).",
+    )
+    ingest_fanout_port: int = Field(
+        6000,
+        ge=1,
+        le=65535,
+        description="UDP port of the ingest node's fan-out SRT listener, where jobs (and the "
+        "`read_url` of RTMP rows) read every contribution as `read/<server_id>/<name>`.",
+    )
+
+    @field_validator("ingest_srt_ports", "ingest_rtmp_ports")
+    @classmethod
+    def _port_range(cls, v: str) -> str:
+        low, high = parse_port_range(v)
+        return f"{low}-{high}"
+
+    def port_range(self, proto: str) -> tuple[int, int]:
+        """``(first, last)`` port of ``srt`` or ``rtmp`` servers."""
+        return parse_port_range(self.ingest_srt_ports if proto == "srt" else self.ingest_rtmp_ports)
+
+    def public_host(self) -> str:
+        """The host name in URLs given to encoders: the setting, else this machine's address."""
+        if self.ingest_public_host:
+            return self.ingest_public_host
+        try:
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                probe.connect(("192.0.2.1", 9))  # no packet is sent: it picks the route's source
+                return str(probe.getsockname()[0])
+            finally:
+                probe.close()
+        except OSError:
+            return "127.0.0.1"
+
+
 class WorkerSettings(CommonSettings):
     """Settings of the services that run supervised FFmpeg jobs by lease (recorder, restreamer)."""
+
+    ingest_poll_s: float = Field(
+        0.25, gt=0, description="How often a job fed by an ingest server looks for its publisher "
+        "while it waits (a live-plane read)."
+    )  # fmt: skip
+    ingest_gap_hold_s: float = Field(
+        30.0, gt=0, description="How long the ingest fan-out holds readers through a publisher "
+        "gap (the ingest service's setting of the same name); FFmpeg's read timeout and the "
+        "stall watchdog of an ingest-fed job are above it."
+    )  # fmt: skip
 
     max_jobs: int = Field(40, ge=1, description="Most jobs this node runs at once.")
     lease_s: float = Field(

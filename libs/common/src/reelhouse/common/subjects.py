@@ -7,7 +7,9 @@ Scheme (``<p>`` is the deployment's subject prefix, default ``reelhouse``)::
     <p>.req.prober.probe                   request/reply (NATS micro service)
     <p>.req.janitor.cleanup                request/reply: run a janitor pass now (queue group)
     <p>.stats.<module>.<job_id>            progress, about once a second per running job
+    <p>.stats.ingest.<server_id>           an ingest server's transport statistics (once a second)
     <p>.evt.<module>.<job_id>.<event>      events; kept in a JetStream stream by age
+                                           (ingest: ``<p>.evt.ingest.<server_id>.<event>``)
     <p>.evt.storage.<event>                storage-wide events of no job (``disk_warning``)
     <p>.evt.system.<event>                 deployment-wide events of no job (``config_reloaded``)
     <p>.evt.auth.<event>                   account events of no job, with a tenant
@@ -18,8 +20,9 @@ Scheme (``<p>`` is the deployment's subject prefix, default ``reelhouse``)::
     <p>.req.prober.channel_check           request: check one channel's live status now; the
                                            prober that watches the channel answers
 
-``<module>`` is ``recording``, ``restream``, ``stream`` or ``channel``. Job ids are 24-hex
-ObjectId strings; user text (names, URLs) never goes into a subject.
+``<module>`` is ``recording``, ``restream``, ``stream``, ``ingest`` (whose "job" is an SRT or
+RTMP server: docs/INGEST.md) or ``channel``. Job ids are 24-hex ObjectId strings; user text
+(names, URLs) never goes into a subject.
 """
 
 from __future__ import annotations
@@ -29,15 +32,17 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-Service = Literal["api", "recorder", "restreamer", "prober", "janitor"]
+Service = Literal["api", "recorder", "restreamer", "prober", "janitor", "ingest"]
 Verb = Literal["start", "stop", "reload"]
-Module = Literal["recording", "restream", "stream", "channel"]
+Module = Literal["recording", "restream", "stream", "ingest", "channel"]
 Event = Literal[
     "job_started", "job_stopped", "job_failed", "job_retrying", "job_paused", "job_resumed",
     "file_opened", "file_closed", "file_ready", "file_failed", "file_deleted", "file_archived",
     "processing_started", "processing_progress", "processing_complete", "processing_failed",
     "quota_exceeded", "disk_warning", "stream_status", "config_reloaded", "schedule_skip",
     "auth_refresh_reuse",
+    "ingest_refused", "publisher_up", "publisher_lost", "publisher_back", "publisher_replaced",
+    "contribution_ended",
     # channels (issue 22): the channel-recorder seed's events
     "channel_status", "channel_error", "recording_started", "segment_downloaded",
     "recording_ended", "filter_skip", "quota_skip", "quota_status_changed",
@@ -65,6 +70,14 @@ def _key_token(value: str) -> str:
     if not token:
         raise ValueError("a key token cannot be empty")
     return token
+
+
+def ingest_token(name: str) -> str:
+    """The key token of a contribution name: 24 hex characters of its SHA-256 (stable, no user
+    text in the key, no collision between ``a/b`` and ``a_b``)."""
+    if not name:
+        raise ValueError("a contribution name cannot be empty")
+    return hashlib.sha256(name.encode()).hexdigest()[:24]
 
 
 def _job(job_id: str) -> str:
@@ -178,6 +191,24 @@ class Subjects:
     def live_all_progress(self) -> str:
         """Every progress key."""
         return "progress.>"
+
+    def live_ingest(self, server_id: str, name: str) -> str:
+        """A contribution's key ``ingest.<server_id>.<token>`` (present while it has a publisher
+        or is held). ``token`` is a digest of the contribution's name: names are user text
+        (slashes, dots) and never go into a key as they are."""
+        return f"ingest.{_job(server_id)}.{ingest_token(name)}"
+
+    def live_ingests(self, server_id: str | None = None) -> str:
+        """Every contribution key (of one server)."""
+        return "ingest.>" if server_id is None else f"ingest.{_job(server_id)}.*"
+
+    def live_ingest_stats(self, server_id: str) -> str:
+        """An ingest server's last statistics ``ingeststats.<server_id>`` (getStat reads it)."""
+        return f"ingeststats.{_job(server_id)}"
+
+    def live_all_ingest_stats(self) -> str:
+        """Every ingest server's statistics key."""
+        return "ingeststats.*"
 
     def live_rate(self, bucket: str, who: str, window_start: int) -> str:
         """A rate-limit counter ``rates.<bucket>.<who>.<window start>`` (``who`` hashed: it

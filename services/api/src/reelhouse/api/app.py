@@ -22,6 +22,7 @@ from reelhouse.api.routes import (
     dashboard,
     files,
     health,
+    ingest_servers,
     keys,
     nodes,
     recordings,
@@ -75,7 +76,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         live = LivePlane(bus, service="api", node_id=node_id,
                          heartbeat_s=settings.node_heartbeat_s, ttl_s=settings.node_ttl_s,
                          watch=(subjects.live_nodes(), subjects.live_owners(),
-                                subjects.live_all_progress()))  # fmt: skip
+                                subjects.live_all_progress(),
+                                subjects.live_all_ingest_stats()))  # fmt: skip
         live.beat_fields = node.beat_fields
         live_stats = LiveStats(live)
         credentials = CredentialCache(bus=bus, ttl_s=settings.auth_cache_ttl_s, node=node_id)
@@ -124,6 +126,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(files.router)
     app.include_router(restreams.router)
     app.include_router(streams.router)
+    app.include_router(ingest_servers.srt_router)
+    app.include_router(ingest_servers.rtmp_router)
     app.include_router(storage.router)
     app.include_router(dashboard.router)
     app.include_router(auth.router)

@@ -115,6 +115,34 @@ class ApiMetrics:
             ["module", "job_id", "tenant"],
             registry=r,
         )
+        # Ingest contributions (issue 21): labels are bounded by the servers and stream rows
+        # that exist (server id, contribution name), never by callers' addresses.
+        ingest_labels = ["server_id", "stream_id", "proto"]
+        self.ingest_bitrate = Gauge(
+            "reelhouse_ingest_bitrate_kbits",
+            "Bitrate a contribution's publisher sends, kbit/s.",
+            ingest_labels,
+            registry=r,
+        )
+        self.ingest_readers = Gauge(
+            "reelhouse_ingest_readers", "Readers of a contribution.", ingest_labels, registry=r
+        )
+        self.ingest_publisher = Gauge(
+            "reelhouse_ingest_publisher_up",
+            "1 while a contribution has a publisher, 0 while it is held for one.",
+            ingest_labels,
+            registry=r,
+        )
+        self.ingest_srt = {
+            field: Gauge(
+                f"reelhouse_ingest_srt_{field}",
+                f"SRT statistic `{field}` of a contribution's publisher connection (getStat).",
+                ["server_id", "stream_id"],
+                registry=r,
+            )
+            for field in ("rtt_ms", "recv_rate_kbits", "link_capacity_kbits", "pkt_recv_loss",
+                          "pkt_retrans", "pkt_recv_drop", "recv_buffer_ms", "latency_ms")
+        }  # fmt: skip
         self.nodes = Gauge(
             "reelhouse_nodes_alive", "Service nodes heartbeating now.", ["service"], registry=r
         )
@@ -158,6 +186,7 @@ class ApiMetrics:
                 self.bitrate.labels(module, tenant_stats.job_id, tenant_stats.tenant).set(
                     tenant_stats.processData.bitrate_kbits
                 )
+        self._refresh_ingest(state)
         self.nodes.clear()
         alive: dict[str, int] = {}
         for entry in list(state.live.nodes.values()):
@@ -165,6 +194,30 @@ class ApiMetrics:
                 alive[entry.service] = alive.get(entry.service, 0) + 1
         for service, n in alive.items():
             self.nodes.labels(service).set(n)
+
+    def _refresh_ingest(self, state: Any) -> None:
+        from reelhouse.common.contracts.ingest import IngestStats
+
+        for gauge in (self.ingest_bitrate, self.ingest_readers, self.ingest_publisher,
+                      *self.ingest_srt.values()):  # fmt: skip
+            gauge.clear()
+        for _, value in list(state.live.ingest_stats.values()):
+            try:
+                stats = IngestStats.model_validate(value)
+            except ValueError:
+                continue
+            for c in stats.contributions:
+                labels = (c.server_id, c.name, c.proto)
+                self.ingest_bitrate.labels(*labels).set(c.bitrate_kbits)
+                self.ingest_readers.labels(*labels).set(c.readers)
+                self.ingest_publisher.labels(*labels).set(1 if c.publisher else 0)
+            for conn in stats.conns:
+                if conn.role != "publish" or conn.proto != "srt":
+                    continue
+                for field, gauge in self.ingest_srt.items():
+                    number = getattr(conn, field)
+                    if number is not None:
+                        gauge.labels(conn.server_id, conn.stream_id).set(float(number))
 
 
 class LatencyMiddleware:

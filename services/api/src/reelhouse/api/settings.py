@@ -4,10 +4,10 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
-from reelhouse.common.settings import CommonSettings
+from reelhouse.common.settings import IngestCommonSettings
 
 
-class ApiSettings(CommonSettings):
+class ApiSettings(IngestCommonSettings):
     """HTTP API: where it listens and how the first operator gets in."""
 
     api_host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")

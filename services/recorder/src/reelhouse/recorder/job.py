@@ -93,7 +93,9 @@ def part_periods(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def began(part: dict[str, Any]) -> datetime:
         if part.get("duration_ms"):
-            return part["part_ended_at"] - timedelta(milliseconds=part["duration_ms"])
+            # A publisher gap inside the part (an ingest input) took wall-clock time, not media.
+            held = sum(g["duration_ms"] for g in part.get("source_gaps") or ())
+            return part["part_ended_at"] - timedelta(milliseconds=part["duration_ms"] + held)
         return part["part_started_at"]
 
     return [{"from": began(p), "to": p["part_ended_at"], "duration_ms": p.get("duration_ms")}
@@ -117,11 +119,17 @@ def integrity_report(parts: list[dict[str, Any]], facts: FileFacts) -> dict[str,
     Each part's media ends when its file was last written and began its media duration
     earlier; the time between one part's end and the next one's beginning that no media
     covers is a gap (reported from one second), caused by a ``pause`` or an ``interruption``
-    (source drop, FFmpeg restart, failover).
+    (source drop, FFmpeg restart, failover). A part of an ingest input may also hold a
+    ``publisher_gap`` (``in_part``): the publisher was away and came back within the fan-out's
+    hold, so the media runs on and the wall clock shows the gap.
     """
 
     periods = part_periods(parts)
     gaps = []
+    for index, part in enumerate(parts):  # publisher gaps an ingest fan-out held a part through
+        gaps += [{"in_part": index + 1, "from": g["from"], "to": g["to"],
+                  "duration_ms": g["duration_ms"], "cause": "publisher_gap"}
+                 for g in part.get("source_gaps") or ()]  # fmt: skip
     for index, (prev, nxt) in enumerate(itertools.pairwise(periods)):
         gap_ms = int((nxt["from"] - prev["to"]).total_seconds() * 1000)
         if gap_ms >= GAP_MIN_MS:
@@ -172,6 +180,7 @@ class RecordingRun(SupervisedRun):
         self._hls_continues = self._seamless and self._ext == "m3u8"  # one playlist per session
         self._hls_from = 0  # continued playlist: segments listed before the current part
         self._part = 0
+        self._part_gaps: list[dict[str, Any]] = []  # publisher gaps held within the part
         self._part_path: Path | None = None  # infinity mode: the current part's file
         self._part_started = utcnow()  # wall-clock start of the current part
         self._list_base: float | None = None  # split mode: media time of the part's first cut
@@ -314,7 +323,11 @@ class RecordingRun(SupervisedRun):
     # -- FFmpeg arguments: one new part per (re)start -----------------------------------------
 
     async def _argv(self) -> list[str]:
+        source = self.config.input
+        # First: an ingest input waits here for its publisher, before the part is named.
+        url = await self._source_url(source)
         self._part += 1
+        self._part_gaps = []
         now = await self._fresh_second()
         self._part_started = now
         if self._split:
@@ -333,8 +346,6 @@ class RecordingRun(SupervisedRun):
             self._part_path = target
             self._segment_list = None
         self._part_record = None
-        source = self.config.input
-        url = await self._target(source.input_stream_url, role="input", field="input_stream_url")
         if source.application == "IO_APPLICATION_STREAMLINK":
             # Resolved afresh at each start (an expired platform URL comes back renewed); a
             # source that is offline now fails this start, and the supervisor retries.
@@ -453,6 +464,22 @@ class RecordingRun(SupervisedRun):
             == 1
         )
 
+    async def _publisher_gap(self, began: datetime, ended: datetime) -> None:
+        """Kept on the open part's record: the join's integrity report lists it
+        (``publisher_gap``) and counts it in the part's wall-clock span."""
+        gap = {"from": began, "to": ended,
+               "duration_ms": int((ended - began).total_seconds() * 1000)}  # fmt: skip
+        self._log.info("publisher_gap", duration_ms=gap["duration_ms"], part=self._part)
+        self._part_gaps.append(gap)  # a part whose record is made when it closes
+        if self._part_record is None:
+            return
+        try:
+            await self._db[Collections.FILES].update_one(
+                {"_id": self._part_record}, {"$push": {"source_gaps": gap}}
+            )
+        except Exception as exc:
+            self._log.warning("publisher_gap_not_recorded", error=str(exc)[:200])
+
     async def _open_part_record(self, snapshot: ProgressSnapshot) -> None:
         assert self._part_path is not None
         record = self._record(self._part_path, status="recording")
@@ -524,7 +551,7 @@ class RecordingRun(SupervisedRun):
         else:
             began = started or ended - timedelta(milliseconds=duration or 0)
             part = {"part_started_at": min(began, ended), "part_ended_at": ended,
-                    "duration_ms": duration}  # fmt: skip
+                    "duration_ms": duration, "source_gaps": self._part_gaps}  # fmt: skip
             report = integrity_report([part], facts)
             if started is not None:  # the wall clock's span, against the media's duration
                 report["expected_ms"] = max(0, int((ended - started).total_seconds() * 1000))

@@ -143,7 +143,7 @@ class RestreamRun(SupervisedRun):
             if dest.state != "down" or dest.failure != "auth_rejected":
                 self._set(dest.index, "starting", None, None)
         source = self.config.input
-        url = await self._target(source.input_stream_url, role="input", field="input_stream_url")
+        url = await self._source_url(source)
         self._input_url = url
         overlay = self.config.overlay
         if overlay.type == "IMAGE" and overlay.image_url:

@@ -8,8 +8,9 @@ field, so a bad option never reaches FFmpeg.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
@@ -24,10 +25,13 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from reelhouse.common.contracts.types import (
+    INGEST_INPUT_TYPES,
     INPUT_SCHEMES,
+    TEXT_PATTERN,
     InputType,
     JsonObject,
     Kbps,
+    OptionalStreamUrl,
     StreamUrl,
     url_pattern,
     url_scheme,
@@ -77,16 +81,18 @@ class InputIn(CrossFieldSchema):
     ``input_stream_url`` (a platform's channel URL or an HLS URL; an ``INPUT_TYPE_HLS_URL``
     input), refreshes its playlists and feeds FFmpeg through a pipe (channels, issue 22).
     ``input_settings.quality`` names streamlink's stream (default ``best``)."""
-    input_stream_url: StreamUrl
+    input_stream_url: OptionalStreamUrl = ""
+    """Required for the ``*_URL`` types; optional (and never read) for the ingest types."""
     input_stream_listen_port: JsonObject | whole_int(ge=0, le=65535) | Unset = Field(
         default_factory=dict
     )
     """Stored as sent (the seed sends ``{}``); a number is a port."""
     input_settings: JsonObject = Field(default_factory=dict)
-    input_module_id: str = Field("", max_length=64)
-    input_stream_id: str = Field("", max_length=256)
-    entity_name: str = Field("", max_length=128)
-    module_name: str = Field("", max_length=64)
+    # Stored as sent: printable text (no control characters, which the database cannot hold).
+    input_module_id: str = Field("", max_length=64, pattern=TEXT_PATTERN)
+    input_stream_id: str = Field("", max_length=256, pattern=TEXT_PATTERN)
+    entity_name: str = Field("", max_length=128, pattern=TEXT_PATTERN)
+    module_name: str = Field("", max_length=64, pattern=TEXT_PATTERN)
 
     @model_validator(mode="after")
     def _scheme_fits_type(self) -> InputIn:
@@ -96,6 +102,17 @@ class InputIn(CrossFieldSchema):
             raise _field_error(
                 "application", "IO_APPLICATION_STREAMLINK reads INPUT_TYPE_HLS_URL inputs only"
             )
+        if self.input_type in INGEST_INPUT_TYPES:
+            for field in ("input_module_id", "input_stream_id"):
+                if not OBJECT_ID.match(getattr(self, field)):
+                    raise _field_error(
+                        field,
+                        f"{self.input_type} needs the {_INGEST_NAMES[field]} (a 24-hex id)",
+                    )
+            if not self.input_stream_url:
+                return self
+        elif not self.input_stream_url:
+            raise _field_error("input_stream_url", f"{self.input_type} needs a URL")
         allowed = INPUT_SCHEMES[self.input_type]
         scheme = url_scheme(self.input_stream_url)
         if scheme not in allowed:
@@ -109,17 +126,33 @@ class InputIn(CrossFieldSchema):
 
     @classmethod
     def cross_field_schema(cls) -> dict[str, Any]:
-        return {
-            "oneOf": [
-                {
+        def one(input_type: str, schemes: tuple[str, ...]) -> dict[str, Any]:
+            if input_type not in INGEST_INPUT_TYPES:
+                return {
                     "properties": {
                         "input_type": {"const": input_type},
                         "input_stream_url": {"pattern": url_pattern(schemes)},
-                    }
+                    },
+                    "required": ["input_stream_url"],
                 }
-                for input_type, schemes in INPUT_SCHEMES.items()
-            ]
-        }
+            return {
+                "properties": {
+                    "input_type": {"const": input_type},
+                    "input_stream_url": {"pattern": f"^$|{url_pattern(schemes)}"},
+                    "input_module_id": {"pattern": OBJECT_ID.pattern},
+                    "input_stream_id": {"pattern": OBJECT_ID.pattern},
+                },
+                "required": ["input_module_id", "input_stream_id"],
+            }
+
+        return {"oneOf": [one(t, schemes) for t, schemes in INPUT_SCHEMES.items()]}
+
+
+OBJECT_ID: Final = re.compile(r"^[0-9a-f]{24}$")
+_INGEST_NAMES: Final = {
+    "input_module_id": "ingest server's id",
+    "input_stream_id": "publisher stream row's id",
+}
 
 
 def _field_error(field: str, message: str) -> ValueError:

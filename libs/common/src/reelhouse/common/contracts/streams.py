@@ -4,13 +4,15 @@ prober's messages (ARCHITECTURE §1, §3).
 A stream row is stored as::
 
     {_id, tenant, name, role_name, stream_id, host, entity_id, entityModel, module_name,
-     stream_url, stream_meta_data, audio_settings, stream_info, active, generation,
+     stream_url, stream_meta_data, audio_settings, stream_info, passphrase, active, generation,
      status: {state, since, node, error} | absent,     written by the monitoring prober
      runtime: {node, lease_until, ...} | absent,       the monitoring lease (jobs.lease)
      created, modified}
 
 ``active`` is "monitoring on": a prober claims an active row that has a ``stream_url`` by lease
-and probes it periodically. ``entityModel`` is derived from ``module_name``.
+and probes it periodically; on a row of an ingest server it also means "accepts connections"
+(docs/INGEST.md). ``entityModel`` is derived from ``module_name``. ``entity_id`` names an existing
+server of ``module_name`` (checked by the API).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from reelhouse.common.contracts.base import BusMessage, ObjectIdStr, Timestamp, utcnow
+from reelhouse.common.contracts.ingest import Passphrase
 from reelhouse.common.contracts.listing import name_fields
 from reelhouse.common.contracts.messages import JobEvent
 from reelhouse.common.contracts.types import (
@@ -262,6 +265,9 @@ class StreamIn(BaseModel):
     """Where the stream can be probed and monitored (an extension of the seed)."""
     stream_meta_data: MetaData = Field(default_factory=dict)
     audio_settings: AudioSettings | None = None
+    passphrase: Passphrase = ""
+    """On an ingest server's row: the SRT passphrase of this stream (overrides the server's),
+    or the RTMP publisher's ``?key=``; ``""``: the server's (SRT) or no key (RTMP)."""
     active: StrictBool = False
 
     def document(self) -> dict[str, Any]:
@@ -291,6 +297,7 @@ class StreamUpdate(BaseModel):
     stream_url: ProbeUrlOrBlank | None = None
     stream_meta_data: MetaData | None = None
     audio_settings: AudioSettings | None = None
+    passphrase: Passphrase | None = None
     active: StrictBool | None = None
 
     def changes(self) -> dict[str, Any]:

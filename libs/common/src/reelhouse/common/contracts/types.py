@@ -84,7 +84,18 @@ InputType = Literal[
     "INPUT_TYPE_RTP_URL",
     "INPUT_TYPE_UDP_URL",
     "INPUT_TYPE_RIST_URL",
+    "INPUT_TYPE_SRT_SERVER",
+    "INPUT_TYPE_RTMP_SERVER",
 ]
+
+INGEST_INPUT_TYPES: dict[str, str] = {
+    "INPUT_TYPE_SRT_SERVER": "MODULE_SRT_SERVERS",
+    "INPUT_TYPE_RTMP_SERVER": "MODULE_RTMP_SERVERS",
+}
+"""Input types read from the engine's own ingest servers (docs/INGEST.md) → the stream rows'
+``module_name``. The input names the server (``input_module_id``) and its publisher stream row
+(``input_stream_id``); the engine builds the reader URL (the ingest fan-out, SRT), so
+``input_stream_url`` is optional and never read."""
 
 INPUT_SCHEMES: dict[str, tuple[str, ...]] = {
     "INPUT_TYPE_SRT_URL": ("srt",),
@@ -95,6 +106,9 @@ INPUT_SCHEMES: dict[str, tuple[str, ...]] = {
     "INPUT_TYPE_RTP_URL": ("rtp",),
     "INPUT_TYPE_UDP_URL": ("udp",),
     "INPUT_TYPE_RIST_URL": ("rist",),
+    # Ingest inputs are read as SRT from the fan-out point, whatever the contribution's protocol.
+    "INPUT_TYPE_SRT_SERVER": ("srt",),
+    "INPUT_TYPE_RTMP_SERVER": ("srt", "rtmp"),
 }
 """URL schemes each input type accepts. Nothing else (``file:``, ``concat:``, ...) ever is."""
 

@@ -96,6 +96,8 @@ PROTOCOL_WHITELIST: Final[dict[InputType, tuple[str, ...]]] = {
     "INPUT_TYPE_RTP_URL": ("rtp", "udp"),
     "INPUT_TYPE_UDP_URL": ("udp",),
     "INPUT_TYPE_RIST_URL": ("rist",),
+    "INPUT_TYPE_SRT_SERVER": ("srt",),  # the ingest fan-out (docs/INGEST.md), whatever the
+    "INPUT_TYPE_RTMP_SERVER": ("srt",),  # contribution's own protocol
 }
 """The only protocols FFmpeg may open for each input type (never ``file``, ``data``, ...).
 ``httpproxy`` is the CONNECT tunnel FFmpeg opens for TLS when ``http_proxy`` is set: every TLS
@@ -159,6 +161,10 @@ _LIVE_INPUT_OPTIONS: Final[dict[InputType, tuple[str, ...]]] = {
         "-overrun_nonfatal", "1",
     ),
     "INPUT_TYPE_RIST_URL": ("-rw_timeout", str(IO_TIMEOUT_US), "-overrun_nonfatal", "1"),
+    # Ingest inputs: the fan-out holds a reader through a publisher gap (``-gap-hold``), so the
+    # read timeout, above that hold, is in the reader URL the engine builds (``timeout=``).
+    "INPUT_TYPE_SRT_SERVER": (),
+    "INPUT_TYPE_RTMP_SERVER": (),
 }  # fmt: skip
 
 # -- codecs and containers ----------------------------------------------------------------------

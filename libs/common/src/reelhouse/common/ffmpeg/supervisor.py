@@ -100,6 +100,7 @@ __all__ = [
     "SupervisorState",
     "backoff_delay",
     "build_argv",
+    "die_with_parent_preexec",
 ]
 
 # StreamReader buffer limit (bytes): FFmpeg's stderr lines can be long (codec parameter dumps).
@@ -300,6 +301,12 @@ def _die_with_parent_preexec() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return die_with_parent
+
+
+def die_with_parent_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes a child die (SIGKILL) with this process (Linux; None
+    elsewhere): for any long-running child, not only FFmpeg (the ingest data plane)."""
+    return _die_with_parent_preexec()
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from reelhouse.common.bus import Bus
+from reelhouse.common.contracts.media import InputIn
 from reelhouse.common.contracts.messages import JobEvent, JobStats, ProcessData
 from reelhouse.common.ffmpeg.command import ANALYZE_DURATION_US, PROBE_TOO_SHORT
 from reelhouse.common.ffmpeg.progress import ProgressSnapshot
@@ -33,6 +34,7 @@ from reelhouse.common.ffmpeg.supervisor import (
     SupervisorConfig,
     SupervisorState,
 )
+from reelhouse.common.jobs.ingest_input import IngestInput, is_ingest_input
 from reelhouse.common.jobs.lease import Lease, LeaseStore
 from reelhouse.common.logging import get_logger
 from reelhouse.common.netpolicy import AddressRefused, Role, Unresolvable, checked_target
@@ -43,8 +45,10 @@ from reelhouse.common.subjects import Event, Module
 __all__ = ["SupervisedRun", "input_admits_two_readers"]
 
 TWO_READERS = {"INPUT_TYPE_HLS_URL", "INPUT_TYPE_MPEG_DASH_URL", "INPUT_TYPE_RTSP_URL",
-               "INPUT_TYPE_RTMP_URL"}  # fmt: skip
-"""Input types whose sources serve any number of readers (servers that are pulled from)."""
+               "INPUT_TYPE_RTMP_URL",
+               "INPUT_TYPE_SRT_SERVER", "INPUT_TYPE_RTMP_SERVER"}  # fmt: skip
+"""Input types whose sources serve any number of readers (servers that are pulled from, and the
+engine's own ingest fan-out)."""
 
 
 def input_admits_two_readers(source: Any) -> bool:
@@ -95,6 +99,7 @@ class SupervisedRun:
         self._probe_extended = False  # FFmpeg said the node's probe was too short for the source
         self._probe_retry = False  # ... during the current attempt: restart at once
         self._probe_retrying = False  # the restart after that attempt is under way
+        self._ingest: IngestInput | None = None  # set by _source_url for an ingest input
         # The address policy: HTTP and TLS of this run's FFmpeg go through its own filtering
         # proxy; other URLs are handed over with their checked address (see _target).
         self._policy = settings.net_policy()
@@ -103,7 +108,12 @@ class SupervisedRun:
             self._argv,
             config=SupervisorConfig(
                 ffmpeg_path=settings.ffmpeg_path,
-                stale_timeout_s=settings.stale_timeout_s,
+                # An ingest fan-out holds this reader, silent, through a publisher gap.
+                stale_timeout_s=(
+                    max(settings.stale_timeout_s, settings.ingest_gap_hold_s + 10.0)
+                    if is_ingest_input(getattr(getattr(self, "config", None), "input", None))
+                    else settings.stale_timeout_s
+                ),
                 backoff_initial_s=min(settings.retry_initial_s, settings.retry_max_s),
                 backoff_max_s=settings.retry_max_s,
                 graceful_stop_timeout_s=settings.stop_grace_s,
@@ -144,6 +154,10 @@ class SupervisedRun:
     async def _after_stop(self) -> None:
         """Once FFmpeg has stopped, before the lease is released."""
 
+    async def _publisher_gap(self, began: datetime, ended: datetime) -> None:
+        """An ingest input's publisher was away from ``began`` to ``ended`` and came back within
+        the fan-out's hold: FFmpeg read on, the media has no gap, the wall clock has."""
+
     async def _target(self, url: str, *, role: Role, field: str) -> str:
         """``url`` as FFmpeg gets it on this start: checked against the address policy at its
         resolved address, and pinned to it where FFmpeg would resolve the name itself.
@@ -160,6 +174,37 @@ class SupervisedRun:
             raise RuntimeError(f"{field}: forbidden_address ({exc.reason} address)") from None
         except Unresolvable:
             raise RuntimeError(f"{field}: unreachable (the name does not resolve)") from None
+
+    async def _source_url(self, source: InputIn) -> str:
+        """The input URL FFmpeg reads on this start: a user's URL through :meth:`_target`; for an
+        ingest input (docs/INGEST.md) the fan-out reader URL the engine builds, once the
+        contribution has a publisher (until then the run is ``waiting`` and FFmpeg not started).
+        """
+        if not is_ingest_input(source):
+            return await self._target(
+                source.input_stream_url, role="input", field="input_stream_url"
+            )
+        if self._ingest is None:
+            self._ingest = IngestInput(
+                db=self._leases.jobs.database,
+                live=self._leases.live,
+                tenant=self.tenant,
+                source=source,
+                poll_s=self._settings.ingest_poll_s,
+                gap_hold_s=self._settings.ingest_gap_hold_s,
+            )
+            try:
+                await self._ingest.watch_gaps(self._bus, self._publisher_gap)
+            except Exception as exc:  # NATS away: the gap goes unreported, the media is whole
+                self._log.warning("publisher_gap_watch_failed", error=str(exc)[:200])
+
+        async def waiting() -> None:
+            self._log.info(f"{self.module}_waiting_for_publisher",
+                           server_id=source.input_module_id,
+                           stream=source.input_stream_id)  # fmt: skip
+            await self.write_runtime()
+
+        return await self._ingest.url(lambda: self._stopping, waiting)
 
     # -- probing -----------------------------------------------------------------------------
 
@@ -210,6 +255,8 @@ class SupervisedRun:
         self._log.info(f"{self.module}_stopping", reason=reason)
         state = await self.supervisor.stop(reason)
         await self._proxy.close()
+        if self._ingest is not None:
+            await self._ingest.close()
         if self.lease.doc.get("scheduled"):
             try:  # the closed window becomes the next one (a new session) before finishing up
                 await self._leases.advance_windows(self.lease.job_id)
@@ -237,6 +284,8 @@ class SupervisedRun:
     @property
     def waiting(self) -> bool:
         """Armed before live: the source has not been live yet and the first attempt failed."""
+        if self._ingest is not None and self._ingest.waiting:
+            return True  # an ingest input without a publisher: FFmpeg not started
         sup = self.supervisor
         if sup.ever_ran:
             return False

@@ -34,6 +34,7 @@ from reelhouse.api.auth import verify_credential
 from reelhouse.api.events import EventFilter, decode, subject_parts, visible_to
 from reelhouse.api.ops import OpsState
 from reelhouse.api.state import AppState
+from reelhouse.common.contracts.ingest import IngestStats
 from reelhouse.common.contracts.messages import JobStats
 from reelhouse.common.errors import ReelhouseError, Unauthorized
 from reelhouse.common.logging import get_logger
@@ -136,9 +137,12 @@ class Session:
 
     async def _on_stats(self, msg: Any) -> None:
         try:
-            stats = JobStats.model_validate_json(msg.data)
+            stats: JobStats | IngestStats = JobStats.model_validate_json(msg.data)
         except ValidationError:
-            return
+            try:  # an ingest server's transport statistics (issue 21)
+                stats = IngestStats.model_validate_json(msg.data)
+            except ValidationError:
+                return
         if stats.tenant != self.tenant or not self.filter.matches(stats.module, stats.job_id):
             return
         with contextlib.suppress(asyncio.QueueFull):  # stats are droppable; the next one comes

@@ -31,9 +31,10 @@ from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.listing import ListQuery
 from reelhouse.common.contracts.messages import JobCommand
-from reelhouse.common.errors import Conflict, InsufficientStorage, NotFound
+from reelhouse.common.contracts.types import INGEST_INPUT_TYPES
+from reelhouse.common.errors import Conflict, InsufficientStorage, NotFound, ValidationFailed
 from reelhouse.common.logging import get_logger
-from reelhouse.common.mongo import find_each
+from reelhouse.common.mongo import Collections, find_each
 from reelhouse.common.netpolicy import validate_url
 from reelhouse.common.runtime import load_runtime
 from reelhouse.common.schedule import window_fields
@@ -241,6 +242,8 @@ async def check_urls(
     ``reason: forbidden_address``). URLs the engine builds (an SRT listener) are not checked."""
     policy = state.settings.net_policy()
     for inp in linked.get("input", []):
+        if getattr(inp, "input_type", None) in INGEST_INPUT_TYPES:
+            continue  # the engine builds the reader URL of its own ingest server
         url = getattr(inp, "input_stream_url", "")
         await validate_url(policy, url, role="input", field="input.input_stream_url")
     overlay = config.get("overlay") or {}
@@ -251,6 +254,47 @@ async def check_urls(
         if url and not getattr(out, "listen_port", None):
             field = f"output.{index}.output_stream_url"
             await validate_url(policy, url, role="output", field=field)
+
+
+INGEST_SERVER_COLLECTIONS = {
+    "MODULE_SRT_SERVERS": Collections.SRT_SERVERS,
+    "MODULE_RTMP_SERVERS": Collections.RTMP_SERVERS,
+}
+
+
+async def check_ingest_inputs(
+    db: AsyncDatabase, tenant: str, linked: dict[str, list[BaseModel]]
+) -> None:
+    """An ingest input names a server of its type and a publisher stream row on that server
+    (a 400 naming ``input.input_module_id`` or ``input.input_stream_id`` otherwise)."""
+    for inp in linked.get("input", []):
+        input_type = getattr(inp, "input_type", None)
+        module = INGEST_INPUT_TYPES.get(str(input_type))
+        if module is None:
+            continue
+        collection = INGEST_SERVER_COLLECTIONS[module]
+        server_id, stream_id = ObjectId(inp.input_module_id), ObjectId(inp.input_stream_id)
+        if await db[collection].count_documents({"_id": server_id, "tenant": tenant}) == 0:
+            raise ValidationFailed(
+                f"no {module.split('_')[1]} server {server_id} (as {input_type} needs)",
+                field="input.input_module_id",
+            )
+        row = await db[Collections.STREAMS].find_one({"_id": stream_id, "tenant": tenant})
+        if row is None or row.get("module_name") != module:
+            raise ValidationFailed(
+                f"no stream row {stream_id} of {module}", field="input.input_stream_id"
+            )
+        if str(row.get("entity_id")) != str(server_id):
+            raise ValidationFailed(
+                f"stream row {stream_id} is on another server, not {server_id}",
+                field="input.input_stream_id",
+            )
+        if row.get("role_name") != "publisher":
+            raise ValidationFailed(
+                f"stream row {stream_id} is a {row.get('role_name')} row; a job reads what a "
+                "publisher row pushes",
+                field="input.input_stream_id",
+            )
 
 
 async def create_job(
@@ -266,6 +310,7 @@ async def create_job(
     failed create leaves nothing behind.
     """
     await check_urls(state, config, linked)
+    await check_ingest_inputs(state.db, tenant, linked)
     if config.get("active") and _writes_files(kind, _linked_output_types(linked)):
         await check_disk(state, kind)
     db, now, job_id = state.db, utcnow(), ObjectId()
@@ -356,6 +401,7 @@ async def update_job(
     db, now = state.db, utcnow()
     job = await load(db, kind, tenant, job_id)
     await check_urls(state, config, linked)
+    await check_ingest_inputs(db, tenant, linked)
     if config.get("active") and _writes_files(kind, _linked_output_types(linked)):
         await check_disk(state, kind, job_id)
     ids: dict[str, list[ObjectId]] = {}

@@ -34,6 +34,8 @@ from reelhouse.common.contracts.streams import (
     StreamUpdate,
 )
 from reelhouse.common.errors import NotFound, ValidationFailed
+from reelhouse.common.ingest import fanout_url as ingest_fanout_url
+from reelhouse.common.ingest import publish_url, server_read_url, stream_name
 from reelhouse.common.logging import get_logger
 from reelhouse.common.micro import call
 from reelhouse.common.mongo import Collections
@@ -47,9 +49,12 @@ MODULE = "stream"
 
 _FIELDS = (
     "name", "role_name", "host", "stream_id", "entity_id", "entityModel", "module_name",
-    "stream_url", "stream_meta_data", "audio_settings", "stream_info",
+    "stream_url", "stream_meta_data", "audio_settings", "stream_info", "passphrase",
 )  # fmt: skip
-_DEFAULTS: dict[str, Any] = {"host": "", "stream_url": "", "stream_meta_data": {}}
+_DEFAULTS: dict[str, Any] = {"host": "", "stream_url": "", "stream_meta_data": {},
+                             "passphrase": ""}  # fmt: skip
+_SERVER_COLLECTIONS = {"MODULE_SRT_SERVERS": (Collections.SRT_SERVERS, "SRT"),
+                       "MODULE_RTMP_SERVERS": (Collections.RTMP_SERVERS, "RTMP")}  # fmt: skip
 
 
 def _present_status(doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -62,6 +67,67 @@ def _present_status(doc: dict[str, Any]) -> dict[str, Any] | None:
         "node": status.get("node"),
         "error": status.get("error"),
     }
+
+
+async def _server(state: AppState, tenant: str, module_name: str, entity_id: str) -> dict[str, Any]:
+    """The ingest server a row sits on: it must exist in the tenant (400 naming entity_id)."""
+    collection, label = _SERVER_COLLECTIONS[module_name]
+    server = await state.db[collection].find_one({"_id": ObjectId(entity_id), "tenant": tenant})
+    if server is None:
+        raise ValidationFailed(
+            f"entity_id: no {label} server {entity_id} (create one with "
+            f"/api/{label.lower()}-servers/create)",
+            field="entity_id",
+        )
+    return server
+
+
+def _urls(state: AppState, doc: dict[str, Any], server: dict[str, Any] | None) -> dict[str, Any]:
+    """``publish_url`` and ``read_url`` of a row on an ingest server (None without one)."""
+    if server is None:
+        return {"publish_url": None, "read_url": None}
+    proto = "srt" if doc.get("module_name") == "MODULE_SRT_SERVERS" else "rtmp"
+    host = state.settings.public_host()
+    port = int(server.get("server_port") or 0)
+    name = stream_name(proto, str(doc.get("stream_id", "")))
+    own = str(doc.get("passphrase") or "")
+    if proto == "srt":
+        secret = own or str(server.get("server_passphrase") or "")
+        latency = int(server.get("server_latency") or 120)
+        return {
+            "publish_url": publish_url("srt", host=host, port=port, name=name, passphrase=secret),
+            "read_url": server_read_url(
+                host=host, port=port, name=name, passphrase=secret, latency_ms=latency
+            ),
+        }
+    fanout = f"{host}:{state.settings.ingest_fanout_port}"
+    return {
+        "publish_url": publish_url("rtmp", host=host, port=port, name=name, passphrase=own),
+        "read_url": ingest_fanout_url(fanout, str(server["_id"]), name),
+    }
+
+
+async def _present_with_urls(state: AppState, doc: dict[str, Any]) -> dict[str, Any]:
+    out = _present(doc)
+    module = str(doc.get("module_name", ""))
+    server = None
+    if module in _SERVER_COLLECTIONS and is_object_id(str(doc.get("entity_id", ""))):
+        collection = _SERVER_COLLECTIONS[module][0]
+        server = await state.db[collection].find_one(
+            {"_id": ObjectId(str(doc["entity_id"])), "tenant": doc.get("tenant")}
+        )
+    out.update(_urls(state, doc, server))
+    return out
+
+
+async def _ingest_hint(state: AppState, verb: Verb, stream_id: str) -> None:
+    """A row changed: the ingest nodes drop their cached rows (and contributions no active
+    row allows any more)."""
+    try:
+        command = JobCommand(module=MODULE, verb=verb, job_id=stream_id)
+        await state.bus.publish(state.bus.subjects.command("ingest", verb), command)
+    except Exception as exc:
+        log.warning("hint_not_sent", stream_id=stream_id, verb=verb, error=str(exc))
 
 
 def _present(doc: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +206,7 @@ async def _check_url(state: AppState, url: str | None) -> None:
 
 
 async def _create(state: AppState, tenant: str, body: StreamIn) -> dict[str, Any]:
+    await _server(state, tenant, body.module_name, body.entity_id)
     await _check_url(state, body.stream_url)
     now = utcnow()
     doc = {
@@ -154,7 +221,8 @@ async def _create(state: AppState, tenant: str, body: StreamIn) -> dict[str, Any
     log.info("stream_created", stream_id=str(doc["_id"]), active=body.active)
     if body.active:
         await _hint(state, "start", str(doc["_id"]))
-    return _present(doc)
+    await _ingest_hint(state, "reload", str(doc["_id"]))
+    return await _present_with_urls(state, doc)
 
 
 @router.post("/getCount", summary="How many stream rows match")
@@ -182,13 +250,16 @@ async def get_all(
 
 @router.post("/getById", summary="One stream row")
 async def get_by_id(state: State, principal: Principal, body: StreamIdBody) -> dict[str, Any]:
-    return _present(await _load(state.db, tenant_of(principal), body.id))
+    return await _present_with_urls(state, await _load(state.db, tenant_of(principal), body.id))
 
 
 @router.post("/update", summary="Change a stream row (the fields sent; others are kept)")
 async def update(state: State, principal: Operator, body: StreamUpdate) -> dict[str, Any]:
     tenant = tenant_of(principal)
     doc = await _load(state.db, tenant, body.id)
+    if body.entity_id is not None or body.module_name is not None:
+        await _server(state, tenant, body.module_name or doc["module_name"],
+                      body.entity_id or doc["entity_id"])  # fmt: skip
     await _check_url(state, body.stream_url)
     changes = body.changes()
     await state.db[Collections.STREAMS].update_one(
@@ -198,7 +269,8 @@ async def update(state: State, principal: Operator, body: StreamUpdate) -> dict[
     doc = await _load(state.db, tenant, body.id)
     log.info("stream_updated", stream_id=body.id, fields=sorted(changes))
     await _hint(state, "reload" if doc.get("active") else "stop", body.id)
-    return _present(doc)
+    await _ingest_hint(state, "reload", body.id)
+    return await _present_with_urls(state, doc)
 
 
 @router.post("/setStreamInfo", summary="Store discovered info for a flow (stream_id, role, port)")
@@ -263,6 +335,7 @@ async def remove(
     await state.db[Collections.STREAMS].delete_one({"_id": doc["_id"], "tenant": tenant})
     log.info("stream_removed", stream_id=stream_id)
     await _hint(state, "stop", stream_id)
+    await _ingest_hint(state, "stop", stream_id)
     return {"success": True}
 
 
@@ -279,7 +352,8 @@ async def _set_active(
     )
     log.info("stream_start_requested" if active else "stream_stop_requested", stream_id=stream_id)
     await _hint(state, "start" if active else "stop", stream_id)
-    return _present(await _load(state.db, tenant, stream_id))
+    await _ingest_hint(state, "start" if active else "stop", stream_id)
+    return await _present_with_urls(state, await _load(state.db, tenant, stream_id))
 
 
 @router.post("/start", summary="Start monitoring the stream (active: true)")

@@ -1,0 +1,5 @@
+"""`python -m reelhouse.ingest`."""
+
+from reelhouse.ingest.main import main
+
+main()
