@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,74 @@ async def test_stop_check_and_validation(
         assert await dep.recordings(d["id"]) == []
     finally:
         await origin.aclose()
+
+
+@pytest.mark.timeout(120)
+async def test_platform_credentials_are_sealed_write_only_and_expire_when_refused(
+    deployment: Deployment, settings_env: dict[str, str], tmp_path: Path, db: Any
+) -> None:
+    dep = deployment
+    # No REELHOUSE_SECRET_KEY: the API made one beside the JWT secret, readable by its owner only.
+    key_file = Path(settings_env["REELHOUSE_BOOTSTRAP_TOKEN_FILE"]).parent / "secret-key"
+    assert key_file.exists()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert (key_file.parent / "jwt-secret").exists()
+    wrong, right = "wrong-token-4f1c9e", "right-token-8a2d7b"
+    # An origin behind a login: 401 without the right bearer token.
+    origin = HlsSource(workdir=tmp_path / "origin", bearer=right)
+    prefix = settings_env["REELHOUSE_SUBJECT_PREFIX"]
+    async with Events(settings_env["REELHOUSE_NATS_URL"], prefix) as events:
+        await origin.start()
+        try:
+            anonymous = await httpx.AsyncClient(base_url=f"http://127.0.0.1:{dep.port}").put(
+                "/api/platform-auth/url", json={"token": wrong}
+            )
+            assert anonymous.status_code == 401
+            empty = await dep.client.put("/api/platform-auth/url", json={})
+            assert empty.status_code == 400
+            answer = await dep.call("PUT", "platform-auth/url", {"token": wrong})
+            assert answer["configured"] is True
+            assert answer["set_at"] is not None
+            assert answer["status"] == "valid"
+            # Sealed at rest; never in an answer or an event.
+            stored = await db[Collections.PLATFORM_AUTH].find_one({"platform": "url"})
+            assert stored is not None
+            assert wrong not in json.dumps(stored, default=str)
+            assert stored["sealed"].startswith("gAAAAA")  # a Fernet token
+            listed = (await dep.client.get("/api/platform-auth")).text
+            assert wrong not in listed
+            url_row = [p for p in json.loads(listed)["platforms"] if p["platform"] == "url"]
+            assert url_row[0]["configured"] is True
+            updated = await eventually(
+                lambda: [e for e in events.received if e["type"] == "platform_auth_updated"],
+                timeout=10, what="platform_auth_updated",
+            )  # fmt: skip
+            assert updated[0]["platform"] == "url"
+            assert wrong not in json.dumps(updated)
+            # The resolver presents the token; the origin refuses it: platform_auth_expired, once.
+            ch = await dep.call("POST", "channels", channel_body("Z", origin.url))
+            expired = await eventually(
+                lambda: [e for e in events.received if e["type"] == "platform_auth_expired"],
+                timeout=20, what=f"platform_auth_expired\n{dep.logs()}",
+            )  # fmt: skip
+            assert expired[0]["channel_id"] == ch["id"]
+            assert "401" in expired[0]["reason"]
+            assert origin.refused
+            state = await dep.call("GET", "platform-auth/url")
+            assert state["status"] == "expired"
+            assert "401" in state["last_error"]
+            assert (await dep.call("GET", f"channels/{ch['id']}"))["status"] == "error"
+            assert await dep.recordings(ch["id"]) == []
+            # The right token: the channel is found live and recorded (the prober's check and
+            # the recorder's feed both present it).
+            await dep.call("PUT", "platform-auth/url", {"token": right})
+            await eventually(lambda: dep.recordings(ch["id"]), timeout=20,
+                             what=f"the recording\n{dep.logs()}")  # fmt: skip
+            await eventually(
+                lambda: [e for e in events.received if e["type"] == "job_started"
+                         and e.get("channel_id") == ch["id"]],
+                timeout=30, what=f"the recorder's FFmpeg\n{dep.logs()}",
+            )  # fmt: skip
+            assert len([e for e in events.received if e["type"] == "platform_auth_expired"]) == 1
+        finally:
+            await origin.aclose()

@@ -31,6 +31,8 @@ class Collections:
     CHANNELS = "channels"
     CHANNEL_RECORDINGS = "channel_recordings"
     """One document per recorded broadcast of a channel (a session of the channel's job)."""
+    PLATFORM_AUTH = "platform_auth"
+    """A tenant's credentials for one platform, sealed (``reelhouse.common.credentials``)."""
     SRT_SERVERS = "srt_servers"
     RTMP_SERVERS = "rtmp_servers"
 

@@ -44,6 +44,14 @@ from reelhouse.common.contracts.channels import (
     LiveInfo,
 )
 from reelhouse.common.contracts.media import Schedule
+from reelhouse.common.credentials import (
+    StreamlinkAuth,
+    cached_sealer,
+    load_auth,
+    mark_expired,
+    publish_auth_event,
+    refused_status,
+)
 from reelhouse.common.ffmpeg.command import PROTOCOL_WHITELIST
 from reelhouse.common.ffmpeg.probe import run_ffprobe_outcome
 from reelhouse.common.jobs import kinds
@@ -70,14 +78,22 @@ class Resolved:
     probe_url: str | None = None
     """What ffprobe reads for the stream's own title: an HLS stream's newest media segment (the
     HLS demuxer hides the segments' program tags), else the stream URL itself."""
+    refused: int | None = None
+    """401 or 403: the platform refused the request (its credentials, or their absence)."""
 
 
-def resolve(url: str, platform: str, quality: str, timeout_s: float) -> Resolved:
-    """Resolve ``url`` with streamlink (blocking: run it in a thread)."""
+def resolve(
+    url: str, platform: str, quality: str, timeout_s: float, auth: StreamlinkAuth | None = None
+) -> Resolved:
+    """Resolve ``url`` with streamlink (blocking: run it in a thread), presenting ``auth`` (the
+    tenant's credentials for the platform) when given."""
     from streamlink import Streamlink
     from streamlink.exceptions import NoPluginError, PluginError
 
-    session = Streamlink(options={"http-timeout": timeout_s, "hls-timeout": timeout_s})
+    auth = auth or StreamlinkAuth()
+    session = Streamlink(
+        options={"http-timeout": timeout_s, "hls-timeout": timeout_s, **auth.session}
+    )
     try:
         try:
             _name, plugin_class, resolved = session.resolve_url(url)
@@ -85,12 +101,17 @@ def resolve(url: str, platform: str, quality: str, timeout_s: float) -> Resolved
             if platform != "url":
                 return Resolved(live=False, error=f"streamlink has no plugin for {platform} URLs")
             _name, plugin_class, resolved = session.resolve_url(f"hls://{url}")
-        plugin = plugin_class(session, resolved)
+        plugin = plugin_class(session, resolved, dict(auth.plugin))
         streams = plugin.streams()
     except PluginError as exc:
         # The generic HLS/HTTP handling cannot tell "offline" from "gone": an origin that does not
-        # answer is an offline channel. A platform plugin's error is a failed check.
+        # answer is an offline channel. A platform plugin's error is a failed check, and so is
+        # a refusal (401/403) anywhere.
         text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        refused = refused_status(exc)
+        if refused is not None:
+            error = f"the platform refused the request (HTTP {refused}): {text}"
+            return Resolved(live=False, refused=refused, error=error)
         return Resolved(live=False, error=None if platform == "url" else text)
     if not streams:
         return Resolved(live=False)
@@ -254,9 +275,16 @@ class ChannelWatcher:
         async with self.lock:
             settings = self.node.settings
             try:
+                auth = await load_auth(self.node.db, self.node.sealer, tenant=self.tenant,
+                                       platform=self.config.platform)  # fmt: skip
+            except Exception as exc:  # a key that does not open them: checked without them
+                self.log.warning("platform_auth_unreadable", error=str(exc)[:200])
+                auth = StreamlinkAuth()
+            try:
                 found = await asyncio.wait_for(
                     asyncio.to_thread(resolve, self.config.source_url(), self.config.platform,
-                                      self.config.quality, settings.channel_check_timeout_s),
+                                      self.config.quality, settings.channel_check_timeout_s,
+                                      auth),
                     settings.channel_check_timeout_s * 2,
                 )  # fmt: skip
             except TimeoutError:
@@ -266,9 +294,26 @@ class ChannelWatcher:
             if found.live and found.title is None and found.probe_url:
                 found.title = await self._stream_title(found.probe_url)
             self.failures = self.failures + 1 if found.error else 0
+            if found.refused and auth.auth_id is not None:
+                await self._auth_refused(auth, found)
             await self._apply(found)
             assert self.last is not None
             return self.last
+
+    async def _auth_refused(self, auth: StreamlinkAuth, found: Resolved) -> None:
+        """The platform refused the stored credentials: mark them expired and say so, once."""
+        reason = found.error or f"HTTP {found.refused}"
+        try:
+            if not await mark_expired(self.node.db, auth.auth_id, reason):
+                return
+            self.log.warning("platform_auth_expired", platform=self.config.platform, reason=reason)
+            await publish_auth_event(self.node.bus, "platform_auth_expired", auth=auth.auth_id,
+                                     tenant=self.tenant, platform=self.config.platform,
+                                     channel_id=self.channel_id, reason=reason,
+                                     node=self.node.node_id)  # fmt: skip
+        except Exception as exc:
+            self.log.warning("event_not_sent", event_name="platform_auth_expired",
+                             error=str(exc)[:200])  # fmt: skip
 
     async def _stream_title(self, url: str) -> str | None:
         """The title the stream itself carries (ffprobe through the URL policy's proxy); None
@@ -486,6 +531,7 @@ class ChannelNode(JobNode):
         self.bus: Bus = ctx.bus
         self.node_id = ctx.node_id
         self.policy = ctx.settings.net_policy()
+        self.sealer = cached_sealer(ctx.settings)
 
     @property
     def max_jobs(self) -> int:

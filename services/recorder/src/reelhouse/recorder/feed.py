@@ -26,11 +26,13 @@ def open_stream(
     proxy_url: str | None = None,
     timeout_s: float = 10.0,
     options: dict[str, Any] | None = None,
+    plugin_options: dict[str, Any] | None = None,
 ) -> Feed:
     """Resolve ``url`` with streamlink and open its ``quality`` stream (blocking: a thread).
 
     A URL no plugin knows is read as HLS (``hls://``). ``options`` are more session options
-    (a platform's credentials). Raises :class:`NotLive` when there is nothing to read.
+    and ``plugin_options`` the plugin's (a platform's credentials). Raises :class:`NotLive`
+    when there is nothing to read.
     """
     from streamlink import Streamlink
     from streamlink.exceptions import NoPluginError, PluginError, StreamError
@@ -49,7 +51,7 @@ def open_stream(
             _name, plugin_class, resolved = session.resolve_url(url)
         except NoPluginError:
             _name, plugin_class, resolved = session.resolve_url(f"hls://{url}")
-        streams = plugin_class(session, resolved).streams()
+        streams = plugin_class(session, resolved, dict(plugin_options or {})).streams()
     except PluginError as exc:
         text = str(exc).splitlines()[0][:300] if str(exc) else repr(exc)
         raise NotLive(f"streamlink: {text}") from None

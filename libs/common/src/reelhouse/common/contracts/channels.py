@@ -157,3 +157,22 @@ class ChannelEvent(BusMessage):
     reason: str | None = None
     platform: str | None = None
     extra: dict[str, Any] | None = None
+
+
+class PlatformAuthEvent(BusMessage):
+    """``platform_auth_updated`` (credentials set through the API) or ``platform_auth_expired``
+    (the platform refused them during a check), on ``<p>.evt.channel.<auth_id>.<event>``; the
+    credentials themselves are never in an event."""
+
+    type: Literal["platform_auth_updated", "platform_auth_expired"]  # type: ignore[assignment]
+    module: Literal["channel"] = "channel"
+    job_id: str
+    """The ``platform_auth`` document's id."""
+    tenant: str
+    platform: str
+    timestamp: Timestamp = Field(default_factory=utcnow)
+    set_at: Timestamp | None = None
+    channel_id: str | None = None
+    """The channel whose check was refused (``platform_auth_expired``)."""
+    reason: str | None = None
+    node: str | None = None

@@ -54,14 +54,16 @@ def channel_job_config(channel: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def channel_input(url: str, quality: str = "best") -> dict[str, Any]:
+def channel_input(url: str, quality: str = "best", platform: str = "url") -> dict[str, Any]:
     """The input block of a channel's recording job: streamlink reads the channel's URL (it
     resolves it again at each FFmpeg start, so an expired platform URL is renewed) and feeds
-    the recorder's FFmpeg through a pipe."""
+    the recorder's FFmpeg through a pipe; ``platform`` names the tenant's stored credentials
+    streamlink presents (``reelhouse.common.credentials``)."""
     return {
         "input_type": "INPUT_TYPE_HLS_URL", "application": "IO_APPLICATION_STREAMLINK",
         "input_stream_url": url, "input_stream_listen_port": {},
-        "input_settings": {"quality": quality}, "input_module_id": "", "input_stream_id": "",
+        "input_settings": {"quality": quality, "platform": platform},
+        "input_module_id": "", "input_stream_id": "",
         "entity_name": "", "module_name": "",
     }  # fmt: skip
 

@@ -156,7 +156,9 @@ async def add_channel(state: State, principal: Operator, body: ChannelIn) -> dic
     config = kinds.channel_job_config(doc)
     # Streamlink reads the channel's URL and feeds FFmpeg (the prober sets it again at each
     # broadcast's start, with the channel's quality then).
-    source = InputIn.model_validate(kinds.channel_input(body.source_url(), body.quality))
+    source = InputIn.model_validate(
+        kinds.channel_input(body.source_url(), body.quality, body.platform)
+    )
     job_id = ObjectId(await jobs.create_job(state, RECORDING, tenant, config, {"input": [source]}))
     doc["job_id"] = job_id
     await db[Collections.CHANNELS].insert_one(doc)
