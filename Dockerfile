@@ -64,7 +64,7 @@ RUN apt-get update \
 RUN groupadd --system --gid 10001 reelhouse \
     && useradd --system --uid 10001 --gid reelhouse --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin reelhouse \
-    && mkdir -p /app /data/recordings /data/api \
+    && mkdir -p /app /data/recordings /data/api /data/secrets \
     && chown -R reelhouse:reelhouse /data
 # (A named volume mounted on /data/... starts with the ownership of the directory in the image.)
 

@@ -731,6 +731,21 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         log.debug("hls http: " + format, *args)
 
 
+class _BearerHandler(_QuietHandler):
+    """Serves only requests that carry ``Authorization: Bearer <token>``; 401 otherwise (an
+    origin behind a login). Counts the refusals."""
+
+    token = ""
+    refused: list[str]
+
+    def do_GET(self) -> None:
+        if self.headers.get("Authorization") != f"Bearer {self.token}":
+            self.refused.append(self.path)
+            self.send_error(401, "Unauthorized")
+            return
+        super().do_GET()
+
+
 class HlsSource(LiveSource):
     """Live HLS (1 s segments, 6 in the playlist, no ENDLIST) served over HTTP.
 
@@ -751,9 +766,17 @@ class HlsSource(LiveSource):
         port: int | None = None,
         min_segments: int = 2,
         keep_serving: bool = False,
+        metadata: Mapping[str, str] | None = None,
+        bearer: str | None = None,
         **kw: Any,
     ) -> None:
         self._own_workdir = workdir is None
+        self.bearer = bearer
+        """When set, the origin answers 401 to requests without ``Authorization: Bearer <it>``."""
+        self.refused: list[str] = []
+        """Paths refused with 401 (``bearer`` set)."""
+        self.metadata = dict(metadata or {})
+        """``-metadata`` of the stream (``service_name``: the MPEG-TS program's name)."""
         self.workdir = Path(workdir) if workdir else None
         self.min_segments = min_segments
         self._httpd: ThreadingHTTPServer | None = None
@@ -791,6 +814,7 @@ class HlsSource(LiveSource):
         assert self.workdir is not None
         return _ffmpeg_argv(
             *self.spec.source_args(),
+            *(a for k, v in self.metadata.items() for a in ("-metadata", f"{k}={v}")),
             "-f", "hls", "-hls_time", "1", "-hls_list_size", "6",
             "-hls_flags", "delete_segments+omit_endlist+temp_file+independent_segments",
             "-hls_segment_filename", str(self.workdir / "seg_%05d.ts"),
@@ -804,7 +828,11 @@ class HlsSource(LiveSource):
         for old in self.workdir.iterdir():
             if old.is_file() and (old.suffix in {".ts", ".m3u8", ".tmp"}):
                 old.unlink()
-        handler = functools.partial(_QuietHandler, directory=str(self.workdir))
+        handler: Any = functools.partial(_QuietHandler, directory=str(self.workdir))
+        if self.bearer is not None:
+            bearer_class = type("Bearer", (_BearerHandler,),
+                                {"token": self.bearer, "refused": self.refused})  # fmt: skip
+            handler = functools.partial(bearer_class, directory=str(self.workdir))
         self._httpd = ThreadingHTTPServer((LOCALHOST, self.port), handler)
         self._httpd.daemon_threads = True
         self._http_thread = threading.Thread(
@@ -852,8 +880,10 @@ class HlsSource(LiveSource):
         )
 
     def _http_ok(self) -> bool:
+        headers = {"Authorization": f"Bearer {self.bearer}"} if self.bearer else {}
         try:
-            with urllib.request.urlopen(self.url, timeout=2) as resp:  # noqa: S310 (our own http)
+            request = urllib.request.Request(self.url, headers=headers)  # noqa: S310 (ours)
+            with urllib.request.urlopen(request, timeout=2) as resp:  # noqa: S310 (our own http)
                 return resp.status == 200
         except OSError:
             return False

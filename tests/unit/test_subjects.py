@@ -85,6 +85,10 @@ def test_every_architecture_event_is_known():
     # Issue 21: ingest (docs/INGEST.md, "What lives where").
     added += ["ingest_refused", "publisher_up", "publisher_lost", "publisher_back",
               "publisher_replaced", "contribution_ended"]  # fmt: skip
+    # Issue 22: the channel-recorder seed's events.
+    added += ["channel_status", "channel_error", "recording_started", "segment_downloaded",
+              "recording_ended", "filter_skip", "quota_skip", "quota_status_changed",
+              "platform_auth_updated", "platform_auth_expired"]  # fmt: skip
     assert set(EVENTS) == set(expected) | set(added)
 
 

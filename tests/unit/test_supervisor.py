@@ -18,6 +18,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -709,6 +710,74 @@ async def test_real_ffmpeg_tee_gets_its_size_and_bitrate_from_the_byte_tap(tmp_p
     assert last.bitrate_kbits == round(expected)
     assert last.bitrate == f"{expected:.1f}kbits/s"
     assert pipes() <= pipes_before  # the tap's pipe is closed with the process
+
+
+class _LiveFeed:
+    """A live source in a file's clothes: the bytes of a recorded MPEG-TS, then nothing until
+    closed (a live stream that has not ended), as streamlink's reader behaves."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.closed = threading.Event()
+
+    def read(self, size: int) -> bytes:
+        if self.data:
+            chunk, self.data = self.data[:size], self.data[size:]
+            return chunk
+        self.closed.wait()
+        return b""
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+@pytest.mark.slow
+async def test_a_feed_reaches_ffmpeg_through_its_own_pipe_and_a_stop_finishes_the_file(
+    tmp_path: Path,
+) -> None:
+    """``open_feed``: FFmpeg reads the source from a pipe of its own (not stdin). A stop while
+    the source has nothing new (FFmpeg blocked in the pipe's read, deaf to 'q' and SIGINT) ends
+    the feed: FFmpeg sees the end of its input and finishes the file; every pipe is closed."""
+    source = tmp_path / "source.ts"
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+         "-i", "testsrc2=size=320x240:rate=25", "-t", "3", "-c:v", "libx264",
+         "-preset", "ultrafast", "-g", "25", "-f", "mpegts", str(source)],
+        check=True,
+    )  # fmt: skip
+    out = tmp_path / "copy.mp4"
+    feeds: list[_LiveFeed] = []
+    urls: list[str] = []
+
+    def args() -> list[str]:
+        feeds.append(_LiveFeed(source.read_bytes()))
+        urls.append(supervisor.open_feed(feeds[-1]))
+        return [
+            "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "pipe",
+            "-analyzeduration", "1000000",  # less than the fed part: probing ends
+            "-i", urls[-1], "-c", "copy", "-movflags", "+frag_keyframe+empty_moov", str(out),
+        ]  # fmt: skip
+
+    supervisor = FFmpegSupervisor(args, config=SupervisorConfig(stale_timeout_s=None))
+    pipes_before = pipes()
+    supervisor.start()
+
+    # The whole recorded part arrives; FFmpeg then waits for more (the source is live).
+    await eventually(lambda: not feeds[0].data, timeout=WAIT_S, what="FFmpeg to read the part")
+    await eventually(lambda: supervisor.state is S.RUNNING, timeout=WAIT_S, what="progress")
+    assert urls[0].startswith("pipe:")
+    assert urls[0] != "pipe:0"
+    await asyncio.wait_for(supervisor.stop(), WAIT_S)
+    assert supervisor.state is S.FINISHED  # a clean stop, the trailer written, no SIGKILL
+    assert supervisor.restarts == 0
+    assert supervisor.feed_error is None
+    await eventually(lambda: feeds[0].closed.is_set(), timeout=WAIT_S, what="the feed closed")
+    probed = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-of", "json", "-show_format", str(out)],
+        check=True, capture_output=True,
+    ).stdout)  # fmt: skip
+    assert float(probed["format"]["duration"]) > 2.5
+    await eventually(lambda: pipes() <= pipes_before, timeout=WAIT_S, what="pipes closed")
 
 
 def pipes() -> set[str]:

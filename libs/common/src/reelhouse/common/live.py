@@ -474,13 +474,17 @@ class LivePlane:
 
     # -- progress -----------------------------------------------------------------------------
 
-    async def put_progress(self, kind: str, job_id: str, payload: bytes) -> None:
+    async def put_progress(
+        self, kind: str, job_id: str, payload: bytes, *, ttl_s: int | None = None
+    ) -> None:
         """A running job's last stats: a plain publish on the key's subject (JetStream stores it,
-        nobody waits for an ack), expiring by itself if the job's node dies."""
+        nobody waits for an ack), expiring by itself if the job's node dies (after ``ttl_s``
+        seconds, default five node TTLs; a writer that puts less often than that says so)."""
         if self.kv is None or not self.bus.connected:
             return
         subject = self.subjects.live_key_subject(self.progress_key(kind, job_id))
-        await self.bus.nc.publish(subject, payload, headers={"Nats-TTL": str(5 * self.ttl_s)})
+        ttl = max(1, int(ttl_s)) if ttl_s else 5 * self.ttl_s
+        await self.bus.nc.publish(subject, payload, headers={"Nats-TTL": str(ttl)})
 
     def owner_progress(self, kind: str, job_id: str) -> tuple[int, dict[str, Any]] | None:
         """A job's last progress (revision, value) from the map, unless an owner key names

@@ -28,6 +28,11 @@ class Collections:
     OUTPUTS = "outputs"
     FILES = "files"
     STREAMS = "streams"
+    CHANNELS = "channels"
+    CHANNEL_RECORDINGS = "channel_recordings"
+    """One document per recorded broadcast of a channel (a session of the channel's job)."""
+    PLATFORM_AUTH = "platform_auth"
+    """A tenant's credentials for one platform, sealed (``reelhouse.common.credentials``)."""
     SRT_SERVERS = "srt_servers"
     RTMP_SERVERS = "rtmp_servers"
 
@@ -68,6 +73,10 @@ async def ensure_indexes(db: AsyncDatabase) -> None:
     # one job's files (getAll's recordedFiles, the janitor's retention), without the tenant
     await db[Collections.FILES].create_index([("entity_id", ASCENDING), ("created", ASCENDING)])
     await db[Collections.STREAMS].create_index([("tenant", ASCENDING), ("created", ASCENDING)])
+    await db[Collections.CHANNELS].create_index([("tenant", ASCENDING), ("created", ASCENDING)])
+    await db[Collections.CHANNEL_RECORDINGS].create_index(
+        [("tenant", ASCENDING), ("channel_id", ASCENDING), ("started_at", DESCENDING)]
+    )
 
 
 async def find_each(

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reelhouse.common.netpolicy import NetPolicy, parse_networks
@@ -77,6 +77,24 @@ class CommonSettings(BaseSettings):
         le=100,
         description="Used share of the storage filesystem, %, at which recordings are refused "
         "(507) and recorders stop claiming.",
+    )
+
+    bootstrap_token_file: Path = Field(
+        Path("data/bootstrap-token"),
+        description="Where a generated bootstrap token is kept (mode 0600); the generated JWT, "
+        "download and secret keys are kept in the same directory.",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Key that encrypts platform credentials at rest (Fernet): a key from "
+        "`Fernet.generate_key()`, or any passphrase of 32+ characters. Unset: one is generated "
+        "and kept in `secret-key` next to REELHOUSE_BOOTSTRAP_TOKEN_FILE (mode 0600), or in "
+        "REELHOUSE_SECRET_KEY_FILE. The API, prober and recorders need the same key.",
+    )
+    secret_key_file: Path | None = Field(
+        None,
+        description="Where the generated REELHOUSE_SECRET_KEY is kept (mode 0600). Unset: "
+        "`secret-key` next to REELHOUSE_BOOTSTRAP_TOKEN_FILE, beside the JWT secret.",
     )
 
     probe_allow_networks: str = Field(

@@ -17,9 +17,12 @@ Scheme (``<p>`` is the deployment's subject prefix, default ``reelhouse``)::
     <p>.auth.changed                       an account changed (token version, role, removal,
                                            key revoked): every API replica drops what it cached
 
-``<module>`` is ``recording``, ``restream``, ``stream`` or ``ingest`` (whose "job" is an SRT or
-RTMP server: docs/INGEST.md). Job ids are 24-hex ObjectId strings; user
-text (names, URLs) never goes into a subject.
+    <p>.req.prober.channel_check           request: check one channel's live status now; the
+                                           prober that watches the channel answers
+
+``<module>`` is ``recording``, ``restream``, ``stream``, ``ingest`` (whose "job" is an SRT or
+RTMP server: docs/INGEST.md) or ``channel``. Job ids are 24-hex ObjectId strings; user text
+(names, URLs) never goes into a subject.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Literal
 
 Service = Literal["api", "recorder", "restreamer", "prober", "janitor", "ingest"]
 Verb = Literal["start", "stop", "reload"]
-Module = Literal["recording", "restream", "stream", "ingest"]
+Module = Literal["recording", "restream", "stream", "ingest", "channel"]
 Event = Literal[
     "job_started", "job_stopped", "job_failed", "job_retrying", "job_paused", "job_resumed",
     "file_opened", "file_closed", "file_ready", "file_failed", "file_deleted", "file_archived",
@@ -40,6 +43,10 @@ Event = Literal[
     "auth_refresh_reuse",
     "ingest_refused", "publisher_up", "publisher_lost", "publisher_back", "publisher_replaced",
     "contribution_ended",
+    # channels (issue 22): the channel-recorder seed's events
+    "channel_status", "channel_error", "recording_started", "segment_downloaded",
+    "recording_ended", "filter_skip", "quota_skip", "quota_status_changed",
+    "platform_auth_updated", "platform_auth_expired",
 ]  # fmt: skip
 
 SERVICES: tuple[str, ...] = Service.__args__  # type: ignore[attr-defined]
@@ -101,6 +108,10 @@ class Subjects:
     def probe(self) -> str:
         """The prober's request subject."""
         return f"{self.prefix}.req.prober.probe"
+
+    def channel_check(self) -> str:
+        """Check one channel now (fan-out: only the prober that watches it answers)."""
+        return f"{self.prefix}.req.prober.channel_check"
 
     def janitor_cleanup(self) -> str:
         """The janitor's request subject: run a pass now, reply with its report."""

@@ -18,12 +18,14 @@ from reelhouse.api.middleware import HardeningMiddleware
 from reelhouse.api.operations import install_operations, start_operations
 from reelhouse.api.routes import (
     auth,
+    channels,
     dashboard,
     files,
     health,
     ingest_servers,
     keys,
     nodes,
+    platform_auth,
     recordings,
     restreams,
     storage,
@@ -36,6 +38,7 @@ from reelhouse.api.stats import LiveStats
 from reelhouse.api.tools import tool_version
 from reelhouse.common import __version__
 from reelhouse.common.bus import Bus
+from reelhouse.common.credentials import resolve_secret_key
 from reelhouse.common.live import LivePlane
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import connect_mongo, ensure_indexes, get_database
@@ -62,6 +65,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     bootstrap_token = resolve_bootstrap_token(settings)
     download_secret = resolve_download_secret(settings)
     jwt_secret = resolve_jwt_secret(settings)
+    sealer = resolve_secret_key(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,7 +85,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         live_stats = LiveStats(live)
         credentials = CredentialCache(bus=bus, ttl_s=settings.auth_cache_ttl_s, node=node_id)
         state = AppState(settings=settings, bus=bus, db=db, node=node, live=live,
-                         live_stats=live_stats, credentials=credentials)  # fmt: skip
+                         live_stats=live_stats, credentials=credentials,
+                         sealer=sealer)  # fmt: skip
         state.tool_versions = {b: await tool_version(b) for b in ("ffmpeg", "ffprobe")}
         app.state.reelhouse = state
         app.state.bootstrap_token = bootstrap_token
@@ -121,6 +126,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(nodes.router)
     app.include_router(recordings.router)
+    app.include_router(channels.router)
+    app.include_router(platform_auth.router)
     app.include_router(files.router)
     app.include_router(restreams.router)
     app.include_router(streams.router)

@@ -98,6 +98,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     403: "FORBIDDEN: the credentials' role may not do this",
     404: "NOT_FOUND: no such object in the caller's tenant",
     409: "CONFLICT: the object's state does not allow this now (the message says why)",
+    422: "VALIDATION_ERROR: the request is valid but cannot be done for this object",
     413: "PAYLOAD_TOO_LARGE: the body is larger than REELHOUSE_MAX_BODY_BYTES",
     416: "RANGE_NOT_SATISFIABLE: the Range asks for bytes past the end of the file",
     429: "RATE_LIMITED: past the caller's rate limit; see Retry-After",

@@ -94,6 +94,9 @@ def visible_to(payload: dict[str, Any], tenant: str) -> bool:
     return owner is None or owner == tenant
 
 
+_DIMENSIONS = ("modules", "job_ids", "events", "channel_ids")
+
+
 @dataclass
 class EventFilter:
     """What one client (or webhook) wants: ``None`` = anything; an empty set = nothing."""
@@ -102,6 +105,10 @@ class EventFilter:
     job_ids: set[str] | None = None
     events: set[str] | None = None
     stats: bool = False
+    channel_ids: set[str] | None = None
+    """Only events of these channels: the channel's own and its recording job's (issue 22)."""
+    channel_jobs: set[str] = field(default_factory=set)
+    """The recording jobs of ``channel_ids`` (set by the relay, which looks them up)."""
     _known: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {
             "modules": (*MODULES, *SYSTEM_MODULES),
@@ -110,8 +117,20 @@ class EventFilter:
         repr=False,
     )
 
-    def matches(self, module: str, job_id: str | None, event: str | None = None) -> bool:
+    def matches(
+        self,
+        module: str,
+        job_id: str | None,
+        event: str | None = None,
+        channel_id: str | None = None,
+    ) -> bool:
         if self.modules is not None and module not in self.modules:
+            return False
+        if (
+            self.channel_ids is not None
+            and channel_id not in self.channel_ids
+            and (job_id is None or job_id not in self.channel_jobs)
+        ):
             return False
         # An event of no job passes a job filter only if the client asked for its module.
         outside = self.job_ids is not None and (job_id is None or job_id not in self.job_ids)
@@ -138,9 +157,9 @@ class EventFilter:
     def subscribe(self, message: dict[str, Any]) -> None:
         """Widen: add the given modules/job ids/events; ``stats: true`` turns stats on.
         A ``subscribe`` without any of them resets to everything of the tenant."""
-        given = {k: self._values(message, k) for k in ("modules", "job_ids", "events")}
+        given = {k: self._values(message, k) for k in _DIMENSIONS}
         if all(v is None for v in given.values()) and "stats" not in message:
-            self.modules = self.job_ids = self.events = None
+            self.modules = self.job_ids = self.events = self.channel_ids = None
         for key, values in given.items():
             if values is not None:
                 current = getattr(self, key)
@@ -151,9 +170,10 @@ class EventFilter:
     def unsubscribe(self, message: dict[str, Any]) -> None:
         """Narrow: remove the given items (an emptied dimension matches nothing);
         ``stats: true`` turns stats off; without any field: nothing at all."""
-        given = {k: self._values(message, k) for k in ("modules", "job_ids", "events")}
+        given = {k: self._values(message, k) for k in _DIMENSIONS}
         if all(v is None for v in given.values()) and "stats" not in message:
             self.modules, self.job_ids, self.events, self.stats = set(), set(), set(), False
+            self.channel_ids = set()
             return
         for key, values in given.items():
             if values is not None:
@@ -176,5 +196,6 @@ class EventFilter:
             "modules": out(self.modules),
             "job_ids": out(self.job_ids),
             "events": out(self.events),
+            "channel_ids": out(self.channel_ids),
             "stats": self.stats,
         }

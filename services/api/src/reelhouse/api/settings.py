@@ -17,10 +17,6 @@ class ApiSettings(IngestCommonSettings):
         description="Admin token accepted in `x-access-token`. Unset: one is generated and "
         "written to REELHOUSE_BOOTSTRAP_TOKEN_FILE.",
     )
-    bootstrap_token_file: Path = Field(
-        Path("data/bootstrap-token"),
-        description="Where a generated bootstrap token is kept (mode 0600).",
-    )
     health_timeout_s: float = Field(
         2.0, gt=0, le=30, description="Deadline of each dependency check in /api/health, seconds."
     )

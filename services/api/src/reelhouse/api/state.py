@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
+from cryptography.fernet import Fernet
 from fastapi import Depends, Request
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -29,6 +30,8 @@ class AppState:
     credentials: CredentialCache
     """Token versions and API-key lookups, forgotten on every replica when they change."""
     tool_versions: dict[str, str | None] = field(default_factory=dict)
+    sealer: Fernet | None = None
+    """Seals platform credentials (``REELHOUSE_SECRET_KEY``, ``reelhouse.common.credentials``)."""
 
 
 def get_state(request: Request) -> AppState:

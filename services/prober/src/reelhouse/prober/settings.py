@@ -43,6 +43,25 @@ class ProberSettings(CommonSettings):
         description="Seconds between the prober's reconcile passes over started streams (hints "
         "and the live plane act at once; a dead prober's streams are taken over on its expiry).",
     )
+    channel_interval_s: float = Field(
+        30.0, gt=0, description="Seconds between live checks of a watched channel."
+    )
+    channel_grace_s: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a recording channel may be offline before its recording ends (a "
+        "broadcast back within them goes on in the same recording).",
+    )
+    channel_check_timeout_s: float = Field(
+        20.0, gt=0, le=120, description="Deadline of one live check (streamlink), seconds."
+    )
+    channel_backoff_max_s: float = Field(
+        300.0, gt=0, description="Cap of the jittered backoff after failed checks, seconds."
+    )
+    channel_reconcile_s: float = Field(
+        10.0, gt=0, description="Seconds between the prober's reconcile passes over channels."
+    )
+    max_channels: int = Field(500, ge=1, description="Most channels this node watches at once.")
     ffprobe_path: str = Field("ffprobe", description="The ffprobe binary (path or name on PATH).")
 
     @model_validator(mode="after")

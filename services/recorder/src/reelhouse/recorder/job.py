@@ -37,6 +37,7 @@ from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.contracts.recording import FILE_EXTENSIONS, RecordingIn
+from reelhouse.common.credentials import cached_sealer, load_auth
 from reelhouse.common.ffmpeg.command import build_recording_args
 from reelhouse.common.ffmpeg.failures import classify_lines
 from reelhouse.common.ffmpeg.probe import FileFacts, probe_file
@@ -57,6 +58,7 @@ from reelhouse.common.files import (
 from reelhouse.common.jobs.lease import Lease, LeaseStore
 from reelhouse.common.jobs.run import SupervisedRun
 from reelhouse.common.mongo import Collections
+from reelhouse.recorder.feed import open_stream
 from reelhouse.recorder.processing import ProgressCallback, ffmpeg_copy
 from reelhouse.recorder.settings import RecorderSettings
 
@@ -345,6 +347,21 @@ class RecordingRun(SupervisedRun):
             self._part_path = target
             self._segment_list = None
         self._part_record = None
+        if source.application == "IO_APPLICATION_STREAMLINK":
+            # Resolved afresh at each start (an expired platform URL comes back renewed); a
+            # source that is offline now fails this start, and the supervisor retries.
+            # The tenant's credentials for the channel's platform, opened only here.
+            auth = await load_auth(
+                self._db, cached_sealer(self._settings), tenant=self.tenant,
+                platform=str(source.input_settings.get("platform") or "url"),
+            )  # fmt: skip
+            stream = await asyncio.to_thread(
+                open_stream, source.input_stream_url,
+                quality=str(source.input_settings.get("quality") or "best"),
+                proxy_url=self._proxy.url, timeout_s=10.0, options=auth.session,
+                plugin_options=auth.plugin,
+            )  # fmt: skip
+            url = self.supervisor.open_feed(stream)
         overlay = self.config.overlay
         if overlay.type == "IMAGE" and overlay.image_url:
             await self._target(overlay.image_url, role="input", field="overlay.image_url")

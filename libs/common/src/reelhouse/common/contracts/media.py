@@ -74,7 +74,13 @@ class InputIn(CrossFieldSchema):
     model_config = ConfigDict(extra="forbid")
 
     input_type: InputType
-    application: Literal["IO_APPLICATION_FFMPEG"] = "IO_APPLICATION_FFMPEG"
+    application: Literal["IO_APPLICATION_FFMPEG", "IO_APPLICATION_STREAMLINK"] = (
+        "IO_APPLICATION_FFMPEG"
+    )
+    """Who reads the source: FFmpeg itself, or streamlink, which resolves
+    ``input_stream_url`` (a platform's channel URL or an HLS URL; an ``INPUT_TYPE_HLS_URL``
+    input), refreshes its playlists and feeds FFmpeg through a pipe (channels, issue 22).
+    ``input_settings.quality`` names streamlink's stream (default ``best``)."""
     input_stream_url: OptionalStreamUrl = ""
     """Required for the ``*_URL`` types; optional (and never read) for the ingest types."""
     input_stream_listen_port: JsonObject | whole_int(ge=0, le=65535) | Unset = Field(
@@ -90,6 +96,12 @@ class InputIn(CrossFieldSchema):
 
     @model_validator(mode="after")
     def _scheme_fits_type(self) -> InputIn:
+        if self.application == "IO_APPLICATION_STREAMLINK" and self.input_type != (
+            "INPUT_TYPE_HLS_URL"
+        ):
+            raise _field_error(
+                "application", "IO_APPLICATION_STREAMLINK reads INPUT_TYPE_HLS_URL inputs only"
+            )
         if self.input_type in INGEST_INPUT_TYPES:
             for field in ("input_module_id", "input_stream_id"):
                 if not OBJECT_ID.match(getattr(self, field)):

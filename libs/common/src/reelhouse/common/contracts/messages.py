@@ -104,6 +104,8 @@ class JobEvent(BusMessage):
     """For file events: the file record as the API shows it."""
     progress_pct: float | None = None
     """For ``processing_progress``: how much of the media FFmpeg has copied (0-100)."""
+    channel_id: str | None = None
+    """The channel whose job this is (issue 22), on every event of a channel's job."""
 
 
 class DiskWarning(BusMessage):

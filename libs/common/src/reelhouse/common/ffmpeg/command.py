@@ -232,11 +232,15 @@ def input_args(inp: InputIn, *, probe_ms: int | None = None) -> list[str]:
     that per type). ``input_settings`` is not turned into options: nothing user-supplied reaches
     FFmpeg except the URL, whose scheme the contract has already checked against the type.
     """
+    fed = inp.application == "IO_APPLICATION_STREAMLINK"
+    if fed and not inp.input_stream_url.startswith("pipe:"):
+        raise ValueError("a streamlink input is read from the pipe the recorder feeds")
     return [
-        "-protocol_whitelist", ",".join(PROTOCOL_WHITELIST[inp.input_type]),
+        # Fed by streamlink: FFmpeg reads only the pipe the supervisor fills (open_feed).
+        "-protocol_whitelist", "pipe" if fed else ",".join(PROTOCOL_WHITELIST[inp.input_type]),
         "-analyzeduration", str(ANALYZE_DURATION_US if probe_ms is None else probe_ms * 1000),
         "-probesize", str(PROBE_SIZE_BYTES),
-        *_LIVE_INPUT_OPTIONS[inp.input_type],
+        *(() if fed else _LIVE_INPUT_OPTIONS[inp.input_type]),
         "-i", inp.input_stream_url,
     ]  # fmt: skip
 

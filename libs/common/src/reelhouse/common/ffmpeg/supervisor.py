@@ -75,13 +75,14 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -106,6 +107,30 @@ __all__ = [
 _LINE_LIMIT = 1024 * 1024
 # Seconds to let the pipe readers drain after the process has exited.
 _READER_DRAIN_S = 2.0
+_FEED_CHUNK = 64 * 1024
+
+
+class Feed(Protocol):
+    """A blocking byte source FFmpeg reads through a pipe (:meth:`FFmpegSupervisor.open_feed`):
+    streamlink's opened stream, for instance. ``close()`` may be called from another thread
+    to end a blocked ``read()``."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def _close_aside(source: Feed) -> None:
+    """Close ``source`` in a thread of its own: closing may wait for the source's threads (a
+    download under way), which may in turn wait for this event loop (the filtering proxy)."""
+
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            source.close()
+
+    threading.Thread(target=close, name="ffmpeg-feed-close", daemon=True).start()
+
+
 # Return codes after our own stop: 0 after 'q', 255 after SIGINT, and death by our SIGINT (an
 # FFmpeg stopped in its first moments, before it has installed its signal handlers).
 _CLEAN_STOP_CODES = frozenset({0, 255, -signal.SIGINT})
@@ -400,6 +425,10 @@ class FFmpegSupervisor:
         self._tap_fds: tuple[int, int] | None = None  # (read, write) opened by open_tap
         self._tap: _ByteCounter | None = None  # the current (or latest) process's tap count
         self._tap_transport: asyncio.BaseTransport | None = None
+        self._feed: tuple[int, int, Feed] | None = None  # (read, write, source) of open_feed
+        self._feeding: Feed | None = None  # the source the current process reads
+        self.feed_error: str | None = None
+        """Why the latest feed ended early (the source failed), None if it did not."""
 
     # -- what callers read ------------------------------------------------------------------
 
@@ -485,6 +514,68 @@ class FFmpegSupervisor:
             # queue, which drops the tap's packets (never a destination's) if this loop lags.
             self._tap_fds = os.pipe()
         return f"pipe:{self._tap_fds[1]}"
+
+    def open_feed(self, source: Feed) -> str:
+        """An input URL (``pipe:<fd>``) that the supervisor fills with ``source``'s bytes.
+
+        Call it from the argv factory: the feed belongs to the process started with the
+        arguments the factory returns. Once FFmpeg runs, a thread copies ``source`` into the
+        pipe until the source ends (FFmpeg then sees the end of its input) or FFmpeg exits (the
+        source is closed). FFmpeg's stdin stays free for the ``q`` of a graceful stop.
+        """
+        if self._feed is not None:
+            return f"pipe:{self._feed[0]}"
+        read_fd, write_fd = os.pipe()  # not inheritable: pass_fds hands FFmpeg the read end
+        self._feed = (read_fd, write_fd, source)
+        return f"pipe:{read_fd}"
+
+    def _close_feed(self) -> None:
+        feed, self._feed = self._feed, None
+        if feed is None:
+            return
+        for fd in feed[:2]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _close_aside(feed[2])
+
+    def _feed_writer(self) -> asyncio.Task[None] | None:
+        """Once FFmpeg has started: the task that copies the feed into its pipe."""
+        feed, self._feed = self._feed, None
+        if feed is None:
+            return None
+        read_fd, write_fd, source = feed
+        os.close(read_fd)  # FFmpeg holds the only read end: its exit breaks the pipe
+        self._feeding = source
+        self.feed_error = None
+        return asyncio.create_task(self._pump(write_fd, source))
+
+    async def _pump(self, write_fd: int, source: Feed) -> None:
+        def copy() -> None:
+            try:
+                while chunk := source.read(_FEED_CHUNK):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(write_fd, view) :]
+            except BrokenPipeError:
+                pass  # FFmpeg has exited
+            except Exception as exc:  # the source failed (an expired URL, the network)
+                if self._feeding is source:
+                    self.feed_error = f"{type(exc).__name__}: {exc}"[:300]
+            finally:
+                with contextlib.suppress(Exception):
+                    source.close()
+                os.close(write_fd)  # FFmpeg sees the end of its input
+
+        await asyncio.to_thread(copy)
+        if self.feed_error:
+            self._log.warning("ffmpeg_feed_failed", error=self.feed_error)
+
+    def _stop_feeding(self) -> None:
+        """FFmpeg is stopping or gone: end a read that may be waiting for the source's next
+        bytes (the pump then closes the pipe: FFmpeg sees the end of its input)."""
+        source, self._feeding = self._feeding, None
+        if source is not None:
+            _close_aside(source)
 
     def _close_tap_fds(self) -> None:
         fds, self._tap_fds = self._tap_fds, None
@@ -646,6 +737,7 @@ class FFmpegSupervisor:
             return await self._spawn_and_watch()
         finally:
             self._close_tap_fds()  # a tap opened for a process that never started
+            self._close_feed()  # likewise a feed
             self._close_tap()
 
     async def _spawn_and_watch(self) -> _Outcome:
@@ -671,7 +763,10 @@ class FFmpegSupervisor:
                 start_new_session=False,
                 env={**os.environ, **self._env} if self._env else None,
                 preexec_fn=_die_with_parent_preexec(),
-                pass_fds=(self._tap_fds[1],) if self._tap_fds else (),
+                pass_fds=(
+                    *((self._tap_fds[1],) if self._tap_fds else ()),
+                    *((self._feed[0],) if self._feed else ()),
+                ),
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return _Outcome(reason=f"could not start {argv[0]}: {exc}")
@@ -688,6 +783,8 @@ class FFmpegSupervisor:
         }
         if (tap := self._tap_reader()) is not None:
             readers.add(tap)
+        if (pump := self._feed_writer()) is not None:
+            readers.add(pump)
         try:
             stale, killed = await self._watch(proc, progressed)
         finally:
@@ -758,6 +855,9 @@ class FFmpegSupervisor:
         if proc.stdin is not None:
             with contextlib.suppress(OSError, RuntimeError):
                 proc.stdin.write(b"q\n")
+        # A fed FFmpeg may be blocked reading its pipe (a pipe read does not watch for 'q' or
+        # SIGINT): the end of its input makes it finish the file just as cleanly.
+        self._stop_feeding()
         if await _exited_within(proc, min(cfg.sigint_after_s, cfg.graceful_stop_timeout_s)):
             return False
         self._log.info("ffmpeg_stop_escalated", pid=proc.pid, signal="SIGINT")
@@ -779,6 +879,7 @@ class FFmpegSupervisor:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
         await proc.wait()
+        self._stop_feeding()
         _, late = await asyncio.wait(readers, timeout=_READER_DRAIN_S)
         for task in late:
             task.cancel()

@@ -387,7 +387,7 @@ class SupervisedRun:
     async def _event(self, event: Event, **fields: Any) -> None:
         message = JobEvent(
             type=event, module=self.module, job_id=self.job_id, tenant=self.tenant,
-            node=self._node_id, **fields,
+            node=self._node_id, channel_id=self.lease.doc.get("channel_id"), **fields,
         )  # fmt: skip
         try:
             await self._bus.publish(

@@ -8,7 +8,8 @@ Protocol (JSON text frames; docs/DECISIONS.md "Events, webhooks, operator endpoi
 - server → ``connected`` (``last_id``: the newest event id now; ``summary``: the tenant's jobs by
   state, streams, live nodes), then ``event`` (``id``: the stream sequence, ``event``: the
   payload) and, when asked, ``stats`` (a JobStats message).
-- client → ``subscribe`` / ``unsubscribe`` with ``modules``, ``job_ids``, ``events`` (lists),
+- client → ``subscribe`` / ``unsubscribe`` with ``modules``, ``job_ids``, ``events``,
+  ``channel_ids`` (lists; a channel's events and its recording job's),
   ``stats: true``; the server answers ``subscribed`` with the filter in force.
 - the filter may also be given on connect: ``?job_ids=a,b&modules=recording&events=...&stats=1``.
 - resume: connect with ``?last_id=N`` or send ``{"type":"resume","last_id":N}``: events after N
@@ -24,6 +25,7 @@ import contextlib
 import json
 from typing import Any
 
+from bson import ObjectId
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
@@ -113,7 +115,8 @@ class Session:
         if payload is None or not visible_to(payload, self.tenant):
             return
         module, job_id, event = subject_parts(self.prefix, msg.subject)
-        if not self.filter.matches(module, job_id, event):
+        channel_id = payload.get("channel_id")
+        if not self.filter.matches(module, job_id, event, channel_id):
             return
         frame = {"type": "event", "id": msg.metadata.sequence.stream, "event": payload}
         try:
@@ -155,8 +158,10 @@ class Session:
         try:
             if kind == "subscribe":
                 self.filter.subscribe(message)
+                await self.channel_jobs()
             elif kind == "unsubscribe":
                 self.filter.unsubscribe(message)
+                await self.channel_jobs()
             elif kind == "resume":
                 last_id = message.get("last_id")
                 if not isinstance(last_id, int) or last_id < 0:
@@ -173,6 +178,18 @@ class Session:
             return
         await self.sync_stats()
         await self.queue.put({"type": "subscribed", "filter": self.filter.describe()})
+
+    async def channel_jobs(self) -> None:
+        """The recording jobs of the channels in the filter (their events carry the job id)."""
+        jobs: set[str] = set()
+        for channel_id in self.filter.channel_ids or ():
+            if ObjectId.is_valid(channel_id):
+                doc = await self.state.db[Collections.CHANNELS].find_one(
+                    {"_id": ObjectId(channel_id), "tenant": self.tenant}, {"job_id": 1}
+                )
+                if doc is not None:
+                    jobs.add(str(doc["job_id"]))
+        self.filter.channel_jobs = jobs
 
     async def error(self, code: str, message: str) -> None:
         await self.queue.put({"type": "error", "code": code, "message": message})
@@ -255,7 +272,7 @@ async def events(ws: WebSocket) -> None:
     # The filter may come with the connection, so a resumed replay is filtered from the start.
     initial: dict[str, Any] = {
         k: [v for v in ws.query_params[k].split(",") if v]
-        for k in ("modules", "job_ids", "events")
+        for k in ("modules", "job_ids", "events", "channel_ids")
         if ws.query_params.get(k)
     }
     if ws.query_params.get("stats") in ("1", "true"):
@@ -263,6 +280,7 @@ async def events(ws: WebSocket) -> None:
     try:
         if initial:
             session.filter.subscribe(initial)
+            await session.channel_jobs()
     except ValueError as exc:
         with contextlib.suppress(Exception):
             await ws.send_json({"type": "error", "code": "VALIDATION_ERROR", "message": str(exc)})

@@ -183,7 +183,7 @@ export async function call(path, body = {}, { method = "POST" } = {}) {
     response = await authorized((token) => fetch(`/api/${path}`, {
       method,
       headers: { ...JSON_HEADERS, "x-access-token": token },
-      body: JSON.stringify(body ?? {}),
+      body: method === "GET" ? undefined : JSON.stringify(body ?? {}), // a GET has no body
     }));
   } catch (err) {
     throw unreachable(err);

@@ -5,6 +5,7 @@ import { call, readBudget, refreshSession, session, signIn, signOut as endSessio
 import { clearErrors, field, input, showErrors } from "./forms.js";
 import { describeIngestEvent, ingestView, recordIngestStats } from "./ingest.js";
 import { openLive } from "./live.js";
+import { channelsView } from "./channels.js";
 import { jobState, recordingsView } from "./recordings.js";
 import { restreamsView } from "./restreams.js";
 import { streamsView } from "./streams.js";
@@ -153,12 +154,14 @@ async function refresh() {
   if (session.signedIn) timer = setTimeout(refresh, nextPollMs(readBudget.calls - before));
 }
 store.refresh = refresh;
+store.renderFeed = () => renderFeedAside(); // events that arrive between polls (the Channels WebSocket)
 
 // -- layout and routing -----------------------------------------------------------------------
 
 const VIEWS = {
   recordings: ["Recordings", recordingsView],
   restreams: ["Restreams", restreamsView],
+  channels: ["Channels", channelsView],
   streams: ["Streams", streamsView],
   ingest: ["Ingest", ingestView],
   system: ["System", systemView],
@@ -223,6 +226,7 @@ function leave() {
   live = null;
   store.ingest.stats.clear();
   store.ingest.history.clear();
+  for (const view of built.values()) view.destroy?.(); // the Channels view's WebSocket
   built.clear(); // views are built for one user's role
   store.seen = null;
   store.feed = [];
