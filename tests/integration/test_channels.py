@@ -385,3 +385,57 @@ async def test_platform_credentials_are_sealed_write_only_and_expire_when_refuse
             assert len([e for e in events.received if e["type"] == "platform_auth_expired"]) == 1
         finally:
             await origin.aclose()
+
+
+@pytest.mark.timeout(120)
+async def test_shutdown_is_local_and_admin_only_then_finishes_recordings_and_ends_the_services(
+    deployment: Deployment, tmp_path: Path, db: Any
+) -> None:
+    dep = deployment
+    path = "/api/system/shutdown"
+    base = f"http://127.0.0.1:{dep.port}"
+    async with httpx.AsyncClient(base_url=base) as anonymous:
+        assert (await anonymous.post(path)).status_code == 401
+    operator = (await dep.call("POST", "keys/create", {"name": "ops", "role": "operator"}))["key"]
+    async with httpx.AsyncClient(base_url=base, headers={"x-access-token": operator}) as client:
+        refused = await client.post(path)
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "FORBIDDEN"
+    # An admin from another machine (the same app, reached with a remote client address).
+    remote = httpx.ASGITransport(app=dep.app, client=("203.0.113.7", 40000))
+    async with httpx.AsyncClient(transport=remote, base_url=base, headers=HEADERS) as client:
+        far = await client.post(path)
+        assert far.status_code == 403
+        assert "loopback" in far.json()["error"]["message"]
+    origin = HlsSource(workdir=tmp_path / "origin")
+    await origin.start()
+    try:
+        ch = await dep.call("POST", "channels", channel_body("S", origin.url))
+        rec = (await eventually(lambda: dep.recordings(ch["id"]), timeout=30,
+                                what=f"the recording\n{dep.logs()}"))[0]  # fmt: skip
+
+        async def writing() -> bool:
+            found = await db[Collections.FILES].find_one({"entity_id": rec["job_id"]})
+            return found is not None
+
+        await eventually(writing, timeout=30, what=f"a file being written\n{dep.logs()}")
+        # In the test the API is uvicorn in this process: it ends its server, not the runner.
+        dep.app.state.request_exit = lambda: setattr(dep.server, "should_exit", True)
+        answer = await dep.client.post(path)
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["recordings"] == [rec["id"]]
+        # The recording is finished and processed, then every service exits 0, the API too.
+        assert await dep.recorder.wait(timeout=60) == 0, dep.logs()
+        assert await dep.prober.wait(timeout=20) == 0, dep.logs()
+        assert dep.task is not None
+        await asyncio.wait_for(dep.task, 30)
+        done = await db[Collections.CHANNEL_RECORDINGS].find_one({"_id": ObjectId(rec["id"])})
+        assert done["end_reason"] == "shutdown"
+        files = await db[Collections.FILES].find({"entity_id": rec["job_id"]}).to_list(None)
+        assert files
+        assert {f["status"] for f in files} == {"ready"}, files
+        facts = await probe_file(Path(files[0]["file_path"]))
+        assert facts.duration_ms is not None
+        assert facts.duration_ms > 500
+    finally:
+        await origin.aclose()

@@ -386,8 +386,8 @@ class ChannelWatcher:
                 await self._chapter(b, found, now)
             return "recording"
         b.title, b.category = found.title, found.category
-        if b.stopped:
-            return "live"
+        if b.stopped or self.node.ctx.shutting_down:
+            return "live"  # stopped by a person, or the stack is shutting down
         refusal = await self._refusal(found, now)
         if refusal is not None:
             event, reason = refusal
@@ -532,6 +532,7 @@ class ChannelNode(JobNode):
         self.node_id = ctx.node_id
         self.policy = ctx.settings.net_policy()
         self.sealer = cached_sealer(ctx.settings)
+        self.ctx = ctx
 
     @property
     def max_jobs(self) -> int:
