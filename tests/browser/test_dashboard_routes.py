@@ -21,7 +21,8 @@ async def test_page_and_modules_are_served_and_nothing_else(stack):
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert '<script type="module" src="/dashboard/app.js">' in page.text
-    for asset in ("app.js", "api.js", "style.css", "vendor/hls.js/hls.light.min.mjs"):
+    for asset in ("app.js", "api.js", "ingest.js", "live.js", "style.css",
+                  "vendor/hls.js/hls.light.min.mjs"):  # fmt: skip
         r = await stack.client.get(f"/dashboard/{asset}")
         assert r.status_code == 200, asset
     hls = await stack.client.get("/dashboard/vendor/hls.js/hls.light.min.mjs")

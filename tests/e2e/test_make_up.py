@@ -26,7 +26,7 @@ from support.wait import eventually
 
 pytestmark = pytest.mark.slow
 
-SERVICES = {"api", "recorder", "restreamer", "prober", "janitor"}
+SERVICES = {"api", "recorder", "restreamer", "prober", "janitor", "ingest"}
 
 
 def _processes_mentioning(marker: str) -> list[str]:
@@ -88,7 +88,9 @@ def _stack_env(data: Path, api_port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REELHOUSE_") and k not in outer}
     env.update(
         UP_DATA_DIR=str(data), API_PORT=str(api_port), NATS_PORT=str(free_port()),
-        DB_PORT=str(free_port()), **extra,
+        DB_PORT=str(free_port()),
+        # The ingest fan-out binds its port at start: its own, as two stacks run side by side.
+        REELHOUSE_INGEST_FANOUT_PORT=str(free_port("udp")), **extra,
     )  # fmt: skip
     return env
 
@@ -118,16 +120,24 @@ async def test_up_serves_health_and_stops_everything(tmp_path):
 
             token = (data / "bootstrap-token").read_text().strip()
 
-            async def five_services():
+            async def every_service():
                 r = await client.post("/api/nodes/getAll", headers={"x-access-token": token})
                 alive = {n["service"] for n in r.json() if n["alive"]}
-                return alive if len(alive) == 5 else None
+                return alive if len(alive) == len(SERVICES) else None
 
-            alive = await eventually(five_services, timeout=30, what="five services alive")
+            alive = await eventually(every_service, timeout=30, what="every service alive")
             assert alive == SERVICES
         # Every line of every process is prefixed with the process name.
         text = (tmp_path / "up.log").read_text(errors="replace")
-        for name in ("nats.1", "api.1", "recorder.1", "restreamer.1", "prober.1", "janitor.1"):
+        for name in (
+            "nats.1",
+            "api.1",
+            "recorder.1",
+            "restreamer.1",
+            "prober.1",
+            "janitor.1",
+            "ingest.1",
+        ):
             assert _prefixed(text, name), name
         assert any("Server is ready" in line for line in _prefixed(text, "nats.1"))
         assert "written at first start" in text  # the token line tells the truth: no variable

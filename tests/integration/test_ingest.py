@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from support.events import Events
 from support.media import FfmpegProcess, MediaSpec, _ffmpeg_argv, free_port, port_in_use
-from support.stack import DATAPLANE, Stack, running_stack
+from support.stack import Stack, running_stack
 from support.wait import eventually
 
 from reelhouse.common.ingest import read_contribution
@@ -140,10 +140,6 @@ async def test_server_modules_validate_ports_passphrases_and_the_rows_on_them(st
 
 # -- end to end with the real data plane -----------------------------------------------------
 
-needs_dataplane = pytest.mark.skipif(
-    not DATAPLANE.exists(), reason=f"the ingest data plane is not built ({DATAPLANE})"
-)
-
 
 def publisher(url: str, fmt: str = "mpegts", spec: MediaSpec | None = None) -> FfmpegProcess:
     spec = spec or MediaSpec.of("320x180")
@@ -158,7 +154,6 @@ async def stat_rows(stack: Stack, module: str, server_id: str) -> list[dict[str,
     return await stack.api_ok(f"{module}/getStat", {"id": server_id})
 
 
-@needs_dataplane
 @pytest.mark.slow
 async def test_srt_publisher_is_fanned_out_measured_and_refusals_say_why(stack: Stack):
     port = first_port(stack.env, "srt")
@@ -272,7 +267,6 @@ async def _moved(stack: Stack, sid: str, before: int) -> bool:
     return any(r["role"] == "publish" and r["bytes"] > before for r in rows)
 
 
-@needs_dataplane
 @pytest.mark.slow
 async def test_rtmp_publisher_with_key_and_a_wrong_key(stack: Stack):
     port = first_port(stack.env, "rtmp")
@@ -318,6 +312,13 @@ async def test_rtmp_publisher_with_key_and_a_wrong_key(stack: Stack):
                 )
 
             await eventually(grew, timeout=10, what="RTMP bytes to grow")
+
+            # Stopping the server ends its live contribution, and says so.
+            await stack.api_ok("rtmp-servers/stop", {"id": sid})
+            (ended,) = await eventually(lambda: events_of(ev, sid, "contribution_ended"),
+                                        timeout=15, what="contribution_ended")  # fmt: skip
+            assert ended["name"] == "live/program"
+            assert ended["reason"] == "closed"
         finally:
             await encoder.stop()
 
@@ -336,7 +337,6 @@ def children(pid: int) -> list[int]:
     return found
 
 
-@needs_dataplane
 @pytest.mark.slow
 async def test_a_crashed_data_plane_is_restarted_and_its_servers_reopened(stack: Stack):
     port = first_port(stack.env, "srt")

@@ -156,6 +156,16 @@ async def test_one_srt_contribution_feeds_two_recordings_and_a_restream_through_
             assert (back[0].get("gap_ms") or back[0].get("idle_ms") or 0) >= 2500, back
             for job_id in recs:
                 await wait_recorded(stack, job_id, before[job_id] + 4.0)
+
+            # getStat shows the gap on the contribution's connections.
+            async def gap_counted() -> dict[str, Any] | None:
+                rows = await stack.api_ok("srt-servers/getStat", {"id": sid})
+                found = [r for r in rows if r["role"] == "publish" and r["gaps"] >= 1]
+                return found[0] if found else None
+
+            row_now = await eventually(gap_counted, timeout=10, what="the gap in getStat")
+            assert row_now["gap_ms_total"] >= 2500, row_now
+            assert row_now["held"] is False
             # The jobs kept running: the same FFmpeg, no restart, no job_retrying.
             for job_id in recs:
                 rt = await runtime(stack, "recording", job_id)
@@ -196,9 +206,16 @@ async def _state_is(stack: Stack, module: str, job_id: str, state: str) -> bool:
 
 
 @pytest.mark.slow
-async def test_an_rtmp_contribution_is_recorded_through_the_fan_out(service_env, tmp_path, db):
+async def test_an_rtmp_contribution_is_recorded_through_the_fan_out_across_a_reconnect(
+    service_env, tmp_path, db
+):
+    """RTMP: the encoder's connection drops for 3 s and comes back (RTMP timestamps restart at
+    zero); the recording stays one FFmpeg run and one file, with the gap reported."""
     env = ingest_env(service_env)
-    async with running_stack(env, tmp_path) as stack:
+    async with (
+        running_stack(env, tmp_path) as stack,
+        Events(env["REELHOUSE_NATS_URL"], env["REELHOUSE_SUBJECT_PREFIX"]) as ev,
+    ):
         await stack.start_ingest(REELHOUSE_INGEST_GAP_HOLD_S=GAP_HOLD_S)
         await stack.start_recorder()
         sid, row = await make_server(stack, "rtmp", {
@@ -211,11 +228,29 @@ async def test_an_rtmp_contribution_is_recorded_through_the_fan_out(service_env,
             stat = await stat_of(stack, job_id)
             assert stat is not None
             assert float(stat["fps"] or 0) > 0, stat
+            pid = (await runtime(stack, "recording", job_id))["pid"]
+            before = await out_time_s(stack, job_id)
+            os.kill(enc.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            await enc.wait()
+            await eventually(lambda: of(ev, sid, "publisher_lost"), timeout=10,
+                             what="publisher_lost (TCP notices at once)")  # fmt: skip
+            await asyncio.sleep(3.0)  # the gap itself
+            enc = await encoder(row["publish_url"], "flv").start()
+            (back,) = await eventually(lambda: of(ev, sid, "publisher_back"), timeout=15,
+                                       what="publisher_back")  # fmt: skip
+            assert back["gap_ms"] >= 3000, back
+            await wait_recorded(stack, job_id, before + 3.0)
+            rt = await runtime(stack, "recording", job_id)
+            assert rt["state"] == "running", rt
+            assert rt["pid"] == pid, rt
             (joined,) = (await stop_and_wait(stack, job_id))["recordedFiles"]
             assert joined["status"] == "ready"
             stored = await db[Collections.FILES].find_one({"entity_id": job_id})
+            (gap,) = [g for g in stored["integrity"]["gaps"] if g["cause"] == "publisher_gap"]
+            assert gap["duration_ms"] >= 3000, stored["integrity"]
             info = await ffprobe(stored["file_path"], analyzeduration=5.0)
             assert {s["codec_type"] for s in info["streams"]} == {"video", "audio"}
+            assert float(info["format"]["duration"]) >= before + 2.5
         finally:
             await enc.stop()
 

@@ -1,4 +1,4 @@
-"""Each of the five services starts, registers and heartbeats into ``nodes``, and stops cleanly."""
+"""Each of the services starts, registers and heartbeats into ``nodes``, and stops cleanly."""
 
 from __future__ import annotations
 

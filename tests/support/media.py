@@ -51,7 +51,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +64,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
+
+from support.infra import free_port
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +148,6 @@ class MediaSpec:
 # --------------------------------------------------------------------------------------------
 # Ports, /proc and waiting
 # --------------------------------------------------------------------------------------------
-
-
-def free_port(kind: Literal["tcp", "udp"] = "tcp", host: str = LOCALHOST) -> int:
-    """A port the kernel says is free now (bind to port 0, read it back, release it)."""
-    sock_type = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, sock_type) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 _TCP_LISTEN = "0A"

@@ -215,6 +215,11 @@ class WorkerSettings(CommonSettings):
         0.25, gt=0, description="How often a job fed by an ingest server looks for its publisher "
         "while it waits (a live-plane read)."
     )  # fmt: skip
+    ingest_probe_ms: int = Field(
+        500, ge=50, le=10_000, description="How long FFmpeg probes an ingest-fed job's input, "
+        "milliseconds: the fan-out starts every reader at a keyframe, after PAT and PMT (a "
+        "source that needs more makes the next start probe fully, as for any input)."
+    )  # fmt: skip
     ingest_gap_hold_s: float = Field(
         30.0, gt=0, description="How long the ingest fan-out holds readers through a publisher "
         "gap (the ingest service's setting of the same name); FFmpeg's read timeout and the "

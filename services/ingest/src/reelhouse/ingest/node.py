@@ -76,6 +76,9 @@ class IngestNode:
         self.hostname = socket.gethostname()
         # Desired: the servers this node serves, by id (their documents, with `proto`).
         self.servers: dict[str, dict[str, Any]] = {}
+        # Every server's tenant once seen: a stopped or removed server's last events
+        # (contribution_ended) still go out under it.
+        self._tenants: dict[str, str] = {}
         # What the current data plane process was told: server id -> (proto, port, latency).
         self.opened: dict[str, tuple[str, int, int]] = {}
         self.status: dict[str, tuple[str, str]] = {}  # server id -> (state, error) last written
@@ -166,6 +169,7 @@ class IngestNode:
     async def reconcile(self) -> None:
         """Open what should be open, close what should not (only once the data plane is up)."""
         self.servers = await self.load_servers()
+        self._tenants.update({sid: str(doc.get("tenant", "")) for sid, doc in self.servers.items()})
         if not self.dp.ready.is_set():
             return
         for server_id in [s for s in self.opened if s not in self.servers]:
@@ -326,8 +330,8 @@ class IngestNode:
 
     async def _publish(self, event: dict[str, Any], name: str) -> None:
         server_id = str(event.get("server_id") or "")
-        server = self.servers.get(server_id)
-        if server is None:
+        tenant = self._tenants.get(server_id)
+        if tenant is None:
             log.info(name, server_id=server_id or None, reason=event.get("reason"),
                      stream_id=event.get("stream_id"), remote=event.get("remote"))  # fmt: skip
             return
@@ -342,7 +346,7 @@ class IngestNode:
         }  # fmt: skip
         try:
             message = IngestEvent(
-                type=name, job_id=server_id, tenant=str(server.get("tenant", "")),
+                type=name, job_id=server_id, tenant=tenant,
                 node=self.ctx.node_id, **{k: v for k, v in fields.items() if v is not None},
             )  # fmt: skip
             await self.bus.publish(self.bus.subjects.event("ingest", server_id, name), message)
@@ -367,6 +371,7 @@ class IngestNode:
         contributions = [c for c in event.get("contributions") or [] if isinstance(c, dict)]
         readers = {(str(c.get("server_id")), str(c.get("name"))): int(c.get("readers") or 0)
                    for c in contributions}  # fmt: skip
+        by_name = {(str(c.get("server_id")), str(c.get("name"))): c for c in contributions}
         for (server_id, name), count in readers.items():
             contrib = self.contribs.get((server_id, name))
             if contrib is not None:
@@ -384,7 +389,7 @@ class IngestNode:
                     tenant=str(server.get("tenant", "")),
                     node=self.ctx.node_id,
                     proto=server["proto"],
-                    conns=[conn_stat(c, readers.get((server_id, str(c.get("name"))), 0))
+                    conns=[conn_stat(c, by_name.get((server_id, str(c.get("name")))))
                            for c in conns if c.get("server_id") == server_id],
                     contributions=[ContributionStat.model_validate(c) for c in contributions
                                    if c.get("server_id") == server_id],

@@ -204,6 +204,11 @@ class ConnStat(BaseModel):
     latency_ms: float | None = None
     readers: int = 0
     """Readers of this connection's contribution."""
+    held: bool = False
+    """The contribution has no publisher now; its readers are held (a publisher gap)."""
+    gaps: int = 0
+    """Publisher gaps of the contribution so far (returns within the hold, and takeovers)."""
+    gap_ms_total: int = 0
 
 
 class ContributionStat(BaseModel):
@@ -242,10 +247,15 @@ class IngestStats(BusMessage):
     contributions: list[ContributionStat] = Field(default_factory=list)
 
 
-def conn_stat(raw: dict[str, Any], readers: int) -> ConnStat:
-    """A data-plane ``stats`` connection entry as :class:`ConnStat` (field names of the issue)."""
+def conn_stat(raw: dict[str, Any], contribution: dict[str, Any] | None) -> ConnStat:
+    """A data-plane ``stats`` connection entry as :class:`ConnStat` (field names of the issue),
+    with its contribution's readers and gaps."""
     data = dict(raw)
     data["stream_id"] = raw.get("name", "")
     data["remote_address"] = raw.get("remote", "")
-    data["readers"] = readers
+    of = contribution or {}
+    data["readers"] = int(of.get("readers") or 0)
+    data["held"] = bool(of.get("held"))
+    data["gaps"] = int(of.get("gaps") or 0)
+    data["gap_ms_total"] = int(of.get("gap_ms_total") or 0)
     return ConnStat.model_validate(data)

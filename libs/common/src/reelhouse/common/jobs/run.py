@@ -214,7 +214,13 @@ class SupervisedRun:
         setting), or at least the full default once this run's source has shown it is too short.
         """
         probe = self._settings.probe_ms
-        return max(probe, FULL_PROBE_MS) if self._probe_extended else probe
+        if self._probe_extended:
+            return max(probe, FULL_PROBE_MS)
+        if is_ingest_input(getattr(getattr(self, "config", None), "input", None)):
+            # The ingest fan-out hands a new reader PAT, PMT and the current GOP from its
+            # keyframe first: the codec parameters are in the first packets.
+            return min(probe, self._settings.ingest_probe_ms)
+        return probe
 
     def _stderr_line(self, line: str) -> None:
         if not self._probe_extended and PROBE_TOO_SHORT in line and self.probe_ms < FULL_PROBE_MS:

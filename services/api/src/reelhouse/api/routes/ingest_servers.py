@@ -47,12 +47,14 @@ _SRT_STAT_FIELDS = (
     "server_id", "stream_id", "role", "remote_address", "connected_at", "rtt_ms",
     "recv_rate_kbits", "send_rate_kbits", "link_capacity_kbits", "pkt_recv_loss", "pkt_retrans",
     "pkt_recv_drop", "pkt_send_loss", "recv_buffer_ms", "send_buffer_ms", "latency_ms", "bytes",
-    "bitrate_kbits", "readers",
+    "bitrate_kbits", "readers", "held", "gaps", "gap_ms_total",
 )  # fmt: skip
 _RTMP_STAT_FIELDS = (
     "server_id", "stream_id", "role", "remote_address", "connected_at", "bytes", "bitrate_kbits",
-    "readers",
+    "readers", "held", "gaps", "gap_ms_total",
 )  # fmt: skip
+"""Per connection; ``held`` (its contribution has no publisher now and its readers are held),
+``gaps`` and ``gap_ms_total`` (publisher gaps so far) are its contribution's."""
 
 
 @dataclass(frozen=True)

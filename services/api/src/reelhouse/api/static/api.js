@@ -222,9 +222,13 @@ export function mediaUrl(path, params = {}) {
   return `/api/${path}?${new URLSearchParams({ ...params, token: accessToken })}`;
 }
 
-// The events WebSocket (GET /api/events): a browser cannot set headers on a WebSocket, so the
-// access JWT goes in the query, as the API documents; `params` is the subscription filter.
+// -- the events WebSocket ---------------------------------------------------------------------
+
+// The URL of GET /api/events for a WebSocket (browsers cannot set headers on one, so the access
+// token goes in the query, as the API documents; the API keeps no access log). A socket opened
+// with it lives on after the token expires; the page reconnects with the current token when the
+// server closes it.
 export function eventsSocketUrl(params = {}) {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/api/events?${new URLSearchParams({ ...params, token: accessToken })}`;
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${location.host}/api/events?${new URLSearchParams({ ...params, token: accessToken })}`;
 }

@@ -1,7 +1,10 @@
 // The Reelhouse operator dashboard: sign-in, a hash router, and one poll loop (every 3 s, as the
-// seed's dashboard polls getStat) feeding every view, the sparklines and the events feed.
+// seed's dashboard polls getStat) feeding every view, the sparklines and the events feed. The
+// ingest servers' events and statistics come live over the events WebSocket (live.js).
 import { call, readBudget, refreshSession, session, signIn, signOut as endSession } from "./api.js";
 import { clearErrors, field, input, showErrors } from "./forms.js";
+import { describeIngestEvent, ingestView, recordIngestStats } from "./ingest.js";
+import { openLive } from "./live.js";
 import { channelsView } from "./channels.js";
 import { jobState, recordingsView } from "./recordings.js";
 import { restreamsView } from "./restreams.js";
@@ -25,6 +28,13 @@ const store = {
   feed: [],
   tick: 0,
   seen: null, // last snapshot of states, for the events feed
+  ingest: {
+    stats: new Map(), // server id → its latest IngestStats (WebSocket, about once a second)
+    history: new Map(), // "<server id>|<contribution>" → {kbits: [], rtt: []}
+    names: new Map(), // server id → server_name, for the events feed
+    socket: "connecting",
+    socketWhy: "",
+  },
   refresh: async () => {},
 };
 
@@ -45,8 +55,8 @@ function snapshot() {
   return seen;
 }
 
-function emit(kind, subject, text) {
-  store.feed.unshift({ at: new Date(), kind, subject, text });
+function emit(kind, subject, text, at = new Date()) {
+  store.feed.unshift({ at, kind, subject, text });
   store.feed.length = Math.min(store.feed.length, FEED_SIZE);
 }
 
@@ -153,10 +163,32 @@ const VIEWS = {
   restreams: ["Restreams", restreamsView],
   channels: ["Channels", channelsView],
   streams: ["Streams", streamsView],
+  ingest: ["Ingest", ingestView],
   system: ["System", systemView],
 };
 const built = new Map();
 let aside = null;
+let live = null; // the events WebSocket, open while signed in
+
+function openLiveFeed() {
+  if (live) return;
+  live = openLive({ modules: "ingest", stats: "1" }, {
+    onStats(stats) {
+      recordIngestStats(store, stats);
+      current?.live?.(stats.server_id);
+    },
+    onEvent(event) {
+      if (event.module !== "ingest") return;
+      emit(...describeIngestEvent(store, event));
+      renderFeedAside();
+    },
+    onState(state, why = "") {
+      store.ingest.socket = state;
+      store.ingest.socketWhy = why;
+      current?.socket?.(state, why);
+    },
+  });
+}
 
 function renderFeedAside() {
   if (aside) aside.replaceChildren(h("h3", {}, "Events"), feedList(store, { limit: 12 }));
@@ -184,11 +216,16 @@ function showApp() {
     h("div", { id: "notice", class: "notice", hidden: true, role: "status" }),
     h("main", {}, current.el, aside),
   );
+  openLiveFeed();
   refresh();
 }
 
 function leave() {
   clearTimeout(timer);
+  live?.close();
+  live = null;
+  store.ingest.stats.clear();
+  store.ingest.history.clear();
   for (const view of built.values()) view.destroy?.(); // the Channels view's WebSocket
   built.clear(); // views are built for one user's role
   store.seen = null;

@@ -1,5 +1,6 @@
 // System: the service nodes (/api/nodes/getAll), the storage gauge (/api/storage/getInfo) and
-// the events feed (changes this page has seen while polling; there is no events endpoint yet).
+// the events feed (changes this page has seen while polling, and the ingest events the events
+// WebSocket delivers).
 import { call } from "./api.js";
 import { badge, bytes, h, table, when } from "./ui.js";
 
@@ -32,7 +33,7 @@ export function systemView(store) {
     h("div", { class: "columns" },
       h("div", { class: "card" }, h("h3", {}, "Storage"), storage),
       h("div", { class: "card" }, h("h3", {}, "Events"),
-        h("p", { class: "muted small" }, "Job, destination and file changes seen by this page (polled every 3 s)."), feed)),
+        h("p", { class: "muted small" }, "Job, destination and file changes seen by this page (polled every 3 s), and ingest events (live)."), feed)),
     h("div", { class: "card" }, h("h3", {}, "Nodes"), nodes));
 
   async function update() {

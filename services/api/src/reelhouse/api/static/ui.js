@@ -69,14 +69,15 @@ export function badge(state, reason) {
 }
 
 // A sparkline of the last values (bitrate over the last minutes); empty when nothing yet.
-export function sparkline(values, { width = 120, height = 28 } = {}) {
-  const box = svg("svg", { class: "sparkline", width, height, viewBox: `0 0 ${width} ${height}`, role: "img" });
+// `what` and `unit` name the values for screen readers; `kind` adds a class (its colour).
+export function sparkline(values, { width = 120, height = 28, what = "bitrate", unit = "kbit/s", kind = "" } = {}) {
+  const box = svg("svg", { class: `sparkline${kind ? ` sparkline-${kind}` : ""}`, width, height, viewBox: `0 0 ${width} ${height}`, role: "img" });
   if (values.length < 2) return box;
-  const max = Math.max(...values, 1);
+  const max = Math.max(...values) > 0 ? Math.max(...values) : 1;
   const step = width / (values.length - 1);
   const points = values.map((v, i) => `${(i * step).toFixed(1)},${(height - 2 - (v / max) * (height - 4)).toFixed(1)}`);
   box.append(svg("polyline", { points: points.join(" "), fill: "none", "stroke-width": "1.5" }));
-  box.setAttribute("aria-label", `bitrate, last ${values.length} samples, peak ${Math.round(max)} kbit/s`);
+  box.setAttribute("aria-label", `${what}, last ${values.length} samples, peak ${max < 10 ? max.toFixed(2) : Math.round(max)} ${unit}`);
   return box;
 }
 
