@@ -37,6 +37,9 @@ export REELHOUSE_API_PORT="${REELHOUSE_API_PORT:-${API_PORT:-8080}}"
 export REELHOUSE_STORAGE_ROOT="${REELHOUSE_STORAGE_ROOT:-$data/recordings}"
 export REELHOUSE_BOOTSTRAP_TOKEN_FILE="${REELHOUSE_BOOTSTRAP_TOKEN_FILE:-$data/bootstrap-token}"
 export PYTHONUNBUFFERED=1
+# POST /api/system/shutdown ends the stack by signalling supervisord (which stops every program
+# in order and exits), after the active recordings are finished.
+export REELHOUSE_SUPERVISOR_PIDFILE="$run/supervisord.pid"
 # A one-machine stack reads local sources (and the README's examples use 127.0.0.1): loopback
 # may be reached on a user's behalf here; nothing else private (docs/SECURITY.md).
 export REELHOUSE_PROBE_ALLOW_NETWORKS="${REELHOUSE_PROBE_ALLOW_NETWORKS-127.0.0.0/8,::1/128}"

@@ -142,9 +142,17 @@ async def test_up_serves_health_and_stops_everything(tmp_path):
         assert any("Server is ready" in line for line in _prefixed(text, "nats.1"))
         assert "written at first start" in text  # the token line tells the truth: no variable
         assert _processes_mentioning(str(data))
+        # POST /api/system/shutdown (issue 22) ends the stack: supervisord itself exits.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as client:
+            r = await client.post("/api/system/shutdown", headers={"x-access-token": token})
+            assert r.status_code == 202, r.text
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        activity = (data / "run/supervisord.log").read_text()
+        assert "received SIGTERM indicating exit request" in activity
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 30)
         log.close()
     leftovers = await eventually(
         lambda: not _processes_mentioning(str(data)) or None,

@@ -16,6 +16,7 @@ import json
 import socket
 import stat
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,8 @@ class Deployment:
             "recorder", {**env, **FAST_RECORDER, "REELHOUSE_NODE_ID": "recorder-1"},
             tmp / "recorder.log",
         )  # fmt: skip
+        # Retention evicts before a quota skip (a cleanup request to the janitor).
+        self.janitor = ServiceProcess("janitor", env, tmp / "janitor.log")
         self.task: asyncio.Task[Any] | None = None
 
     async def __aenter__(self) -> Deployment:
@@ -81,10 +84,11 @@ class Deployment:
         await asyncio.wait_for(self.app.state.ops.events_ready.wait(), 15)
         await self.prober.start()
         await self.recorder.start()
+        await self.janitor.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for proc in (self.prober, self.recorder):
+        for proc in (self.prober, self.recorder, self.janitor):
             with contextlib.suppress(Exception):
                 await proc.terminate(timeout=20)
             await proc.kill()
@@ -144,6 +148,10 @@ TITLE = "Chess finals"
 
 def channel_body(name: str, url: str, **more: Any) -> dict[str, Any]:
     return {"name": name, "platform": "url", "url": url, **more}
+
+
+async def _len_at_least(rows: Any, n: int) -> bool:
+    return len(await rows) >= n
 
 
 def _of(events: Events, channel_id: str, kind: str) -> list[dict[str, Any]]:
@@ -241,6 +249,12 @@ async def test_channel_records_each_broadcast_with_rules_and_a_channel_filtered_
                 await eventually(lambda: _of(events, a["id"], "quota_skip"), timeout=30,
                                  what=f"quota_skip\n{dep.logs()}")  # fmt: skip
                 assert len(await dep.recordings(a["id"])) == 1
+                changed = _of(events, a["id"], "quota_status_changed")
+                assert [e["extra"]["quota_status"] for e in changed] == ["exceeded"]
+                assert changed[0]["extra"]["used_bytes"] >= 1
+                # Each captured part of a channel's recording: segment_downloaded.
+                assert [e for e in events.received if e["type"] == "segment_downloaded"
+                        and e.get("channel_id") == a["id"]]  # fmt: skip
                 # The socket filtered to A saw A's events and its job's, nobody else's (the relay
                 # reads the events stream: it may trail the direct subscriber a little).
                 await eventually(lambda: "quota_skip" in {e["type"] for e in sock.events()},
@@ -254,6 +268,24 @@ async def test_channel_records_each_broadcast_with_rules_and_a_channel_filtered_
                         event.get("channel_id") == a["id"] or event.get("job_id") == rec["job_id"]
                     ), event
                 assert not [e for e in seen if e.get("channel_id") in (b["id"], c["id"])]
+                # Retention first: with delete_after, the old file is evicted before the quota
+                # says no, and the next broadcast records (the file is made 40 days old).
+                old = datetime.now(UTC) - timedelta(days=40)
+                await db[Collections.FILES].update_many({"entity_id": rec["job_id"]},
+                                                        {"$set": {"created": old}})  # fmt: skip
+                await dep.call("PUT", f"channels/{a['id']}",
+                               channel_body("A", origin.url, quota_bytes=1,
+                                            delete_after=30))  # fmt: skip
+                await eventually(lambda: _len_at_least(dep.recordings(a["id"]), 2), timeout=30,
+                                 what=f"a recording after eviction\n{dep.logs()}")  # fmt: skip
+                gone = await db[Collections.FILES].find_one(
+                    {"_id": ObjectId(done["files"][0]["id"])}
+                )
+                assert gone is None or gone["status"] == "deleted"
+                assert not path.exists()
+                assert len(_of(events, a["id"], "quota_skip")) == 1
+                changed = _of(events, a["id"], "quota_status_changed")
+                assert changed[-1]["extra"]["quota_status"] == "ok"
         finally:
             await origin.aclose()
 
@@ -385,3 +417,57 @@ async def test_platform_credentials_are_sealed_write_only_and_expire_when_refuse
             assert len([e for e in events.received if e["type"] == "platform_auth_expired"]) == 1
         finally:
             await origin.aclose()
+
+
+@pytest.mark.timeout(120)
+async def test_shutdown_is_local_and_admin_only_then_finishes_recordings_and_ends_the_services(
+    deployment: Deployment, tmp_path: Path, db: Any
+) -> None:
+    dep = deployment
+    path = "/api/system/shutdown"
+    base = f"http://127.0.0.1:{dep.port}"
+    async with httpx.AsyncClient(base_url=base) as anonymous:
+        assert (await anonymous.post(path)).status_code == 401
+    operator = (await dep.call("POST", "keys/create", {"name": "ops", "role": "operator"}))["key"]
+    async with httpx.AsyncClient(base_url=base, headers={"x-access-token": operator}) as client:
+        refused = await client.post(path)
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "FORBIDDEN"
+    # An admin from another machine (the same app, reached with a remote client address).
+    remote = httpx.ASGITransport(app=dep.app, client=("203.0.113.7", 40000))
+    async with httpx.AsyncClient(transport=remote, base_url=base, headers=HEADERS) as client:
+        far = await client.post(path)
+        assert far.status_code == 403
+        assert "loopback" in far.json()["error"]["message"]
+    origin = HlsSource(workdir=tmp_path / "origin")
+    await origin.start()
+    try:
+        ch = await dep.call("POST", "channels", channel_body("S", origin.url))
+        rec = (await eventually(lambda: dep.recordings(ch["id"]), timeout=30,
+                                what=f"the recording\n{dep.logs()}"))[0]  # fmt: skip
+
+        async def writing() -> bool:
+            found = await db[Collections.FILES].find_one({"entity_id": rec["job_id"]})
+            return found is not None
+
+        await eventually(writing, timeout=30, what=f"a file being written\n{dep.logs()}")
+        # In the test the API is uvicorn in this process: it ends its server, not the runner.
+        dep.app.state.request_exit = lambda: setattr(dep.server, "should_exit", True)
+        answer = await dep.client.post(path)
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["recordings"] == [rec["id"]]
+        # The recording is finished and processed, then every service exits 0, the API too.
+        assert await dep.recorder.wait(timeout=60) == 0, dep.logs()
+        assert await dep.prober.wait(timeout=20) == 0, dep.logs()
+        assert dep.task is not None
+        await asyncio.wait_for(dep.task, 30)
+        done = await db[Collections.CHANNEL_RECORDINGS].find_one({"_id": ObjectId(rec["id"])})
+        assert done["end_reason"] == "shutdown"
+        files = await db[Collections.FILES].find({"entity_id": rec["job_id"]}).to_list(None)
+        assert files
+        assert {f["status"] for f in files} == {"ready"}, files
+        facts = await probe_file(Path(files[0]["file_path"]))
+        assert facts.duration_ms is not None
+        assert facts.duration_ms > 500
+    finally:
+        await origin.aclose()

@@ -211,7 +211,8 @@ def test_service_restarts_and_waits_for_healthy_infrastructure(
     services: dict[str, Any], name: str
 ) -> None:
     svc = services[name]
-    assert svc["restart"] == "unless-stopped"
+    # on-failure: a crash comes back; the graceful shutdown's exit 0 stays down (issue 22)
+    assert svc["restart"] == "on-failure"
     depends = svc["depends_on"]
     for dep in ("mongo", "nats"):
         assert depends[dep]["condition"] == "service_healthy"

@@ -16,12 +16,14 @@ import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
+from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.bus import Bus, exit_if_incompatible
+from reelhouse.common.contracts.messages import SystemShutdown
 from reelhouse.common.live import LivePlane
 from reelhouse.common.logging import configure_logging, get_logger, ship_logs
 from reelhouse.common.mongo import connect_mongo, ensure_indexes, get_database
@@ -45,6 +47,8 @@ class ServiceContext(Generic[S]):
     live: LivePlane
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     log: structlog.stdlib.BoundLogger = field(default_factory=lambda: get_logger())
+    shutting_down: bool = False
+    """The stack is shutting down (``<p>.sys.shutdown`` ``prepare``): start nothing new."""
 
     async def wait_stopped(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds; True as soon as the service is asked to stop."""
@@ -125,6 +129,7 @@ async def serve_service(
         extras = [
             asyncio.create_task(watcher.run(stop), name="runtime-settings"),
             asyncio.create_task(ship_logs(db, stop, service=service, node=node_id), name="logs"),
+            asyncio.create_task(_follow_shutdown(ctx), name="shutdown-watch"),
         ]
         try:
             await serve(ctx)
@@ -138,6 +143,30 @@ async def serve_service(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(node.mark_stopped(), timeout=5)
             log.info("service_stopped")
+
+
+async def _follow_shutdown(ctx: ServiceContext[S]) -> None:
+    """``<p>.sys.shutdown``: ``prepare`` marks the service shutting down; ``exit`` stops it as
+    SIGTERM does (it drains, then the process exits 0)."""
+
+    async def on_message(msg: Any) -> None:
+        try:
+            order = SystemShutdown.model_validate_json(msg.data)
+        except ValidationError:
+            return
+        ctx.shutting_down = True
+        ctx.log.info("system_shutdown", phase=order.phase, by=order.by)
+        if order.phase == "exit":
+            ctx.stop.set()
+
+    while not ctx.stop.is_set():  # once NATS is reached (the subscription survives reconnects)
+        if await ctx.bus.wait_connected(timeout=1.0):
+            try:
+                await ctx.bus.nc.subscribe(ctx.bus.subjects.system_shutdown(), cb=on_message)
+                return
+            except Exception as exc:
+                ctx.log.warning("shutdown_watch_failed", error=str(exc)[:200])
+                await ctx.wait_stopped(1.0)
 
 
 def run_service(

@@ -19,6 +19,9 @@ Scheme (``<p>`` is the deployment's subject prefix, default ``reelhouse``)::
 
     <p>.req.prober.channel_check           request: check one channel's live status now; the
                                            prober that watches the channel answers
+    <p>.sys.shutdown                       the stack is shutting down (``POST
+                                           /api/system/shutdown``): ``prepare`` (start nothing
+                                           new), then ``exit`` (every service stops, exit 0)
 
 ``<module>`` is ``recording``, ``restream``, ``stream``, ``ingest`` (whose "job" is an SRT or
 RTMP server: docs/INGEST.md) or ``channel``. Job ids are 24-hex ObjectId strings; user text
@@ -149,6 +152,11 @@ class Subjects:
     def auth_event(self, event: Event) -> str:
         """An account event of no job, e.g. ``reelhouse.evt.auth.auth_refresh_reuse``."""
         return f"{self.prefix}.evt.auth.{_check('event', event, EVENTS)}"
+
+    def system_shutdown(self) -> str:
+        """The stack's graceful shutdown (:class:`~reelhouse.common.contracts.messages.
+        SystemShutdown`); not an event (outside ``<p>.evt.>``)."""
+        return f"{self.prefix}.sys.shutdown"
 
     def auth_changed(self) -> str:
         """Credentials changed (:class:`~reelhouse.common.contracts.messages.CredentialsChanged`):

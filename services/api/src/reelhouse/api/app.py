@@ -28,6 +28,7 @@ from reelhouse.api.routes import (
     platform_auth,
     recordings,
     restreams,
+    shutdown,
     storage,
     streams,
     users,
@@ -128,6 +129,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(recordings.router)
     app.include_router(channels.router)
     app.include_router(platform_auth.router)
+    app.include_router(shutdown.router)
     app.include_router(files.router)
     app.include_router(restreams.router)
     app.include_router(streams.router)

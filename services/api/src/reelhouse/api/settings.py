@@ -17,6 +17,19 @@ class ApiSettings(IngestCommonSettings):
         description="Admin token accepted in `x-access-token`. Unset: one is generated and "
         "written to REELHOUSE_BOOTSTRAP_TOKEN_FILE.",
     )
+    supervisor_pidfile: Path | None = Field(
+        None,
+        description="Pid file of the supervisor that runs the stack (`make up` sets it): "
+        "`POST /api/system/shutdown` ends the stack by signalling it. Unset: the shutdown tells "
+        "every service to exit 0 over NATS.",
+    )
+    shutdown_wait_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="How long `POST /api/system/shutdown` waits for active recordings to be "
+        "finished and processed before it ends the stack anyway, seconds.",
+    )
     health_timeout_s: float = Field(
         2.0, gt=0, le=30, description="Deadline of each dependency check in /api/health, seconds."
     )

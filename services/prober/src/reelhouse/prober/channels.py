@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import random
 import re
@@ -44,6 +45,7 @@ from reelhouse.common.contracts.channels import (
     LiveInfo,
 )
 from reelhouse.common.contracts.media import Schedule
+from reelhouse.common.contracts.storage import CleanupRequest
 from reelhouse.common.credentials import (
     StreamlinkAuth,
     cached_sealer,
@@ -57,6 +59,7 @@ from reelhouse.common.ffmpeg.probe import run_ffprobe_outcome
 from reelhouse.common.jobs import kinds
 from reelhouse.common.jobs.lease import Lease
 from reelhouse.common.jobs.node import JobNode
+from reelhouse.common.micro import call
 from reelhouse.common.mongo import Collections
 from reelhouse.common.netproxy import FilteringProxy
 from reelhouse.common.schedule import inside
@@ -386,8 +389,8 @@ class ChannelWatcher:
                 await self._chapter(b, found, now)
             return "recording"
         b.title, b.category = found.title, found.category
-        if b.stopped:
-            return "live"
+        if b.stopped or self.node.ctx.shutting_down:
+            return "live"  # stopped by a person, or the stack is shutting down
         refusal = await self._refusal(found, now)
         if refusal is not None:
             event, reason = refusal
@@ -410,9 +413,51 @@ class ChannelWatcher:
             return "filter_skip", reason
         if cfg.quota_bytes:
             used = await self.used_bytes()
+            if used >= cfg.quota_bytes and cfg.delete_after:
+                # Retention first: files past the channel's delete_after may make room.
+                evicted = await self._evict()
+                used = await self.used_bytes()
+                self.log.info("channel_quota_eviction", evicted=evicted, used=used)
+            await self._quota_status(used)
             if used >= cfg.quota_bytes:
                 return "quota_skip", f"the channel's files hold {used} of {cfg.quota_bytes} bytes"
         return None
+
+    async def _evict(self) -> int:
+        """A janitor pass now (retention: ``delete_after`` and the job's limits); how many files
+        it deleted (0 when no janitor answers in time: the quota decides without it)."""
+        try:
+            deadline = self.node.settings.channel_check_timeout_s * 2
+            data = await call(self.node.bus, self.node.bus.subjects.janitor_cleanup(),
+                              CleanupRequest(), timeout_s=deadline, what="the janitor")  # fmt: skip
+            return len(json.loads(data).get("deleted") or [])
+        except Exception as exc:
+            self.log.warning("channel_quota_eviction_failed", error=str(exc)[:200])
+            return 0
+
+    quota_state: str | None = None
+
+    async def _quota_status(self, used: int) -> None:
+        """``quota_status_changed`` when the channel's files cross 90 % (``warning``) or 100 %
+        (``exceeded``) of its quota, or fall back under them (``ok``)."""
+        quota = self.config.quota_bytes
+        state = "ok"
+        if quota and used >= quota:
+            state = "exceeded"
+        elif quota and used >= 0.9 * quota:
+            state = "warning"
+        if self.quota_state is None:
+            self.quota_state = self.lease.doc.get("quota_status") or "ok"
+        if state == self.quota_state:
+            return
+        self.quota_state = state
+        with contextlib.suppress(Exception):
+            await self.node.db[Collections.CHANNELS].update_one(
+                {"_id": self.lease.job_id}, {"$set": {"quota_status": state}}
+            )
+        await self._publish("quota_status_changed", reason=state,
+                            extra={"quota_status": state, "used_bytes": used,
+                                   "quota_bytes": quota})  # fmt: skip
 
     async def used_bytes(self) -> int:
         """Bytes of the channel's files (not deleted)."""
@@ -532,6 +577,7 @@ class ChannelNode(JobNode):
         self.node_id = ctx.node_id
         self.policy = ctx.settings.net_policy()
         self.sealer = cached_sealer(ctx.settings)
+        self.ctx = ctx
 
     @property
     def max_jobs(self) -> int:

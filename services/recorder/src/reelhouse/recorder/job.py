@@ -581,6 +581,9 @@ class RecordingRun(SupervisedRun):
                 return
         self._log.info("file_closed", file=path.name, size_bytes=size, duration_ms=duration)
         await self._event("file_closed", file=present_file(record))
+        if self.lease.doc.get("channel_id"):
+            # The channel recorder's name for a captured part or segment (the seed's event).
+            await self._event("segment_downloaded", file=present_file(record))
         if status == "ready":
             await self._event("file_ready", file=present_file(record))
 

@@ -127,6 +127,19 @@ class DiskWarning(BusMessage):
     timestamp: Timestamp = Field(default_factory=utcnow)
 
 
+class SystemShutdown(BusMessage):
+    """The stack's graceful shutdown, on ``<p>.sys.shutdown`` (``POST /api/system/shutdown``).
+
+    ``prepare``: start no new recording (probers do not start a channel's recording). ``exit``:
+    every service stops as on SIGTERM and exits 0 (under compose, ``restart: on-failure`` keeps
+    it down)."""
+
+    type: Literal["system_shutdown"] = "system_shutdown"
+    phase: Literal["prepare", "exit"]
+    by: str = ""
+    """Who asked (a user or key id), for the logs."""
+
+
 class CredentialsChanged(BusMessage):
     """An account's credentials changed, on ``<p>.auth.changed`` (not an event: not stored).
 
