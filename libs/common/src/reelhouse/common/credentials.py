@@ -24,16 +24,17 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from bson import ObjectId
 from cryptography.fernet import Fernet, InvalidToken
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.contracts.channels import PlatformAuthEvent
+from reelhouse.common.contracts.media import CrossFieldSchema
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections
 from reelhouse.common.settings import CommonSettings
@@ -45,7 +46,15 @@ SECRET_KEY_FILE_NAME = "secret-key"  # noqa: S105 (a file name)
 _Text = Field(None, min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]+$")
 
 
-class PlatformCredentials(BaseModel):
+_HeaderName = Annotated[
+    str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f:]+$")
+]
+_NAMES = {"minLength": 1, "maxLength": 256, "pattern": r"^[^\x00-\x1f\x7f:]+$"}
+"""The JSON schema of a header or cookie name (pydantic shows no constraint of a dict's keys)."""
+_HeaderValue = Annotated[str, StringConstraints(max_length=4096, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class PlatformCredentials(CrossFieldSchema):
     """Body of ``PUT /api/platform-auth/{platform}``: what streamlink sends to the platform.
 
     - ``token``: Twitch's OAuth token (sent as ``Authorization: OAuth <token>`` to Twitch's API,
@@ -58,19 +67,26 @@ class PlatformCredentials(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     token: str | None = _Text
-    headers: dict[str, str] = Field(default_factory=dict, max_length=20)
-    cookies: dict[str, str] = Field(default_factory=dict, max_length=50)
+    headers: dict[_HeaderName, _HeaderValue] = Field(
+        default_factory=dict, max_length=20, json_schema_extra={"propertyNames": _NAMES}
+    )
+    cookies: dict[_HeaderName, _HeaderValue] = Field(
+        default_factory=dict, max_length=50, json_schema_extra={"propertyNames": _NAMES}
+    )
 
     @model_validator(mode="after")
     def _something(self) -> PlatformCredentials:
         if not (self.token or self.headers or self.cookies):
             raise ValueError("give a token, headers or cookies")
-        for name, value in (*self.headers.items(), *self.cookies.items()):
-            if not name or len(name) > 256 or len(value) > 4096:
-                raise ValueError("a header or cookie name has 1 to 256 characters, a value 4096")
-            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name + value) or ":" in name:
-                raise ValueError("header and cookie names and values have no control characters")
         return self
+
+    @classmethod
+    def cross_field_schema(cls) -> dict[str, Any]:
+        return {"anyOf": [
+            {"required": ["token"], "properties": {"token": {"type": "string"}}},
+            {"required": ["headers"], "properties": {"headers": {"minProperties": 1}}},
+            {"required": ["cookies"], "properties": {"cookies": {"minProperties": 1}}},
+        ]}  # fmt: skip
 
 
 @dataclass

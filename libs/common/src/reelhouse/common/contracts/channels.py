@@ -11,13 +11,27 @@ seed (``name``, ``platform``, ``url``, ``quality``, ``enabled``, ``output_format
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
 
 from reelhouse.common.contracts.base import BusMessage, Timestamp, utcnow
-from reelhouse.common.contracts.media import Schedule
-from reelhouse.common.contracts.types import SAFE_INT, Name, whole_int
+from reelhouse.common.contracts.media import CrossFieldSchema, Schedule
+from reelhouse.common.contracts.types import (
+    SAFE_INT,
+    Name,
+    _stream_url,
+    url_pattern,
+    url_scheme,
+    whole_int,
+)
 from reelhouse.common.subjects import Event
 
 Platform = Literal["url", "twitch", "youtube", "kick"]
@@ -36,6 +50,8 @@ PLATFORM_HOSTS: dict[str, tuple[str, ...]] = {
 """Hosts of each platform's channel URLs (a bare login becomes ``https://<first host>/<login>``,
 YouTube's ``https://www.youtube.com/@<login>/live``)."""
 
+FilterPattern = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+"""One title or category pattern: 1 to 200 characters."""
 Pattern = Field(default_factory=list, max_length=50)
 
 
@@ -46,17 +62,10 @@ class ChannelFilters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title_include: list[str] = Pattern
-    title_exclude: list[str] = Pattern
-    category_include: list[str] = Pattern
-    category_exclude: list[str] = Pattern
-
-    @field_validator("*")
-    @classmethod
-    def _short(cls, value: list[str]) -> list[str]:
-        if any(not p or len(p) > 200 for p in value):
-            raise ValueError("a pattern has 1 to 200 characters")
-        return value
+    title_include: list[FilterPattern] = Pattern
+    title_exclude: list[FilterPattern] = Pattern
+    category_include: list[FilterPattern] = Pattern
+    category_exclude: list[FilterPattern] = Pattern
 
     def refusal(self, title: str | None, category: str | None) -> str | None:
         """Why the rules say no to a broadcast with this title and category (None: yes)."""
@@ -81,14 +90,14 @@ def _matches(pattern: str, text: str | None) -> bool:
     return fnmatch.fnmatchcase(text, pattern)
 
 
-class ChannelIn(BaseModel):
+class ChannelIn(CrossFieldSchema):
     """Body of ``POST /api/channels`` and ``PUT /api/channels/{id}``."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: Name
     platform: Platform = "url"
-    url: str = Field(min_length=1, max_length=2048)
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^[^\s\x00-\x1f\x7f]+$")
     """The channel's URL, or the platform login (``twitch``, ``kick``, ``youtube``)."""
     quality: str = Field("best", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_,+-]+$")
     """Streamlink's stream name(s), best first (``best``, ``720p60,720p,best``)."""
@@ -102,6 +111,28 @@ class ChannelIn(BaseModel):
     is a ``quota_skip``; one that reaches it while recording is stopped (``quota_exceeded``)."""
     delete_after: whole_int(ge=0, le=36500) = 0
     """Days a finished recording's files are kept (0: forever)."""
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> ChannelIn:
+        url = self.source_url()
+        try:  # what streamlink and FFmpeg get must be a URL (a login becomes one)
+            _stream_url(url)
+        except ValueError as exc:
+            raise ValueError(f"@url: {exc}") from None
+        if url_scheme(url) not in ("http", "https"):
+            raise ValueError("@url: a channel is read over http:// or https://")
+        return self
+
+    @classmethod
+    def cross_field_schema(cls) -> dict[str, Any]:
+        web = url_pattern(("http", "https"))
+        login = r"^[A-Za-z0-9_.@-]+$"
+        return {
+            "if": {"properties": {"platform": {"not": {"const": "url"}}},
+                   "required": ["platform"]},
+            "then": {"properties": {"url": {"anyOf": [{"pattern": login}, {"pattern": web}]}}},
+            "else": {"properties": {"url": {"pattern": web}}},
+        }  # fmt: skip
 
     def source_url(self) -> str:
         """The URL streamlink resolves: the ``url`` itself or the platform's channel URL."""

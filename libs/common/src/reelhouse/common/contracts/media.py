@@ -128,10 +128,15 @@ class InputIn(CrossFieldSchema):
     def cross_field_schema(cls) -> dict[str, Any]:
         def one(input_type: str, schemes: tuple[str, ...]) -> dict[str, Any]:
             if input_type not in INGEST_INPUT_TYPES:
+                # Streamlink reads HLS inputs only.
+                readers = ["IO_APPLICATION_FFMPEG"]
+                if input_type == "INPUT_TYPE_HLS_URL":
+                    readers.append("IO_APPLICATION_STREAMLINK")
                 return {
                     "properties": {
                         "input_type": {"const": input_type},
                         "input_stream_url": {"pattern": url_pattern(schemes)},
+                        "application": {"enum": readers},
                     },
                     "required": ["input_stream_url"],
                 }
@@ -141,6 +146,7 @@ class InputIn(CrossFieldSchema):
                     "input_stream_url": {"pattern": f"^$|{url_pattern(schemes)}"},
                     "input_module_id": {"pattern": OBJECT_ID.pattern},
                     "input_stream_id": {"pattern": OBJECT_ID.pattern},
+                    "application": {"enum": ["IO_APPLICATION_FFMPEG"]},
                 },
                 "required": ["input_module_id", "input_stream_id"],
             }

@@ -9,7 +9,7 @@ files are the job's files of that session.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from bson import ObjectId
@@ -38,7 +38,6 @@ from reelhouse.common.errors import (
     NotFound,
     ReelhouseError,
     Unavailable,
-    ValidationFailed,
 )
 from reelhouse.common.files import delete_file_record_from_disk, delete_job_dir, present_file
 from reelhouse.common.jobs import kinds
@@ -344,13 +343,11 @@ async def _present_recording(db: AsyncDatabase, rec: dict[str, Any]) -> dict[str
     }  # fmt: skip
 
 
-def _parse_time(value: str | None, field: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationFailed(f"{field}: not an ISO 8601 time", field=field) from None
+def _utc(value: datetime | None) -> datetime | None:
+    """A query time as an aware UTC time (one without an offset is UTC)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 @router.get("/recordings", summary="Recordings of channels (one per broadcast)")
@@ -360,8 +357,8 @@ async def list_recordings(
     channel: ObjectIdStr | None = None,
     platform: Platform | None = None,
     status: str | None = None,
-    from_: Annotated[str | None, Query(alias="from")] = None,
-    to: str | None = None,
+    from_: Annotated[datetime | None, Query(alias="from", description="ISO 8601")] = None,
+    to: Annotated[datetime | None, Query(description="ISO 8601")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
@@ -370,7 +367,7 @@ async def list_recordings(
         query["channel_id"] = channel
     if platform:
         query["platform"] = platform
-    since, until = _parse_time(from_, "from"), _parse_time(to, "to")
+    since, until = _utc(from_), _utc(to)
     found = await state.db[Collections.CHANNEL_RECORDINGS].find(query).sort(
         "started_at", -1).to_list(None)  # fmt: skip
     found = [r for r in found if (since is None or r["started_at"] >= since)
