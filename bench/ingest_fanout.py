@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 from dataclasses import dataclass, field
@@ -436,30 +437,44 @@ def ingest_job(i: int, server_id: str, row_id: str) -> dict[str, Any]:
 
 
 def one_run(i: int, rig: Rig, recorder: int, timeout: float = 30.0) -> dict[str, Any]:
+    """One create → first byte / running, stop, wait for the recorder's FFmpeg to end. A thread
+    watches ``/proc`` and the job's folder every 10 ms, so the API polls (``getById`` every
+    ~60 ms, for ``claimed`` and ``running``) do not delay those two readings."""
     api = rig.api
     rig.encoders.check()
-    t0 = time.monotonic()
-    job = api.call("POST", "/api/recording/create", ingest_job(i, rig.srt_id, rig.row(0)["id"]))
     at: dict[str, Any] = {k: None for k in MILESTONES}
-    at["response"] = time.monotonic() - t0
-    job_id = job["id"]
-    folder = rig.engine.storage / job_id
     ff: list[int] = []
-    tick = 0
-    while time.monotonic() - t0 < timeout and any(at[k] is None for k in MILESTONES):
-        now = time.monotonic() - t0
-        if at["ffmpeg"] is None and (ff := children(recorder, "ffmpeg")):
-            at["ffmpeg"] = now
-        if at["first_byte"] is None and first_file_bytes(folder) > 0:
-            at["first_byte"] = now
-        if tick % 3 == 0 and (at["claimed"] is None or at["running"] is None):
+    job: dict[str, str] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set() and (at["ffmpeg"] is None or at["first_byte"] is None):
+            now = time.monotonic() - t0
+            if at["ffmpeg"] is None and (found := children(recorder, "ffmpeg")):
+                ff.extend(found)
+                at["ffmpeg"] = now
+            folder = rig.engine.storage / job["id"] if "id" in job else None
+            if at["first_byte"] is None and folder and first_file_bytes(folder) > 0:
+                at["first_byte"] = now
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    t0 = time.monotonic()
+    watcher.start()
+    try:
+        body = ingest_job(i, rig.srt_id, rig.row(0)["id"])
+        job["id"] = job_id = api.call("POST", "/api/recording/create", body)["id"]
+        at["response"] = time.monotonic() - t0
+        while time.monotonic() - t0 < timeout and any(at[k] is None for k in MILESTONES):
             rt = api.call("POST", "/api/recording/getById", {"id": job_id}).get("runtime") or {}
             if at["claimed"] is None and rt.get("node"):
                 at["claimed"] = time.monotonic() - t0
             if at["running"] is None and rt.get("state") == "running":
                 at["running"] = time.monotonic() - t0
-        tick += 1
-        time.sleep(0.02)
+            time.sleep(0.05)
+    finally:
+        done.set()
+        watcher.join(2)
     at["command"] = " ".join(cmdline(ff[0])) if ff else None
     with contextlib.suppress(OSError, urllib.error.HTTPError):
         api.call("POST", "/api/recording/stop", {"id": job_id})
@@ -518,7 +533,7 @@ def bare_runs(rig: Rig, command: str | None, runs: int) -> dict[str, list[float]
             str(t),
         ],
     }
-    n = 0
+    n = len(list(work.iterdir()))
     for _ in range(runs):
         for name, make in variants.items():
             n += 1
