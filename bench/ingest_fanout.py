@@ -476,6 +476,7 @@ def one_run(i: int, rig: Rig, recorder: int, timeout: float = 30.0) -> dict[str,
         done.set()
         watcher.join(2)
     at["command"] = " ".join(cmdline(ff[0])) if ff else None
+    at["load_1min"] = loadavg()
     with contextlib.suppress(OSError, urllib.error.HTTPError):
         api.call("POST", "/api/recording/stop", {"id": job_id})
     wait_for(
@@ -601,7 +602,7 @@ def part_latency(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
             )
         res["load_1min_end"] = loadavg()
         res["command"] = command
-        res["samples_s"] = [{k: s[k] for k in MILESTONES} for s in samples]
+        res["samples_s"] = [{k: s[k] for k in (*MILESTONES, "load_1min")} for s in samples]
         if args.bare_runs:
             bare = bare_runs(rig, command, args.bare_runs)
             res["bare_first_byte_s"] = {k: distribution(v, "x") for k, v in bare.items()}
