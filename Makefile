@@ -38,6 +38,7 @@ bench: install
 	$(UV) run --locked python bench/failover.py --quick
 	$(UV) run --locked python bench/api_load.py --quick
 	$(UV) run --locked python bench/soak.py --quick
+	$(UV) run --locked python bench/ingest_fanout.py --quick
 
 clean:
 	rm -rf .cache/bin .pytest_cache .ruff_cache

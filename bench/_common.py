@@ -657,6 +657,18 @@ class Engine:
         self.services[name] = proc
         return proc
 
+    def add_service(self, name: str, env_extra: dict[str, str] | None = None,
+                    key: str | None = None) -> subprocess.Popen:  # fmt: skip
+        """Start one more engine service ``python -m reelhouse.<name>`` (same settings as the
+        others, plus ``env_extra``), kept in ``services[key or name]`` and stopped by
+        :meth:`teardown` (e.g. the ingest service, or a recorder next to the ingest worker)."""
+        key = key or name
+        self.logs[key] = self.work / f"{key}.log"
+        proc = spawn([sys.executable, "-m", f"reelhouse.{name}"], self.logs[key],
+                     {**self.env, **(env_extra or {})})  # fmt: skip
+        self.services[key] = proc
+        return proc
+
     def mongo(self) -> Any:
         """The engine's database through pymongo (for what the API does not show)."""
         import pymongo
