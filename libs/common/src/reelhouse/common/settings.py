@@ -216,7 +216,7 @@ class WorkerSettings(CommonSettings):
         "while it waits (a live-plane read)."
     )  # fmt: skip
     ingest_probe_ms: int = Field(
-        500, ge=50, le=10_000, description="How long FFmpeg probes an ingest-fed job's input, "
+        200, ge=50, le=10_000, description="How long FFmpeg probes an ingest-fed job's input, "
         "milliseconds: the fan-out starts every reader at a keyframe, after PAT and PMT (a "
         "source that needs more makes the next start probe fully, as for any input)."
     )  # fmt: skip
