@@ -10,9 +10,12 @@ install:
 up: install
 	@scripts/up.sh
 
+# ruff, then import-linter: the import rules of pyproject.toml's [tool.importlinter] (libs never
+# import services, services never import each other, no import circles).
 lint: install
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
+	$(UV) run --locked lint-imports
 
 # Two pytest workers (pytest-xdist), each with its own nats-server and FerretDB: most tests wait on
 # live media, so two at once fit a 2-core machine and halve the run. TEST_WORKERS=0 runs serially.
