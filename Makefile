@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.cache/tools/bin/uv)
 
-.PHONY: install up test test-go lint format clean bench
+.PHONY: install up test test-fast test-go lint format clean bench
 
 install:
 	@scripts/bootstrap.sh
@@ -10,9 +10,12 @@ install:
 up: install
 	@scripts/up.sh
 
+# ruff, then import-linter: the import rules of pyproject.toml's [tool.importlinter] (libs never
+# import services, services never import each other, no import circles).
 lint: install
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
+	$(UV) run --locked lint-imports
 
 # Two pytest workers (pytest-xdist), each with its own nats-server and FerretDB: most tests wait on
 # live media, so two at once fit a 2-core machine and halve the run. TEST_WORKERS=0 runs serially.
@@ -20,6 +23,11 @@ TEST_WORKERS ?= 2
 
 test: lint test-go
 	$(UV) run --locked pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# The developer's loop, under a minute on 2 cores: the unit tests that are not slow (markers from
+# tests/conftest.py), no services, no lint. `make test` stays the full suite CI runs.
+test-fast: install
+	$(UV) run --locked pytest -n $(TEST_WORKERS) -m "unit and not slow" $(PYTEST_ARGS)
 
 # The ingest data plane's own tests (real gosrt clients and FFmpeg; about 20 s). Needs only Go and
 # FFmpeg: `go test` builds what it tests.

@@ -31,6 +31,29 @@ LOOPBACK = local.LOOPBACK
 """What ``make up`` allows: the networks local test sources and receivers listen on."""
 
 
+_FOLDER_MARKS = {"unit": "unit", "integration": "integration", "e2e": "integration",
+                 "browser": "browser"}  # fmt: skip
+"""The marker each folder of ``tests/`` gives its tests."""
+
+MEDIA_FIXTURES = frozenset({"media_source_factory", "media_receiver_factory", "udp_source_factory"})
+"""Fixtures that start FFmpeg (live test sources and receivers): a test using one is ``media``."""
+
+MEDIA_MODULES = frozenset({"test_ffmpeg_command_media"})
+"""Modules that run FFmpeg themselves, without the fixtures."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers from where a test lives and what it uses (registered in pyproject.toml)."""
+    for item in items:
+        parts = item.path.relative_to(Path(__file__).parent).parts
+        if parts[0] in _FOLDER_MARKS:
+            item.add_marker(_FOLDER_MARKS[parts[0]])
+        if MEDIA_MODULES.intersection([item.path.stem]) or MEDIA_FIXTURES.intersection(
+            getattr(item, "fixturenames", ())
+        ):
+            item.add_marker("media")
+
+
 @dataclass(frozen=True)
 class Infra:
     mode: str

@@ -10,7 +10,7 @@ from support.seeds import recording_payload
 from support.stack import HEADERS, TOKEN
 from support.wait import eventually
 
-from reelhouse.common.ffmpeg.command import THUMBNAIL_FILE_NAME
+from reelhouse.common.ffmpeg.recording_args import THUMBNAIL_FILE_NAME
 from reelhouse.common.files import job_dir
 
 QUERY = f"?token={quote(TOKEN)}"

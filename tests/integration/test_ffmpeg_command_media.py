@@ -36,14 +36,13 @@ from support.seeds import recording_payload
 
 from reelhouse.common.contracts.media import InputIn, Overlay
 from reelhouse.common.contracts.recording import FILE_EXTENSIONS, RecordingIn
-from reelhouse.common.ffmpeg.command import (
-    build_recording_args,
+from reelhouse.common.ffmpeg.recording_args import build_recording_args, recording_output_args
+from reelhouse.common.ffmpeg.shared_args import (
     drawtext_filter,
     image_input_args,
     input_args,
     overlay_font_file,
     processing_args,
-    recording_output_args,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]

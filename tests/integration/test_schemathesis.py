@@ -104,7 +104,7 @@ def no_server_error(ctx, response, case):
 
 
 CROSS_FIELD_RULES: dict[str, re.Pattern[str]] = {
-    # What FFmpeg can run: codecs, containers and filters together (ffmpeg.command
+    # What FFmpeg can run: codecs, containers and filters together (ffmpeg.capabilities
     # check_processing). The models say it in their descriptions; as JSON schema it would be a
     # copy of the whole capability table, kept in step by hand.
     "POST /api/recording/create": re.compile(

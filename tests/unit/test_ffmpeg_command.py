@@ -1,4 +1,5 @@
-"""The FFmpeg command builder: argument lists for every input, output, processing choice.
+"""The FFmpeg argv builders (ffmpeg.shared_args, ffmpeg.recording_args) and the capability
+check (ffmpeg.capabilities): argument lists for every input, output, processing choice.
 
 What FFmpeg does with these arguments is checked in
 ``tests/integration/test_ffmpeg_command_media.py``; here the lists themselves are checked.
@@ -23,18 +24,22 @@ from reelhouse.common.contracts.media import (
 )
 from reelhouse.common.contracts.recording import FILE_EXTENSIONS, RecordingIn
 from reelhouse.common.contracts.types import INGEST_INPUT_TYPES, INPUT_SCHEMES, InputType
-from reelhouse.common.ffmpeg.command import (
-    HLS_SEGMENT_SECONDS,
+from reelhouse.common.ffmpeg.capabilities import (
     IO_TIMEOUT_US,
     MUXERS,
     PROTOCOL_WHITELIST,
-    build_recording_args,
     check_processing,
+)
+from reelhouse.common.ffmpeg.recording_args import (
+    HLS_SEGMENT_SECONDS,
+    build_recording_args,
+    recording_output_args,
+)
+from reelhouse.common.ffmpeg.shared_args import (
     drawtext_filter,
     image_input_args,
     input_args,
     processing_args,
-    recording_output_args,
 )
 
 ALL_INPUT_TYPES: tuple[InputType, ...] = get_args(InputType)

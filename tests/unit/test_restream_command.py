@@ -9,8 +9,8 @@ import pytest
 from support.seeds import restream_payload
 
 from reelhouse.common.contracts.restream import RestreamIn
-from reelhouse.common.ffmpeg.command import build_restream_args
 from reelhouse.common.ffmpeg.failures import classify, classify_lines, mask_secret
+from reelhouse.common.ffmpeg.restream_args import build_restream_args
 
 
 def job(index: int = 0, outputs: list[dict] | None = None, **transcoding) -> RestreamIn:

@@ -128,7 +128,7 @@ def test_aligned_split_arguments_and_validation():
     from pathlib import Path
 
     from reelhouse.common.contracts.recording import RecordingIn
-    from reelhouse.common.ffmpeg.command import recording_output_args
+    from reelhouse.common.ffmpeg.recording_args import recording_output_args
 
     args = recording_output_args(output_format="mp4", target=Path("/r/x-%Y.mp4"),
                                  segment_seconds=600, align_to_clock=True)  # fmt: skip

@@ -29,7 +29,9 @@ from support.wait import eventually
 
 from reelhouse.common.ffmpeg.progress import ProgressSnapshot
 from reelhouse.common.ffmpeg.supervisor import (
+    TRANSITIONS,
     FFmpegSupervisor,
+    IllegalTransition,
     SupervisorConfig,
     SupervisorState,
     backoff_delay,
@@ -528,6 +530,88 @@ async def test_env_is_merged_over_the_workers_environment(
     assert json.loads(out.read_text()) == {"TZ": tz, "REELHOUSE_TEST_INHERITED": "yes"}
     assert os.environ["TZ"] == "Asia/Tokyo"  # the worker's own environment is untouched
     assert await supervisor.stop() == S.FINISHED
+
+
+# -- the transition table, with real FFmpeg ------------------------------------------------
+
+
+def test_the_transition_table_covers_every_state_and_every_life_can_end() -> None:
+    assert set(TRANSITIONS) == set(SupervisorState)
+    for state, after in TRANSITIONS.items():
+        assert state.terminal == (not after), state
+        reachable, todo = set(), [state]
+        while todo:
+            for nxt in TRANSITIONS[todo.pop()] - reachable:
+                reachable.add(nxt)
+                todo.append(nxt)
+        assert state.terminal or any(s.terminal for s in reachable), state
+
+
+class Moves:
+    """Every (before, after) pair a supervisor's ``on_state`` hook saw."""
+
+    def __init__(self) -> None:
+        self.moves: list[tuple[SupervisorState, SupervisorState]] = []
+        self.before = S.STARTING  # a new supervisor's state
+
+    async def on_state(self, state: SupervisorState, reason: str) -> None:
+        self.moves.append((self.before, state))
+        self.before = state
+
+
+LIVE_TESTSRC = ["-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10"]
+"""A live-paced picture: FFmpeg reports progress and never ends by itself."""
+
+
+async def test_real_ffmpeg_moves_only_along_the_table_and_an_illegal_move_is_refused() -> None:
+    ffmpeg = ["-hide_banner", "-nostdin", "-loglevel", "error"]
+    # One healthy life: starting, running, stopped gracefully.
+    healthy = Moves()
+    supervisor = FFmpegSupervisor(
+        lambda: [*ffmpeg, *LIVE_TESTSRC, "-f", "null", "-"],
+        config=SupervisorConfig(stale_timeout_s=None, sigint_after_s=0.5),
+        on_state=healthy.on_state,
+    )
+    supervisor.start()
+    await wait_for_state(supervisor, S.RUNNING)
+    assert await asyncio.wait_for(supervisor.stop("operator"), WAIT_S) is S.FINISHED
+    assert healthy.moves == [
+        (S.STARTING, S.STARTING), (S.STARTING, S.RUNNING),
+        (S.RUNNING, S.STOPPING), (S.STOPPING, S.FINISHED),
+    ]  # fmt: skip
+
+    # A life that fails: a run that ends (an unrequested exit is a failure), then FFmpeg cannot
+    # open its input at all, until the supervisor gives up.
+    failing = Moves()
+    runs = Commands(
+        [*ffmpeg, *LIVE_TESTSRC, "-t", "0.5", "-f", "null", "-"],
+        [*ffmpeg, "-f", "lavfi", "-i", "no_such_source", "-f", "null", "-"],
+    )
+    broken = FFmpegSupervisor(
+        runs,
+        config=SupervisorConfig(
+            stale_timeout_s=None, max_restarts=2, backoff_initial_s=0.05, backoff_max_s=0.1
+        ),
+        on_state=failing.on_state,
+    )
+    broken.start()
+    assert await asyncio.wait_for(broken.wait(), WAIT_S) is S.FAILED
+    assert (S.RUNNING, S.RETRYING) in failing.moves
+    assert (S.RETRYING, S.STARTING) in failing.moves
+    assert failing.moves[-1] == (S.STARTING, S.FAILED)
+
+    for before, after in healthy.moves + failing.moves:
+        assert after in TRANSITIONS[before], (before, after)
+
+    # The supervisor refuses what the table does not hold, and its state stays as it was.
+    seen = len(healthy.moves)
+    for illegal in (S.RUNNING, S.STARTING, S.STOPPING, S.KILLED):
+        with pytest.raises(IllegalTransition) as refused:
+            await supervisor._set_state(illegal, "a bug")
+        assert (refused.value.before, refused.value.after) == (S.FINISHED, illegal)
+        assert supervisor.state is S.FINISHED
+        assert supervisor.reason == "operator"
+    assert len(healthy.moves) == seen  # no hook heard of it
 
 
 # -- FFmpeg dies with a SIGKILLed worker (PR_SET_PDEATHSIG) ----------------------------------

@@ -12,7 +12,7 @@ import pytest
 from support.seeds import recording_payload
 
 from reelhouse.common.contracts.recording import RecordingIn
-from reelhouse.common.ffmpeg.command import (
+from reelhouse.common.ffmpeg.recording_args import (
     THUMBNAIL_DECODE_ARGS,
     THUMBNAIL_EVERY_S,
     THUMBNAIL_FILE_NAME,

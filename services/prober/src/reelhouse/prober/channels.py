@@ -54,7 +54,7 @@ from reelhouse.common.credentials import (
     publish_auth_event,
     refused_status,
 )
-from reelhouse.common.ffmpeg.command import PROTOCOL_WHITELIST
+from reelhouse.common.ffmpeg.capabilities import PROTOCOL_WHITELIST
 from reelhouse.common.ffmpeg.probe import run_ffprobe_outcome
 from reelhouse.common.jobs import kinds
 from reelhouse.common.jobs.lease import Lease

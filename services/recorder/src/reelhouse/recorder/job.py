@@ -38,10 +38,10 @@ from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.contracts.recording import FILE_EXTENSIONS, RecordingIn
 from reelhouse.common.credentials import cached_sealer, load_auth
-from reelhouse.common.ffmpeg.command import build_recording_args
 from reelhouse.common.ffmpeg.failures import classify_lines
 from reelhouse.common.ffmpeg.probe import FileFacts, probe_file
 from reelhouse.common.ffmpeg.progress import ProgressSnapshot
+from reelhouse.common.ffmpeg.recording_args import build_recording_args
 from reelhouse.common.ffmpeg.supervisor import SupervisorState
 from reelhouse.common.files import (
     FILE_TIME_FORMAT,

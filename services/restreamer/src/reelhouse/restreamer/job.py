@@ -31,8 +31,8 @@ from reelhouse.common.contracts.messages import (
     FailureKind,
 )
 from reelhouse.common.contracts.restream import OutputIn, RestreamIn
-from reelhouse.common.ffmpeg.command import build_restream_args
 from reelhouse.common.ffmpeg.failures import FIFO_LINE, classify, classify_lines, mask_secret
+from reelhouse.common.ffmpeg.restream_args import build_restream_args
 from reelhouse.common.ffmpeg.supervisor import (
     SupervisorState,
 )

@@ -2,8 +2,9 @@
 
 Values follow the seeds: the dashboard sends every block, using ``"Disabled"``/``"DISABLED"`` and
 empty strings for "not set". Every accepted value maps to FFmpeg arguments in
-:mod:`reelhouse.common.ffmpeg.command`; an unsupported value is a validation error (400) naming the
-field, so a bad option never reaches FFmpeg.
+:mod:`reelhouse.common.ffmpeg.shared_args`; what FFmpeg cannot run together is refused by
+:mod:`reelhouse.common.ffmpeg.capabilities`. An unsupported value is a validation error (400)
+naming the field, so a bad option never reaches FFmpeg.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from reelhouse.common.contracts.media import (
     when,
 )
 from reelhouse.common.contracts.types import SAFE_INT, Name, whole_int
-from reelhouse.common.ffmpeg.command import check_processing
+from reelhouse.common.ffmpeg.capabilities import check_processing
 
 OutputFormat = Literal["mp4", "avi", "flv", "mp3", "m3u8", "mpegts", "mkv"]
 RecordingMode = Literal["RECORDING_MODE_INFINITY", "RECORDING_MODE_SPLIT_BY_TIME"]

@@ -35,7 +35,7 @@ from reelhouse.common.contracts.types import (
     url_pattern,
     url_scheme,
 )
-from reelhouse.common.ffmpeg.command import check_processing
+from reelhouse.common.ffmpeg.capabilities import check_processing
 
 OutputType = Literal[
     "OUTPUT_TYPE_OTHER_RTMP_URL",

@@ -2,8 +2,8 @@
 for live URLs a user names (the prober's ``getStreamInfo`` and stream monitoring).
 
 A live URL is probed with the same protocol whitelist as an FFmpeg input of its type
-(:data:`~reelhouse.common.ffmpeg.command.PROTOCOL_WHITELIST`), so it can never make ffprobe read
-a local file; its scheme must already have been checked (``contracts.streams.ProbeUrl``).
+(:data:`~reelhouse.common.ffmpeg.capabilities.PROTOCOL_WHITELIST`), so it can never make ffprobe
+read a local file; its scheme must already have been checked (``contracts.streams.ProbeUrl``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from reelhouse.common.contracts.streams import PROBE_INPUT_TYPES
 from reelhouse.common.contracts.types import InputType, url_scheme
-from reelhouse.common.ffmpeg.command import (
+from reelhouse.common.ffmpeg.capabilities import (
     ANALYZE_DURATION_US,
     PROBE_SIZE_BYTES,
     PROTOCOL_WHITELIST,

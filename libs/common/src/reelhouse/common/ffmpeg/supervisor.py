@@ -8,6 +8,10 @@ An explicit state machine (ARCHITECTURE §4)::
                                                 (failed once max_restarts is exceeded)
     any state ──stop()──▶ stopping ──▶ finished | killed | failed
 
+The picture as data is :data:`TRANSITIONS` (each state and the states it may move to); a move
+the table does not hold raises :class:`IllegalTransition` -- a bug in the supervisor, never a
+condition of the media.
+
 - ``starting``: a process is being (re)started; no progress block has arrived yet.
 - ``running``: FFmpeg has reported progress at least once.
 - ``retrying``: the process ended without being asked to (or hung and was stopped); the next
@@ -82,7 +86,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Final, Protocol, Self
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -91,9 +95,11 @@ from reelhouse.common.ffmpeg.progress import NOT_AVAILABLE, ProgressParser, Prog
 from reelhouse.common.logging import get_logger
 
 __all__ = [
+    "TRANSITIONS",
     "ArgvFactory",
     "ExitHook",
     "FFmpegSupervisor",
+    "IllegalTransition",
     "ProgressHook",
     "StateHook",
     "SupervisorConfig",
@@ -155,8 +161,34 @@ class SupervisorState(StrEnum):
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({SupervisorState.FINISHED, SupervisorState.FAILED, SupervisorState.KILLED})
+_S = SupervisorState
+TRANSITIONS: Final[Mapping[SupervisorState, frozenset[SupervisorState]]] = {
+    # STARTING -> STARTING is the first start ("not started" -> "start requested"); FINISHED
+    # is a stop() before start() or, with finish_on_success, an exit 0; FAILED gives up.
+    _S.STARTING: frozenset(
+        {_S.STARTING, _S.RUNNING, _S.RETRYING, _S.STOPPING, _S.FINISHED, _S.FAILED}
+    ),
+    _S.RUNNING: frozenset({_S.RETRYING, _S.STOPPING, _S.FINISHED, _S.FAILED}),
+    _S.RETRYING: frozenset({_S.STARTING, _S.STOPPING}),
+    _S.STOPPING: frozenset({_S.FINISHED, _S.KILLED, _S.FAILED}),
+    _S.FINISHED: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.KILLED: frozenset(),
+}
+"""Every state and the states it may move to. The one move outside it: a supervising task that
+is cancelled ends ``killed`` from wherever it was (its process killed and reaped, no hooks)."""
+
+_TERMINAL = frozenset(state for state, after in TRANSITIONS.items() if not after)
 _FAILING = frozenset({SupervisorState.RETRYING, SupervisorState.FAILED, SupervisorState.KILLED})
+
+
+class IllegalTransition(RuntimeError):
+    """A state change :data:`TRANSITIONS` does not allow (the state stays as it was)."""
+
+    def __init__(self, before: SupervisorState, after: SupervisorState) -> None:
+        super().__init__(f"ffmpeg supervisor: no transition from {before} to {after}")
+        self.before = before
+        self.after = after
 
 
 class SupervisorConfig(BaseModel):
@@ -702,6 +734,8 @@ class FFmpegSupervisor:
                 reason = f"restart {self._restarts} after: {outcome.reason}"
         except asyncio.CancelledError:
             # _run_once has killed and reaped the process; hooks are not awaited while cancelled.
+            # The one move outside TRANSITIONS (from any state, also a terminal one whose hook
+            # was being awaited).
             self._state, self._reason = SupervisorState.KILLED, "supervisor task cancelled"
             self._log.warning("ffmpeg_supervisor_cancelled")
             raise
@@ -916,6 +950,8 @@ class FFmpegSupervisor:
                         self._log.exception("ffmpeg_supervisor_hook_failed", hook="on_stderr")
 
     async def _set_state(self, state: SupervisorState, reason: str) -> None:
+        if state not in TRANSITIONS[self._state]:
+            raise IllegalTransition(self._state, state)
         self._state, self._reason = state, reason
         # Retries before the source was ever live are waiting, not failing: no warning each time.
         failing = state in _FAILING and (self._ever_ran or state is not SupervisorState.RETRYING)

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.media import InputIn
 from reelhouse.common.contracts.messages import JobEvent, JobStats, ProcessData
-from reelhouse.common.ffmpeg.command import ANALYZE_DURATION_US, PROBE_TOO_SHORT
+from reelhouse.common.ffmpeg.capabilities import ANALYZE_DURATION_US, PROBE_TOO_SHORT
 from reelhouse.common.ffmpeg.progress import ProgressSnapshot
 from reelhouse.common.ffmpeg.supervisor import (
     FFmpegSupervisor,

@@ -32,7 +32,7 @@ from reelhouse.api.routes.recordings import KIND
 from reelhouse.api.state import State
 from reelhouse.common.contracts.base import ObjectIdStr
 from reelhouse.common.errors import NotFound
-from reelhouse.common.ffmpeg.command import THUMBNAIL_FILE_NAME
+from reelhouse.common.ffmpeg.recording_args import THUMBNAIL_FILE_NAME
 from reelhouse.common.files import hls_segments, is_under, job_dir
 from reelhouse.common.mongo import Collections
 
