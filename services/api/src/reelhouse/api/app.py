@@ -9,33 +9,25 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from reelhouse.api import accounts
-from reelhouse.api.auth import resolve_bootstrap_token, resolve_jwt_secret
-from reelhouse.api.credentials import CredentialCache
-from reelhouse.api.downloads import resolve_download_secret
+from reelhouse.api.accounts import service as accounts
+from reelhouse.api.accounts.credential_cache import CredentialCache
+from reelhouse.api.accounts.principal import resolve_bootstrap_token, resolve_jwt_secret
+from reelhouse.api.accounts.routes import auth, keys, users
+from reelhouse.api.channels.routes import channels, platform_auth
 from reelhouse.api.errors import install_error_handlers
+from reelhouse.api.files import routes as files
+from reelhouse.api.files.signing import resolve_download_secret
+from reelhouse.api.ingest import routes as ingest_servers
+from reelhouse.api.jobs.stats import LiveStats
 from reelhouse.api.middleware import HardeningMiddleware
 from reelhouse.api.operations import install_operations, start_operations
-from reelhouse.api.routes import (
-    auth,
-    channels,
-    dashboard,
-    files,
-    health,
-    ingest_servers,
-    keys,
-    nodes,
-    platform_auth,
-    recordings,
-    restreams,
-    storage,
-    streams,
-    users,
-)
+from reelhouse.api.recordings import routes as recordings
+from reelhouse.api.restreams import routes as restreams
 from reelhouse.api.settings import ApiSettings
 from reelhouse.api.state import AppState
-from reelhouse.api.stats import LiveStats
-from reelhouse.api.tools import tool_version
+from reelhouse.api.streams import routes as streams
+from reelhouse.api.system.routes import dashboard, health, nodes, storage
+from reelhouse.api.system.tools import tool_version
 from reelhouse.common import __version__
 from reelhouse.common.bus import Bus
 from reelhouse.common.credentials import resolve_secret_key

@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from reelhouse.api.accounts import Collections
-from reelhouse.api.auth import AuthPrincipal
+from reelhouse.api.accounts.principal import AuthPrincipal
+from reelhouse.api.accounts.service import Collections
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.errors import Conflict
 from reelhouse.common.logging import get_logger

@@ -7,13 +7,14 @@ import asyncio
 
 from fastapi import FastAPI
 
-from reelhouse.api.events import run_events_stream
-from reelhouse.api.metrics import ApiMetrics, LatencyMiddleware, install_mongo_monitor
+from reelhouse.api.events.routes import events, webhooks
+from reelhouse.api.events.service import run_events_stream
+from reelhouse.api.events.webhook_worker import WebhookWorker
 from reelhouse.api.ops import OpsState
-from reelhouse.api.routes import events, metrics, settings, system, webhooks
-from reelhouse.api.routes.system import run_log_trimmer
 from reelhouse.api.state import AppState
-from reelhouse.api.webhooks import WebhookWorker
+from reelhouse.api.system.routes import metrics, settings, system
+from reelhouse.api.system.routes.system import run_log_trimmer
+from reelhouse.api.system.telemetry import ApiMetrics, LatencyMiddleware, install_mongo_monitor
 from reelhouse.common.logging import ship_logs
 from reelhouse.common.runtime import RuntimeSettingsWatcher
 

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from reelhouse.api.auth import Admin
-from reelhouse.api.metrics import ApiMetrics
+from reelhouse.api.accounts.principal import Admin
+from reelhouse.api.system.telemetry import ApiMetrics
 from reelhouse.common.contracts.messages import DEFAULT_TENANT
 from reelhouse.common.errors import Forbidden
 

@@ -9,9 +9,9 @@ from cryptography.fernet import Fernet
 from fastapi import Depends, Request
 from pymongo.asynchronous.database import AsyncDatabase
 
-from reelhouse.api.credentials import CredentialCache
+from reelhouse.api.accounts.credential_cache import CredentialCache
+from reelhouse.api.jobs.stats import LiveStats
 from reelhouse.api.settings import ApiSettings
-from reelhouse.api.stats import LiveStats
 from reelhouse.common.bus import Bus
 from reelhouse.common.live import LivePlane
 from reelhouse.common.nodes import NodeRegistry
