@@ -1,14 +1,16 @@
 """Who is calling, and what they may do (ARCHITECTURE §6).
 
-Names other modules rely on:
+Names other modules rely on (routes take the ``Annotated`` aliases of
+:mod:`reelhouse.api.deps`: ``Principal``, ``PlayerPrincipal``, ``Viewer``, ``Operator``,
+``Admin``, ``SystemAdmin``):
 
-- :data:`Principal` — ``Annotated`` dependency: the authenticated caller, an
-  :class:`AuthPrincipal` (``.id``, ``.tenant``, ``.role``, ``.kind``). Any role may read.
+- :func:`authenticate` — the authenticated caller, an :class:`AuthPrincipal` (``.id``,
+  ``.tenant``, ``.role``, ``.kind``). Any role may read.
+- :func:`authenticate_player` — the same, also accepting ``?token=`` (media a player fetches:
+  HLS monitoring, dashboard thumbnail/play).
 - :func:`require_role` — ``require_role("viewer" | "operator" | "admin")`` returns a dependency
-  that yields the principal or raises 403 ``FORBIDDEN``; :data:`Operator` and :data:`Admin` are
-  the ready ``Annotated`` aliases.
-- :data:`PlayerPrincipal` — like :data:`Principal`, also accepting ``?token=`` (media a player
-  fetches: HLS monitoring, dashboard thumbnail/play).
+  that yields the principal or raises 403 ``FORBIDDEN``.
+- :func:`require_operator_admin` — an admin of the ``default`` tenant, else 403.
 - :func:`tenant_of` — the principal's tenant (every query is scoped by it).
 
 Credentials, in ``x-access-token`` or ``Authorization: Bearer``:
@@ -320,11 +322,6 @@ async def authenticate_player(
     )
 
 
-Principal = Annotated[AuthPrincipal, Depends(authenticate)]
-"""The authenticated caller (any role)."""
-PlayerPrincipal = Annotated[AuthPrincipal, Depends(authenticate_player)]
-"""Like :data:`Principal`, also accepting ``?token=`` (media routes only)."""
-
 _ROLE_DEPENDENCIES: dict[Role, Any] = {}
 
 
@@ -334,7 +331,9 @@ def require_role(role: Role) -> Any:
         raise ValueError(f"unknown role {role!r}")
     if role not in _ROLE_DEPENDENCIES:
 
-        async def dependency(principal: Principal) -> AuthPrincipal:
+        async def dependency(
+            principal: Annotated[AuthPrincipal, Depends(authenticate)],
+        ) -> AuthPrincipal:
             if not principal.allows(role):
                 raise Forbidden(
                     f"this needs the {role} role; your credentials have {principal.role}"
@@ -346,8 +345,19 @@ def require_role(role: Role) -> Any:
     return _ROLE_DEPENDENCIES[role]
 
 
-Viewer = Annotated[AuthPrincipal, Depends(require_role("viewer"))]
-Operator = Annotated[AuthPrincipal, Depends(require_role("operator"))]
-"""Create/start/stop/update/remove jobs, streams and files."""
-Admin = Annotated[AuthPrincipal, Depends(require_role("admin"))]
-"""Keys, users, settings."""
+def is_operator_admin(principal: Any) -> bool:
+    """An admin of the ``default`` tenant: the deployment's operator (the bootstrap admin's
+    tenant). Deployment-wide views and settings (logs, runtime settings, every tenant's jobs on
+    a node) are theirs; an admin of another tenant administers only that tenant."""
+    return getattr(principal, "role", None) == "admin" and (
+        getattr(principal, "tenant", DEFAULT_TENANT) == DEFAULT_TENANT
+    )
+
+
+async def require_operator_admin(
+    principal: Annotated[AuthPrincipal, Depends(require_role("admin"))],
+) -> Any:
+    """A dependency yielding an operator admin (:func:`is_operator_admin`), else 403."""
+    if not is_operator_admin(principal):
+        raise Forbidden("this is deployment-wide: it needs an admin of the default tenant")
+    return principal

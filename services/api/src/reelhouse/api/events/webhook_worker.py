@@ -45,8 +45,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from reelhouse.api.events.service import decode, subject_parts
-from reelhouse.api.ops import OpsState
-from reelhouse.api.state import AppState
+from reelhouse.api.state import AppState, OpsState
 from reelhouse.common import __version__
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.logging import get_logger

@@ -20,10 +20,10 @@ from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, ValidationError
 
 from reelhouse.api import idempotency
-from reelhouse.api.accounts.principal import Operator, Principal, tenant_of
+from reelhouse.api.accounts.principal import tenant_of
+from reelhouse.api.deps import IdempotencyKey, Operator, Principal, State
 from reelhouse.api.errors import documented
-from reelhouse.api.idempotency import IdempotencyKey
-from reelhouse.api.state import AppState, State
+from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import format_timestamp, is_object_id, utcnow
 from reelhouse.common.contracts.ingest import (
     IngestStats,

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
-from reelhouse.api.accounts.principal import tenant_of  # noqa: F401 (routes import it from here)
+from reelhouse.api.accounts.principal import tenant_of  # noqa: F401 (routes import it from here
 from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.listing import ListQuery

@@ -15,12 +15,10 @@ from fastapi import APIRouter, Body, Response
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.api import idempotency
-from reelhouse.api.accounts.principal import Operator, Principal
+from reelhouse.api.deps import IdempotencyKey, Operator, Principal, State
 from reelhouse.api.errors import documented
-from reelhouse.api.idempotency import IdempotencyKey
 from reelhouse.api.jobs import service as jobs
 from reelhouse.api.jobs.service import JobKind, tenant_of
-from reelhouse.api.state import State
 from reelhouse.common.contracts.listing import IdBody
 from reelhouse.common.contracts.messages import JobEvent
 from reelhouse.common.contracts.recording import (

@@ -19,12 +19,10 @@ from fastapi.responses import FileResponse, Response
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.api import idempotency
-from reelhouse.api.accounts.principal import Operator, PlayerPrincipal, Principal
+from reelhouse.api.deps import IdempotencyKey, Operator, PlayerPrincipal, Principal, State
 from reelhouse.api.errors import documented
-from reelhouse.api.idempotency import IdempotencyKey
 from reelhouse.api.jobs import service as jobs
 from reelhouse.api.jobs.service import JobKind, tenant_of
-from reelhouse.api.state import State
 from reelhouse.common.contracts.base import ObjectIdStr
 from reelhouse.common.contracts.listing import IdBody
 from reelhouse.common.contracts.restream import RestreamIn, RestreamListBody, RestreamUpdate

@@ -17,10 +17,10 @@ from fastapi import APIRouter, Body, Query, Response
 from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.api import idempotency
-from reelhouse.api.accounts.principal import AuthPrincipal, Operator, Principal, tenant_of
+from reelhouse.api.accounts.principal import AuthPrincipal, tenant_of
+from reelhouse.api.deps import IdempotencyKey, Operator, Principal, State
 from reelhouse.api.errors import documented
-from reelhouse.api.idempotency import IdempotencyKey
-from reelhouse.api.state import AppState, State
+from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import ObjectIdStr, format_timestamp, is_object_id, utcnow
 from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.contracts.streams import (

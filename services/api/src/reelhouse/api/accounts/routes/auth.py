@@ -33,11 +33,12 @@ from fastapi import APIRouter, Cookie, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from reelhouse.api.accounts import service as accounts
-from reelhouse.api.accounts.principal import AuthPrincipal, Principal, issue_access_token
+from reelhouse.api.accounts.principal import AuthPrincipal, issue_access_token
 from reelhouse.api.accounts.ratelimit import limit_auth
 from reelhouse.api.accounts.service import Collections
+from reelhouse.api.deps import Principal, State
 from reelhouse.api.errors import documented
-from reelhouse.api.state import AppState, State
+from reelhouse.api.state import AppState
 from reelhouse.common.contracts.messages import RefreshReuse
 from reelhouse.common.errors import Unauthorized, ValidationFailed
 from reelhouse.common.logging import get_logger

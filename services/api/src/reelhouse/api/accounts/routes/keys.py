@@ -15,9 +15,9 @@ from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
 from reelhouse.api.accounts import service as accounts
-from reelhouse.api.accounts.principal import Admin, Role, tenant_of
+from reelhouse.api.accounts.principal import Role, tenant_of
 from reelhouse.api.accounts.service import Collections
-from reelhouse.api.state import State
+from reelhouse.api.deps import Admin, State
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.listing import IdBody
 from reelhouse.common.errors import Forbidden, NotFound

@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import DuplicateKeyError
 
 from reelhouse.api.accounts import service as accounts
-from reelhouse.api.accounts.principal import Admin, Role, tenant_of
+from reelhouse.api.accounts.principal import Role, tenant_of
 from reelhouse.api.accounts.service import Collections
+from reelhouse.api.deps import Admin, State
 from reelhouse.api.errors import documented
-from reelhouse.api.state import State
 from reelhouse.common.contracts.base import ObjectIdStr, format_timestamp, utcnow
 from reelhouse.common.contracts.listing import IdBody
 from reelhouse.common.errors import Conflict, Forbidden, NotFound

@@ -16,13 +16,14 @@ from bson import ObjectId
 from fastapi import APIRouter, Query
 from pymongo.asynchronous.database import AsyncDatabase
 
-from reelhouse.api.accounts.principal import Operator, Principal, tenant_of
+from reelhouse.api.accounts.principal import tenant_of
+from reelhouse.api.deps import Operator, Principal, State
 from reelhouse.api.errors import documented
 from reelhouse.api.files import routes as file_routes
 from reelhouse.api.jobs import service as jobs
 from reelhouse.api.recordings import routes as recording_routes
 from reelhouse.api.recordings.routes import KIND as RECORDING
-from reelhouse.api.state import AppState, State
+from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import ObjectIdStr, format_timestamp, utcnow
 from reelhouse.common.contracts.channels import (
     ChannelCheck,

@@ -14,8 +14,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from reelhouse.api.accounts.principal import Admin, Principal, tenant_of
-from reelhouse.api.state import State
+from reelhouse.api.accounts.principal import tenant_of
+from reelhouse.api.deps import Admin, Principal, State
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.channels import Platform
 from reelhouse.common.credentials import (

@@ -32,8 +32,7 @@ from pydantic import ValidationError
 
 from reelhouse.api.accounts.principal import verify_credential
 from reelhouse.api.events.service import EventFilter, decode, subject_parts, visible_to
-from reelhouse.api.ops import OpsState
-from reelhouse.api.state import AppState
+from reelhouse.api.state import AppState, OpsState
 from reelhouse.common.contracts.ingest import IngestStats
 from reelhouse.common.contracts.messages import JobStats
 from reelhouse.common.errors import ReelhouseError, Unauthorized

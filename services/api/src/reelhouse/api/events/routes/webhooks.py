@@ -15,15 +15,13 @@ from bson.errors import InvalidId
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from reelhouse.api.accounts.principal import Admin
+from reelhouse.api.deps import Admin, Ops, State
 from reelhouse.api.events.webhook_worker import (
     DELIVERIES,
     WEBHOOKS,
     describe_delivery,
     describe_hook,
 )
-from reelhouse.api.ops import Ops
-from reelhouse.api.state import State
 from reelhouse.common.contracts.base import ObjectIdStr, utcnow
 from reelhouse.common.contracts.types import url_pattern
 from reelhouse.common.errors import NotFound

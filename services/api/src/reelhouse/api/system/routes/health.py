@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from reelhouse.api.state import State
+from reelhouse.api.deps import State
 from reelhouse.api.system.tools import tool_version
 from reelhouse.common.errors import error_body
 from reelhouse.common.mongo import server_version

@@ -12,9 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from reelhouse.api.deps import Ops, State
 from reelhouse.api.errors import documented
-from reelhouse.api.ops import Ops
-from reelhouse.api.state import State
 from reelhouse.common.errors import Unauthorized
 from reelhouse.common.logging import get_logger
 

@@ -9,9 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
-from reelhouse.api.accounts.principal import Principal
-from reelhouse.api.ops import is_operator_admin
-from reelhouse.api.state import State
+from reelhouse.api.accounts.principal import is_operator_admin
+from reelhouse.api.deps import Principal, State
 from reelhouse.common.contracts.base import format_timestamp
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections

@@ -14,8 +14,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from reelhouse.api.ops import SystemAdmin
-from reelhouse.api.state import State
+from reelhouse.api.deps import State, SystemAdmin
 from reelhouse.common.contracts.base import format_timestamp
 from reelhouse.common.contracts.recording import RecordingIn
 from reelhouse.common.contracts.restream import RestreamIn

@@ -20,9 +20,7 @@ from fastapi import APIRouter, Body
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pymongo import DESCENDING
 
-from reelhouse.api.accounts.principal import Admin
-from reelhouse.api.ops import Ops, SystemAdmin
-from reelhouse.api.state import State
+from reelhouse.api.deps import Admin, Ops, State, SystemAdmin
 from reelhouse.api.system.tools import run_tool
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.logging import LEVEL_NUMBERS, LOGS_COLLECTION, get_logger
