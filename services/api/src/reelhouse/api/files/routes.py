@@ -19,13 +19,12 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pymongo import ReturnDocument
 
-from reelhouse.api.accounts.principal import request_credential, verify_credential
+from reelhouse.api.accounts.principal import request_credential, tenant_of, verify_credential
 from reelhouse.api.deps import Operator, Principal, State
 from reelhouse.api.errors import documented
 from reelhouse.api.files import signing as downloads
 from reelhouse.api.jobs import service as jobs
-from reelhouse.api.jobs.service import tenant_of
-from reelhouse.api.recordings.routes import KIND, MODULE
+from reelhouse.api.recordings.service import KIND, MODULE
 from reelhouse.api.settings import ApiSettings
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.messages import JobEvent

@@ -1,4 +1,4 @@
-"""What the job modules' routes (recordings, restreams) share: one :class:`JobKind` per module.
+"""What the job modules (recordings, restreams) share: one :class:`JobKind` per module.
 
 A job document links its ``input`` (and, for restreams, ``output``) documents by id lists; the API
 presents them populated, in list order. Desired-state changes are followed by a hint to the
@@ -16,6 +16,7 @@ on create, update and start; responses show the next start and stop.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -26,13 +27,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
-from reelhouse.api.accounts.principal import tenant_of  # noqa: F401 (routes import it from here
 from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.listing import ListQuery
 from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.contracts.types import INGEST_INPUT_TYPES
-from reelhouse.common.errors import Conflict, InsufficientStorage, NotFound, ValidationFailed
+from reelhouse.common.errors import InsufficientStorage, NotFound, ValidationFailed
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections, find_each
 from reelhouse.common.netpolicy import validate_url
@@ -60,17 +60,13 @@ class JobKind:
     """Job fields shown in responses, in order (besides ids, timestamps, runtime)."""
     links: dict[str, str]
     """Job field holding a list of ids → the collection of those documents."""
-    writes_files: bool = False
-    """Every active job writes to the storage (recordings); otherwise only jobs with an output
-    of a :data:`FILE_OUTPUT_TYPES` type do (a restream's HLS)."""
-
-
-FILE_OUTPUT_TYPES = frozenset({"OUTPUT_TYPE_HLS"})
-"""Output types written under the storage root: refused while the disk is critical."""
+    writes_files: Callable[[list[str]], bool]
+    """Whether an active job with outputs of these types writes to the storage (activating one is
+    refused while the disk is critical): every recording; a restream only with an HLS output."""
 
 
 def _writes_files(kind: JobKind, output_types: list[str]) -> bool:
-    return kind.writes_files or any(t in FILE_OUTPUT_TYPES for t in output_types)
+    return kind.writes_files(output_types)
 
 
 async def check_disk(state: AppState, kind: JobKind, job_id: str | None = None) -> None:
@@ -453,35 +449,6 @@ async def set_active(
     await hint(state, kind, "start" if active else "stop", job_id)
     if not active:
         state.live_stats.forget(kind.module, job_id)
-
-
-async def set_paused(
-    state: AppState, kind: JobKind, tenant: str, job_id: str, *, paused: bool
-) -> bool:
-    """pause (close the current part, stay active but idle) or resume (a new part, same
-    session: ``generation`` is unchanged). Only an active job; False when already so."""
-    job = await load(state.db, kind, tenant, job_id)
-    if not job.get("active"):
-        verb = "pause" if paused else "resume"
-        raise Conflict(f"the job is stopped; only an active job can {verb} (use start)",
-                       field="id")  # fmt: skip
-    if bool(job.get("paused")) == paused:
-        return False
-    if not paused and _writes_files(kind, await _stored_output_types(state.db, kind, job)):
-        await check_disk(state, kind, job_id)
-    now = utcnow()
-    result = await state.db[kind.collection].update_one(
-        {"_id": job["_id"], "tenant": tenant, "active": True, "paused": {"$ne": paused}},
-        {"$set": {"paused": paused, "paused_at" if paused else "resumed_at": now,
-                  "modified": now}},
-    )  # fmt: skip
-    if result.matched_count == 0:
-        return False  # stopped or changed meanwhile
-    log.info(f"{kind.module}_{'pause' if paused else 'resume'}_requested", job_id=job_id)
-    await hint(state, kind, "stop" if paused else "start", job_id)
-    if paused:
-        state.live_stats.forget(kind.module, job_id)
-    return True
 
 
 async def wait_released(live: Any, kind: JobKind, job_id: ObjectId, timeout_s: float) -> bool:

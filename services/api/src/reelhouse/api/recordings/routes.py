@@ -3,7 +3,8 @@
 The API writes desired state (``active``, config, ``generation``) and publishes a hint; recorders
 reconcile (ARCHITECTURE §2). Responses are job objects with ``_id`` and ``id``, ``input`` as the
 populated list, ``recordedFiles`` populated, ``created``/``modified`` and ``success: true``.
-What restreams share with this module lives in :mod:`reelhouse.api.jobs.service`.
+The module's behaviour is in :mod:`reelhouse.api.recordings.service`; what restreams share with
+it, in :mod:`reelhouse.api.jobs.service`.
 """
 
 from __future__ import annotations
@@ -12,15 +13,21 @@ from typing import Annotated, Any
 
 from bson import ObjectId
 from fastapi import APIRouter, Body, Response
-from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.api import idempotency
+from reelhouse.api.accounts.principal import tenant_of
 from reelhouse.api.deps import IdempotencyKey, Operator, Principal, State
 from reelhouse.api.errors import documented
 from reelhouse.api.jobs import service as jobs
-from reelhouse.api.jobs.service import JobKind, tenant_of
+from reelhouse.api.recordings.service import (
+    KIND,
+    MODULE,
+    load_populated,
+    populate,
+    publish_event,
+    set_paused,
+)
 from reelhouse.common.contracts.listing import IdBody
-from reelhouse.common.contracts.messages import JobEvent
 from reelhouse.common.contracts.recording import (
     ListBody,
     RecordingIn,
@@ -30,62 +37,10 @@ from reelhouse.common.contracts.recording import (
 from reelhouse.common.errors import Conflict, NotFound
 from reelhouse.common.files import delete_file_record_from_disk, delete_job_dir, present_file
 from reelhouse.common.logging import get_logger
-from reelhouse.common.mongo import Collections, find_each
+from reelhouse.common.mongo import Collections
 
 router = APIRouter(prefix="/api/recording", tags=["recordings"])
 log = get_logger("reelhouse.api.recordings")
-
-MODULE = "recording"
-
-_JOB_FIELDS = (
-    "recording_name", "recording_type", "input", "output_format", "recording_mode",
-    "recording_mode_settings", "transcoding", "modify_audio", "modify_video", "overlay",
-    "delete_after", "max_files", "max_bytes", "seamless", "active", "paused",
-    "seamless_reconnect_s", "max_bytes_total", "quota_exceeded_at", "schedule",
-    "schedule_next_start", "schedule_next_stop",
-)  # fmt: skip
-KIND = JobKind(
-    module=MODULE,
-    service="recorder",
-    collection=Collections.RECORDINGS,
-    fields=_JOB_FIELDS,
-    links={"input": Collections.INPUTS},
-    writes_files=True,
-)
-
-
-async def _populate(
-    db: AsyncDatabase, found: list[dict[str, Any]], live: Any = None
-) -> list[dict[str, Any]]:
-    linked = await jobs.fetch_linked(db, KIND, found)
-    files: dict[str, list[dict[str, Any]]] = {str(job["_id"]): [] for job in found}
-    # Each job's files by top-level equality (mongo.find_each), sorted here.
-    for doc in sorted(await find_each(db[Collections.FILES], "entity_id", files),
-                      key=lambda d: (d["created"], d["_id"])):  # fmt: skip
-        if doc.get("status") != "deleted":
-            files[doc["entity_id"]].append(doc)
-    return [
-        jobs.present_job(
-            KIND,
-            job,
-            linked,
-            live=live,
-            recordedFiles=[present_file(f) for f in files[str(job["_id"])]],
-        )
-        for job in found
-    ]
-
-
-async def _loaded(db: AsyncDatabase, tenant: str, job_id: str, live: Any = None) -> dict[str, Any]:
-    return (await _populate(db, [await jobs.load(db, KIND, tenant, job_id)], live))[0]
-
-
-async def _event(state: Any, tenant: str, job_id: str, event: Any, **fields: Any) -> None:
-    try:
-        message = JobEvent(type=event, module=MODULE, job_id=job_id, tenant=tenant, **fields)
-        await state.bus.publish(state.bus.subjects.event(MODULE, job_id, event), message)
-    except Exception as exc:
-        log.warning("event_not_sent", job_id=job_id, event=event, error=str(exc))
 
 
 @router.post(
@@ -110,7 +65,7 @@ async def create(
     async def run() -> dict[str, Any]:
         full = await jobs.with_defaults(state.db, MODULE, body)
         job_id = await jobs.create_job(state, KIND, tenant, full.config(), {"input": [full.input]})
-        return await _loaded(state.db, tenant, job_id, state.live)
+        return await load_populated(state.db, tenant, job_id, state.live)
 
     key = idempotency_key
     return await idempotency.once(state.db, principal, "recording", key, body, response, run)
@@ -129,12 +84,12 @@ async def get_all(
     state: State, principal: Principal, body: Annotated[ListBody | None, Body()] = None
 ) -> list[dict[str, Any]]:
     found = await jobs.find_jobs(state.db, KIND, tenant_of(principal), body or ListBody())
-    return await _populate(state.db, found, state.live)
+    return await populate(state.db, found, state.live)
 
 
 @router.post("/getById", summary="One recording job, populated")
 async def get_by_id(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
-    return await _loaded(state.db, tenant_of(principal), body.id, state.live)
+    return await load_populated(state.db, tenant_of(principal), body.id, state.live)
 
 
 @router.post(
@@ -145,7 +100,7 @@ async def get_by_id(state: State, principal: Principal, body: IdBody) -> dict[st
 async def update(state: State, principal: Operator, body: RecordingUpdate) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.update_job(state, KIND, tenant, body.id, body.config(), {"input": [body.input]})
-    return await _loaded(state.db, tenant, body.id, state.live)
+    return await load_populated(state.db, tenant, body.id, state.live)
 
 
 @router.post(
@@ -156,14 +111,14 @@ async def update(state: State, principal: Operator, body: RecordingUpdate) -> di
 async def start(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=True)
-    return await _loaded(state.db, tenant, body.id, state.live)
+    return await load_populated(state.db, tenant, body.id, state.live)
 
 
 @router.post("/stop", summary="Mark inactive and stop the recording worker")
 async def stop(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=False)
-    return await _loaded(state.db, tenant, body.id, state.live)
+    return await load_populated(state.db, tenant, body.id, state.live)
 
 
 @router.post(
@@ -173,9 +128,9 @@ async def stop(state: State, principal: Operator, body: IdBody) -> dict[str, Any
 )
 async def pause(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
-    if await jobs.set_paused(state, KIND, tenant, body.id, paused=True):
-        await _event(state, tenant, body.id, "job_paused")
-    return await _loaded(state.db, tenant, body.id, state.live)
+    if await set_paused(state, tenant, body.id, paused=True):
+        await publish_event(state, tenant, body.id, "job_paused")
+    return await load_populated(state.db, tenant, body.id, state.live)
 
 
 @router.post(
@@ -185,16 +140,16 @@ async def pause(state: State, principal: Operator, body: IdBody) -> dict[str, An
 )
 async def resume(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
-    if await jobs.set_paused(state, KIND, tenant, body.id, paused=False):
-        await _event(state, tenant, body.id, "job_resumed")
-    return await _loaded(state.db, tenant, body.id, state.live)
+    if await set_paused(state, tenant, body.id, paused=False):
+        await publish_event(state, tenant, body.id, "job_resumed")
+    return await load_populated(state.db, tenant, body.id, state.live)
 
 
 @router.delete("/remove", summary="Stop, then delete the job, its input, its files")
 async def remove(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     db = state.db
-    loaded = await _loaded(db, tenant, body.id, state.live)
+    loaded = await load_populated(db, tenant, body.id, state.live)
     await jobs.stop_and_wait(state, KIND, body.id)
     root = state.settings.storage_root
     async for record in db[Collections.FILES].find({"entity_id": body.id, "tenant": tenant}):
@@ -237,7 +192,7 @@ async def remove_file(state: State, principal: Operator, body: RemoveFileBody) -
     )
     await db[Collections.FILES].delete_one({"_id": record["_id"]})
     log.info("recording_file_removed", job_id=body.record_id, file_id=body.file_id)
-    await _event(state, tenant, body.record_id, "file_deleted", file=present_file(record))
+    await publish_event(state, tenant, body.record_id, "file_deleted", file=present_file(record))
     return {"success": True}
 
 

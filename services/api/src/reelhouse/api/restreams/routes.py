@@ -1,6 +1,7 @@
 """``/api/restream/*``: the Restreams module, shaped exactly as ``seeds/restreams-api.txt``.
 
-Like recordings (:mod:`reelhouse.api.jobs.service` holds what both share): the API writes desired
+Like recordings (:mod:`reelhouse.api.jobs.service` holds what both share, the module's own
+behaviour is in :mod:`reelhouse.api.restreams.service`): the API writes desired
 state and hints the restreamers, which reconcile. Job objects carry ``input`` and ``output`` as
 populated lists (``output`` in destination order), ``module_name: "MODULE_RESTREAM"`` and
 ``runtime``. ``/hls/{id}/{name}`` serves a job's HLS destination for monitoring.
@@ -16,37 +17,28 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Path, Request
 from fastapi.responses import FileResponse, Response
-from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.api import idempotency
+from reelhouse.api.accounts.principal import tenant_of
 from reelhouse.api.deps import IdempotencyKey, Operator, PlayerPrincipal, Principal, State
 from reelhouse.api.errors import documented
 from reelhouse.api.jobs import service as jobs
-from reelhouse.api.jobs.service import JobKind, tenant_of
+from reelhouse.api.restreams.service import (
+    KIND,
+    job_config,
+    linked_docs,
+    load_populated,
+    populate,
+)
 from reelhouse.common.contracts.base import ObjectIdStr
 from reelhouse.common.contracts.listing import IdBody
 from reelhouse.common.contracts.restream import RestreamIn, RestreamListBody, RestreamUpdate
 from reelhouse.common.errors import NotFound
 from reelhouse.common.files import checked_path, is_under, restream_hls_dir
 from reelhouse.common.logging import get_logger
-from reelhouse.common.mongo import Collections
 
 router = APIRouter(prefix="/api/restream", tags=["restreams"])
 log = get_logger("reelhouse.api.restreams")
-
-MODULE_NAME = "MODULE_RESTREAM"
-
-_JOB_FIELDS = (
-    "restream_name", "input", "output", "transcoding", "modify_audio", "modify_video", "overlay",
-    "active", "module_name", "schedule", "schedule_next_start", "schedule_next_stop",
-)  # fmt: skip
-KIND = JobKind(
-    module="restream",
-    service="restreamer",
-    collection=Collections.RESTREAMS,
-    fields=_JOB_FIELDS,
-    links={"input": Collections.INPUTS, "output": Collections.OUTPUTS},
-)
 
 HLS_MEDIA_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
@@ -62,25 +54,6 @@ _HLS_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 HLS_NAME_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 """A plain file name: letters, digits, '_' and '-', in parts joined by single dots."""
 _PLAYLIST_URI_ATTR = re.compile(r'URI="([A-Za-z0-9_-][A-Za-z0-9._-]*)"')
-
-
-async def _populate(
-    db: AsyncDatabase, found: list[dict[str, Any]], live: Any = None
-) -> list[dict[str, Any]]:
-    linked = await jobs.fetch_linked(db, KIND, found)
-    return [jobs.present_job(KIND, job, linked, live=live) for job in found]
-
-
-async def _loaded(db: AsyncDatabase, tenant: str, job_id: str, live: Any = None) -> dict[str, Any]:
-    return (await _populate(db, [await jobs.load(db, KIND, tenant, job_id)], live))[0]
-
-
-def _config(body: RestreamIn) -> dict[str, Any]:
-    return {**body.config(), "module_name": MODULE_NAME}
-
-
-def _linked(body: RestreamIn) -> dict[str, list[Any]]:
-    return {"input": [body.input], "output": list(body.output)}
 
 
 @router.post(
@@ -104,8 +77,8 @@ async def create(
 
     async def run() -> dict[str, Any]:
         full = await jobs.with_defaults(state.db, KIND.module, body)
-        job_id = await jobs.create_job(state, KIND, tenant, _config(full), _linked(full))
-        return await _loaded(state.db, tenant, job_id, state.live)
+        job_id = await jobs.create_job(state, KIND, tenant, job_config(full), linked_docs(full))
+        return await load_populated(state.db, tenant, job_id, state.live)
 
     key = idempotency_key
     return await idempotency.once(state.db, principal, "restream", key, body, response, run)
@@ -125,12 +98,12 @@ async def get_all(
 ) -> list[dict[str, Any]]:
     query = body or RestreamListBody()
     found = await jobs.find_jobs(state.db, KIND, tenant_of(principal), query)
-    return await _populate(state.db, found, state.live)
+    return await populate(state.db, found, state.live)
 
 
 @router.post("/getById", summary="One restream job, populated")
 async def get_by_id(state: State, principal: Principal, body: IdBody) -> dict[str, Any]:
-    return await _loaded(state.db, tenant_of(principal), body.id, state.live)
+    return await load_populated(state.db, tenant_of(principal), body.id, state.live)
 
 
 @router.post(
@@ -140,8 +113,8 @@ async def get_by_id(state: State, principal: Principal, body: IdBody) -> dict[st
 )
 async def update(state: State, principal: Operator, body: RestreamUpdate) -> dict[str, Any]:
     tenant = tenant_of(principal)
-    await jobs.update_job(state, KIND, tenant, body.id, _config(body), _linked(body))
-    return await _loaded(state.db, tenant, body.id, state.live)
+    await jobs.update_job(state, KIND, tenant, body.id, job_config(body), linked_docs(body))
+    return await load_populated(state.db, tenant, body.id, state.live)
 
 
 @router.post(
@@ -152,20 +125,20 @@ async def update(state: State, principal: Operator, body: RestreamUpdate) -> dic
 async def start(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=True)
-    return await _loaded(state.db, tenant, body.id, state.live)
+    return await load_populated(state.db, tenant, body.id, state.live)
 
 
 @router.post("/stop", summary="Mark inactive and stop the restream")
 async def stop(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
     await jobs.set_active(state, KIND, tenant, body.id, active=False)
-    return await _loaded(state.db, tenant, body.id, state.live)
+    return await load_populated(state.db, tenant, body.id, state.live)
 
 
 @router.delete("/remove", summary="Stop, then delete the job, its input and outputs, its HLS")
 async def remove(state: State, principal: Operator, body: IdBody) -> dict[str, Any]:
     tenant = tenant_of(principal)
-    loaded = await _loaded(state.db, tenant, body.id, state.live)
+    loaded = await load_populated(state.db, tenant, body.id, state.live)
     await jobs.stop_and_wait(state, KIND, body.id)
     root = state.settings.storage_root
     folder = restream_hls_dir(root, body.id).parent  # <root>/restreams/<job_id>

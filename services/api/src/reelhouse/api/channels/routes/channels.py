@@ -21,8 +21,8 @@ from reelhouse.api.deps import Operator, Principal, State
 from reelhouse.api.errors import documented
 from reelhouse.api.files import routes as file_routes
 from reelhouse.api.jobs import service as jobs
-from reelhouse.api.recordings import routes as recording_routes
-from reelhouse.api.recordings.routes import KIND as RECORDING
+from reelhouse.api.recordings import service as recordings
+from reelhouse.api.recordings.service import KIND as RECORDING
 from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import ObjectIdStr, format_timestamp, utcnow
 from reelhouse.common.contracts.channels import (
@@ -430,11 +430,11 @@ async def stop_active(state: State, principal: Operator, rec_id: str) -> dict[st
              responses=documented(409))  # fmt: skip
 async def pause_active(state: State, principal: Operator, rec_id: str) -> dict[str, Any]:
     rec = await _load_recording(state, principal, rec_id, active=True)
-    if await jobs.set_paused(state, RECORDING, rec["tenant"], rec["job_id"], paused=True):
+    if await recordings.set_paused(state, rec["tenant"], rec["job_id"], paused=True):
         await state.db[Collections.CHANNEL_RECORDINGS].update_one(
             {"_id": rec["_id"]}, {"$set": {"paused": True}}
         )
-        await recording_routes._event(state, rec["tenant"], rec["job_id"], "job_paused",
+        await recordings.publish_event(state, rec["tenant"], rec["job_id"], "job_paused",
                                       channel_id=rec["channel_id"])  # fmt: skip
     return await _present_recording(state.db, await _load_recording(state, principal, rec_id))
 
@@ -443,11 +443,11 @@ async def pause_active(state: State, principal: Operator, rec_id: str) -> dict[s
              responses=documented(409))  # fmt: skip
 async def resume_active(state: State, principal: Operator, rec_id: str) -> dict[str, Any]:
     rec = await _load_recording(state, principal, rec_id, active=True)
-    if await jobs.set_paused(state, RECORDING, rec["tenant"], rec["job_id"], paused=False):
+    if await recordings.set_paused(state, rec["tenant"], rec["job_id"], paused=False):
         await state.db[Collections.CHANNEL_RECORDINGS].update_one(
             {"_id": rec["_id"]}, {"$set": {"paused": False}}
         )
-        await recording_routes._event(state, rec["tenant"], rec["job_id"], "job_resumed",
+        await recordings.publish_event(state, rec["tenant"], rec["job_id"], "job_resumed",
                                       channel_id=rec["channel_id"])  # fmt: skip
     return await _present_recording(state.db, await _load_recording(state, principal, rec_id))
 

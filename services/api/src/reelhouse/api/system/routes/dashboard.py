@@ -25,10 +25,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 
+from reelhouse.api.accounts.principal import tenant_of
 from reelhouse.api.deps import PlayerPrincipal, State
 from reelhouse.api.jobs import service as jobs
-from reelhouse.api.jobs.service import tenant_of
-from reelhouse.api.recordings.routes import KIND
+from reelhouse.api.recordings.service import KIND
 from reelhouse.common.contracts.base import ObjectIdStr
 from reelhouse.common.errors import NotFound
 from reelhouse.common.ffmpeg.command import THUMBNAIL_FILE_NAME

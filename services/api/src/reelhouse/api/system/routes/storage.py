@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
+from reelhouse.api.accounts.principal import tenant_of
 from reelhouse.api.deps import Operator, Principal, State
 from reelhouse.api.errors import documented
-from reelhouse.api.jobs.service import tenant_of
 from reelhouse.common.contracts.storage import CleanupRequest, PassReport
 from reelhouse.common.micro import call
 from reelhouse.common.mongo import Collections
