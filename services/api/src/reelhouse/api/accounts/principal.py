@@ -49,7 +49,7 @@ from starlette.requests import HTTPConnection
 
 from reelhouse.api.accounts import service as accounts
 from reelhouse.api.accounts.credential_cache import CredentialCache
-from reelhouse.api.accounts.ratelimit import count_request
+from reelhouse.api.accounts.ratelimit import bucket_of, hit
 from reelhouse.api.settings import ApiSettings
 from reelhouse.common.contracts.messages import DEFAULT_TENANT
 from reelhouse.common.errors import Forbidden, Unauthorized
@@ -278,6 +278,14 @@ def request_credential(conn: HTTPConnection) -> str | None:
         or _bearer(conn.headers.get("authorization"))
         or conn.query_params.get("token")
     )
+
+
+async def count_request(conn: HTTPConnection, principal: AuthPrincipal) -> None:
+    """Count an authenticated call against its caller (the bootstrap token is not limited)."""
+    if principal.kind == "bootstrap":
+        return
+    bucket = bucket_of(conn.scope.get("method", "GET"), conn.url.path)
+    await hit(conn, bucket, f"{principal.kind}:{principal.id}")
 
 
 async def _authenticate(conn: HTTPConnection, token: str | None, missing: str) -> AuthPrincipal:

@@ -23,16 +23,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from limits import RateLimitItem, parse
 from starlette.requests import HTTPConnection
 
 from reelhouse.common.errors import RateLimited
 from reelhouse.common.logging import get_logger
-
-if TYPE_CHECKING:
-    from reelhouse.api.accounts.principal import AuthPrincipal
 
 log = get_logger("reelhouse.api.ratelimit")
 
@@ -100,14 +97,6 @@ async def hit(conn: HTTPConnection, bucket: Bucket, who: str) -> Window | None:
             headers={**window.headers(), "Retry-After": str(retry)},
         )
     return window
-
-
-async def count_request(conn: HTTPConnection, principal: AuthPrincipal) -> None:
-    """Count an authenticated call against its caller (the bootstrap token is not limited)."""
-    if principal.kind == "bootstrap":
-        return
-    bucket = bucket_of(conn.scope.get("method", "GET"), conn.url.path)
-    await hit(conn, bucket, f"{principal.kind}:{principal.id}")
 
 
 async def limit_auth(conn: HTTPConnection) -> None:
