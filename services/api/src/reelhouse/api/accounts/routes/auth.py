@@ -30,11 +30,18 @@ from typing import Annotated, Any
 
 from bson import ObjectId
 from fastapi import APIRouter, Cookie, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from reelhouse.api.accounts import service as accounts
 from reelhouse.api.accounts.principal import AuthPrincipal, issue_access_token
 from reelhouse.api.accounts.ratelimit import limit_auth
+from reelhouse.api.accounts.schemas import (
+    LoginBody,
+    Me,
+    RefreshBody,
+    SessionBody,
+    SessionTokens,
+    TokenPair,
+)
 from reelhouse.api.accounts.service import Collections
 from reelhouse.api.deps import Principal, State
 from reelhouse.api.errors import documented
@@ -57,56 +64,6 @@ me_router = APIRouter(prefix="/api/auth", tags=["auth"])
 SESSION_PATH = "/api/auth/session"
 """The refresh cookie's ``Path``: sent to ``session/refresh`` and ``session/logout`` only."""
 REFRESH_COOKIE = "reelhouse_refresh"
-
-
-class LoginBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=256)
-
-
-class RefreshBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    refresh_token: str = Field(min_length=1, max_length=256)
-
-
-class SessionBody(BaseModel):
-    """The cookie endpoints' body: an empty JSON object. Requiring it makes the JSON content
-    type (the CSRF defence beside ``SameSite=Strict``) part of the documented contract."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class TokenPair(BaseModel):
-    access_token: str
-    token_type: str = "bearer"  # noqa: S105 (the OAuth token type, not a secret)
-    expires_in: int = Field(description="Seconds the access token stays valid.")
-    refresh_token: str
-    refresh_expires_in: int
-    user: dict[str, Any]
-    success: bool = True
-
-
-class SessionTokens(BaseModel):
-    """A cookie-mode login or refresh: the refresh token went into the ``HttpOnly`` cookie."""
-
-    access_token: str
-    token_type: str = "bearer"  # noqa: S105 (the OAuth token type, not a secret)
-    expires_in: int = Field(description="Seconds the access token stays valid.")
-    refresh_expires_in: int = Field(description="Seconds the refresh cookie stays valid.")
-    user: dict[str, Any]
-    success: bool = True
-
-
-class Me(BaseModel):
-    id: str
-    name: str
-    role: str
-    tenant: str
-    kind: str = Field(description="`user`, `key` or `bootstrap`.")
-    success: bool = True
 
 
 def _user_view(user: dict[str, Any]) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from typing import Annotated, Any
 
 from bson import ObjectId
 from fastapi import APIRouter, Body
-from pydantic import BaseModel, ConfigDict, Field
 
 from reelhouse.api.accounts import service as accounts
-from reelhouse.api.accounts.principal import Role, tenant_of
+from reelhouse.api.accounts.principal import tenant_of
+from reelhouse.api.accounts.schemas import KeyIn, KeyOut, NewKey
 from reelhouse.api.accounts.service import Collections
 from reelhouse.api.deps import Admin, State
 from reelhouse.common.contracts.base import format_timestamp, utcnow
@@ -26,26 +26,6 @@ from reelhouse.common.logging import get_logger
 log = get_logger("reelhouse.api.keys")
 
 router = APIRouter(prefix="/api/keys", tags=["keys"])
-
-
-class KeyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=100, description="What the key is for.")
-    role: Role = "viewer"
-
-
-class KeyOut(BaseModel):
-    id: str
-    name: str
-    role: Role
-    prefix: str = Field(description="The key's first characters, to tell keys apart.")
-    created: str
-    success: bool = True
-
-
-class NewKey(KeyOut):
-    key: str = Field(description="The API key. Shown only now: store it.")
 
 
 def present(doc: dict[str, Any]) -> KeyOut:

@@ -15,15 +15,15 @@ from typing import Annotated, Any
 
 from bson import ObjectId
 from fastapi import APIRouter, Body
-from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import DuplicateKeyError
 
 from reelhouse.api.accounts import service as accounts
-from reelhouse.api.accounts.principal import Role, tenant_of
+from reelhouse.api.accounts.principal import tenant_of
+from reelhouse.api.accounts.schemas import UserIn, UserOut, UserUpdate
 from reelhouse.api.accounts.service import Collections
 from reelhouse.api.deps import Admin, State
 from reelhouse.api.errors import documented
-from reelhouse.common.contracts.base import ObjectIdStr, format_timestamp, utcnow
+from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.listing import IdBody
 from reelhouse.common.errors import Conflict, Forbidden, NotFound
 from reelhouse.common.logging import get_logger
@@ -31,39 +31,6 @@ from reelhouse.common.logging import get_logger
 log = get_logger("reelhouse.api.users")
 
 router = APIRouter(prefix="/api/users", tags=["users"])
-
-Username = Annotated[str, Field(pattern=r"^[A-Za-z0-9._@-]{1,64}$")]
-Password = Annotated[str, Field(min_length=8, max_length=256)]
-Tenant = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
-
-
-class UserIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    username: Username
-    password: Password
-    role: Role = "viewer"
-    tenant: Tenant | None = Field(
-        None, description="Another tenant (bootstrap admin only); default: the caller's."
-    )
-
-
-class UserUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: ObjectIdStr
-    password: Password | None = None
-    role: Role | None = None
-
-
-class UserOut(BaseModel):
-    id: str
-    username: str
-    role: Role
-    tenant: str
-    created: str
-    modified: str
-    success: bool = True
 
 
 def present(doc: dict[str, Any]) -> UserOut:

@@ -7,27 +7,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from pydantic import BaseModel, ConfigDict, Field
 
 from reelhouse.api.accounts.principal import is_operator_admin
 from reelhouse.api.deps import Principal, State
+from reelhouse.api.system.schemas import NodesQuery
 from reelhouse.common.contracts.base import format_timestamp
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections
-from reelhouse.common.subjects import Service
 
 log = get_logger("reelhouse.api.nodes")
 
 router = APIRouter(prefix="/api/nodes", tags=["nodes"])
-
-
-class NodesQuery(BaseModel):
-    """Optional filters of ``getAll``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    service: Service | None = Field(None, description="Only nodes of this service.")
-    alive: bool | None = Field(None, description="Only nodes that are (or are not) alive.")
 
 
 DEAD_KEEP_S = 600.0

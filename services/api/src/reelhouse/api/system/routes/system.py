@@ -14,13 +14,13 @@ import contextlib
 import re
 import shutil
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pymongo import DESCENDING
 
 from reelhouse.api.deps import Admin, Ops, State, SystemAdmin
+from reelhouse.api.system.schemas import DependenciesQuery, LogsQuery
 from reelhouse.api.system.tools import run_tool
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.logging import LEVEL_NUMBERS, LOGS_COLLECTION, get_logger
@@ -31,19 +31,6 @@ router = APIRouter(prefix="/api/system", tags=["system"])
 
 
 # -- logs ------------------------------------------------------------------------------------
-
-
-class LogsQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    level: Literal["warning", "error", "critical"] = Field(
-        "warning", description="Lowest level returned."
-    )
-    from_: AwareDatetime | None = Field(None, alias="from", description="Records at or after.")
-    to: AwareDatetime | None = Field(None, description="Records before.")
-    limit: int = Field(100, ge=1, le=1000)
-    service: str | None = Field(None, max_length=64, description="Only this service's records.")
-    node: str | None = Field(None, max_length=200, description="Only this node's records.")
 
 
 @router.post("/getLogs", summary="Warning-and-above logs of every service, newest first")
@@ -187,12 +174,6 @@ async def read_dependencies(ffmpeg: str = "ffmpeg", ffprobe: str = "ffprobe") ->
     if probe_info is not None:
         probe_info["path"] = shutil.which(ffprobe)
     return {"ffmpeg": ffmpeg_info, "ffprobe": probe_info, "checked": format_timestamp(utcnow())}
-
-
-class DependenciesQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    refresh: bool = Field(False, description="Read the tools again instead of the cached facts.")
 
 
 @router.post("/getDependencies", summary="FFmpeg/ffprobe versions, protocols, encoders, decoders")
