@@ -28,8 +28,15 @@ from reelhouse.api.restreams import routes as restreams
 from reelhouse.api.settings import ApiSettings
 from reelhouse.api.state import AppState, OpsState
 from reelhouse.api.streams import routes as streams
-from reelhouse.api.system.routes import dashboard, health, metrics, nodes, storage, system
-from reelhouse.api.system.routes import settings as settings_routes
+from reelhouse.api.system.routes import (
+    dashboard,
+    health,
+    metrics,
+    nodes,
+    runtime_settings,
+    storage,
+    system,
+)
 from reelhouse.api.system.routes.system import run_log_trimmer
 from reelhouse.api.system.telemetry import ApiMetrics, LatencyMiddleware, install_mongo_monitor
 from reelhouse.api.system.tools import tool_version
@@ -173,7 +180,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     ops = OpsState(metrics=ApiMetrics())
     app.state.ops = ops
     app.add_middleware(LatencyMiddleware, metrics=ops.metrics)
-    for module in (events, webhooks, system, settings_routes, metrics):
+    for module in (events, webhooks, system, runtime_settings, metrics):
         app.include_router(module.router)
     trusted = trusted_proxies(settings)
     if trusted:  # outermost: everything after it (rate limits, logs) sees the real client
