@@ -8,10 +8,8 @@ cannot send headers); ``archiveFile`` moves a ``ready`` file under ``REELHOUSE_A
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 from bson import ObjectId
@@ -22,10 +20,9 @@ from pymongo import ReturnDocument
 from reelhouse.api.accounts.principal import request_credential, tenant_of, verify_credential
 from reelhouse.api.deps import Operator, Principal, State
 from reelhouse.api.errors import documented
+from reelhouse.api.files import service
 from reelhouse.api.files import signing as downloads
-from reelhouse.api.jobs import service as jobs
-from reelhouse.api.recordings.service import KIND, MODULE
-from reelhouse.api.settings import ApiSettings
+from reelhouse.api.recordings.service import MODULE
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.messages import JobEvent
 from reelhouse.common.contracts.recording_files import FileRef, FilesQuery
@@ -36,7 +33,7 @@ from reelhouse.common.errors import (
     ValidationFailed,
     error_body,
 )
-from reelhouse.common.files import hls_segments, is_under, job_dir, present_file
+from reelhouse.common.files import present_file
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections
 
@@ -58,29 +55,13 @@ MEDIA_TYPES = {
 }
 
 
-def files_query(tenant: str, body: FilesQuery) -> dict[str, Any]:
-    """The MongoDB filter of a getFiles body (every value was typed by the model)."""
-    query: dict[str, Any] = {"tenant": tenant}
-    if body.record_id is not None:
-        query["entity_id"] = body.record_id
-    query["status"] = body.status if body.status is not None else {"$ne": "deleted"}
-    created: dict[str, datetime] = {}
-    if body.from_ is not None:
-        created["$gte"] = body.from_
-    if body.to is not None:
-        created["$lt"] = body.to
-    if created:
-        query["created"] = created
-    return query
-
-
 @router.post("/getFiles", summary="Recorded files, newest first, with paging")
 async def get_files(
     state: State, principal: Principal, body: Annotated[FilesQuery | None, Body()] = None
 ) -> dict[str, Any]:
     body = body or FilesQuery()
     collection = state.db[Collections.FILES]
-    query = files_query(tenant_of(principal), body)
+    query = service.files_query(tenant_of(principal), body)
     total = await collection.count_documents(query)
     cursor = collection.find(query).sort([("created", -1), ("_id", -1)])
     found = [doc async for doc in cursor.skip(body.offset).limit(body.limit)]
@@ -88,19 +69,6 @@ async def get_files(
         "data": [present_file(doc) for doc in found],
         "meta": {"total": total, "limit": body.limit, "offset": body.offset},
     }
-
-
-async def _file(state: Any, tenant: str, ref: FileRef) -> dict[str, Any]:
-    """The tenant's file record of the job (job checked first), or 404 naming ``file_id``."""
-    await jobs.load(state.db, KIND, tenant, ref.record_id)
-    record = await state.db[Collections.FILES].find_one(
-        {"_id": ObjectId(ref.file_id), "entity_id": ref.record_id, "tenant": tenant}
-    )
-    if record is None:
-        raise NotFound(
-            f"file {ref.file_id} not found in recording {ref.record_id}", field="file_id"
-        )
-    return record
 
 
 @router.post(
@@ -111,7 +79,7 @@ async def _file(state: Any, tenant: str, ref: FileRef) -> dict[str, Any]:
 async def get_download_url(
     request: Request, state: State, principal: Principal, body: FileRef
 ) -> dict[str, Any]:
-    record = await _file(state, tenant_of(principal), body)
+    record = await service.load_file(state, tenant_of(principal), body)
     status = record.get("status")
     if status in STILL_WRITTEN:
         return {"status": status, "message": STILL_WRITTEN_MESSAGE}
@@ -126,29 +94,6 @@ async def get_download_url(
         "url": downloads.download_url(secret, body.file_id, expires),
         "expires": format_timestamp(datetime.fromtimestamp(expires, UTC)),
     }
-
-
-def _media_path(settings: ApiSettings, file_path: str) -> Path:
-    """The record's path resolved, if it is under the storage root or the archive root."""
-    for root in (settings.storage_root, settings.archive_root):
-        if is_under(root, file_path):
-            return Path(file_path).resolve()
-    raise Forbidden("the file's path is outside the storage and archive roots", field="file_id")
-
-
-def _unsatisfiable(range_header: str | None, size: int) -> bool:
-    """True when a ``bytes=`` Range asks only for bytes the file does not have (→ 416)."""
-    if not range_header or not range_header.strip().lower().startswith("bytes="):
-        return False
-    parts = [p.strip() for p in range_header.split("=", 1)[1].split(",") if p.strip()]
-    for part in parts:
-        start, _, end = part.partition("-")
-        start, end = start.strip(), end.strip()
-        if start.isdigit() and int(start) >= size:
-            return True
-        if not start and end.isdigit() and (size == 0 or int(end) == 0):
-            return True
-    return False
 
 
 @router.head("/download/{file_id}", include_in_schema=False)
@@ -195,7 +140,7 @@ async def download(
     record = await state.db[Collections.FILES].find_one(query)
     if record is None or record.get("status") not in (*DOWNLOADABLE, "archiving"):
         raise NotFound(f"file {file_id} is no longer available", field="file_id")
-    path = _media_path(state.settings, record["file_path"])
+    path = service.media_path(state.settings, record["file_path"])
     if not path.is_file():
         if record.get("status") == "archiving":
             raise Conflict(
@@ -205,7 +150,7 @@ async def download(
             )
         raise NotFound(f"file {file_id} is missing on disk", field="file_id")
     size = path.stat().st_size
-    if _unsatisfiable(request.headers.get("range"), size):
+    if service.unsatisfiable_range(request.headers.get("range"), size):
         message = f"the requested range is outside the file ({size} bytes)"
         body = error_body("RANGE_NOT_SATISFIABLE", message, field="Range")
         return JSONResponse(body, status_code=416, headers={"Content-Range": f"bytes */{size}"})
@@ -217,45 +162,6 @@ async def download(
     )
 
 
-def _move_all(moves: list[tuple[Path, Path]]) -> None:
-    """Move each (source, target); on failure move back what moved, then re-raise."""
-    done: list[tuple[Path, Path]] = []
-    try:
-        for source, target in moves:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(source, target)
-            done.append((source, target))
-    except BaseException:
-        for source, target in reversed(done):
-            try:
-                shutil.move(target, source)
-            except OSError as exc:
-                log.error("archive_rollback_failed", path=str(target), error=str(exc))
-        raise
-
-
-def _archive_moves(settings: ApiSettings, record: dict[str, Any]) -> list[tuple[Path, Path]]:
-    """(source, target) of the file and, for a playlist, its segments; checks every path."""
-    source = Path(record["file_path"])
-    if not is_under(settings.storage_root, source):
-        raise ValidationFailed("the file's path is outside the storage root", field="file_id")
-    source = source.resolve()
-    if not source.is_file():
-        raise Conflict(f"file {record['_id']} is missing on disk", field="file_id")
-    folder = job_dir(settings.archive_root, record["entity_id"])
-    moves = [(source, folder / source.name)]
-    if source.suffix == ".m3u8":
-        for segment in hls_segments(source):
-            if is_under(settings.storage_root, segment) and segment.is_file():
-                moves.append((segment.resolve(), folder / segment.name))
-    for _, target in moves:
-        if not is_under(settings.archive_root, target):
-            raise ValidationFailed("archive path is outside the archive root", field="file_id")
-        if target.exists():
-            raise Conflict(f"{target.name} already exists in the archive", field="file_id")
-    return moves
-
-
 @router.post(
     "/archiveFile",
     summary="Move a ready file to the archive (downloads keep working)",
@@ -263,7 +169,7 @@ def _archive_moves(settings: ApiSettings, record: dict[str, Any]) -> list[tuple[
 )
 async def archive_file(state: State, principal: Operator, body: FileRef) -> dict[str, Any]:
     tenant = tenant_of(principal)
-    record = await _file(state, tenant, body)
+    record = await service.load_file(state, tenant, body)
     files = state.db[Collections.FILES]
     claimed = await files.find_one_and_update(
         {"_id": record["_id"], "tenant": tenant, "status": "ready"},
@@ -276,8 +182,8 @@ async def archive_file(state: State, principal: Operator, body: FileRef) -> dict
             f"file {body.file_id} is {current}; only ready files can be archived", field="file_id"
         )
     try:
-        moves = _archive_moves(state.settings, claimed)
-        await asyncio.to_thread(_move_all, moves)
+        moves = service.archive_moves(state.settings, claimed)
+        await asyncio.to_thread(service.move_all, moves)
     except BaseException:
         await files.update_one(
             {"_id": record["_id"], "status": "archiving"},
@@ -326,7 +232,7 @@ async def reprocess_file(state: State, principal: Operator, body: FileRef) -> di
     without re-encoding, integrity renewed), ``failed`` (``missing``), or back to its earlier
     status with ``processing_error`` if FFmpeg cannot remux it. 400 for any other status."""
     tenant = tenant_of(principal)
-    record = await _file(state, tenant, body)
+    record = await service.load_file(state, tenant, body)
     files = state.db[Collections.FILES]
     now = utcnow()
     for status in ("ready", "failed"):
