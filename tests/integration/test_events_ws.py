@@ -27,8 +27,8 @@ from support.stack import HEADERS, TOKEN
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from reelhouse.api.accounts.principal import issue_access_token
 from reelhouse.api.app import create_app
-from reelhouse.api.auth import issue_access_token
 from reelhouse.api.settings import ApiSettings
 from reelhouse.common.contracts.messages import JobEvent, JobStats, ProcessData
 from reelhouse.common.subjects import Subjects
@@ -349,7 +349,7 @@ async def test_job_started_of_a_real_recording_reaches_its_subscriber(
 
 
 def test_filter_semantics() -> None:
-    from reelhouse.api.events import EventFilter
+    from reelhouse.api.events.service import EventFilter
 
     f = EventFilter()
     assert f.matches("recording", "a" * 24, "job_started")

@@ -17,7 +17,7 @@ from support.seeds import recording_payload
 from support.stack import running_stack
 from support.wait import eventually
 
-from reelhouse.api.downloads import download_url
+from reelhouse.api.files.signing import download_url
 from reelhouse.common.mongo import Collections
 
 T0 = datetime(2026, 3, 24, 12, 0, tzinfo=UTC)

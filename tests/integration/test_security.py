@@ -19,7 +19,7 @@ from support.services import api_client, settings_from_env
 from support.stack import HEADERS, TOKEN
 from support.wait import eventually
 
-from reelhouse.api.auth import AuthPrincipal, issue_access_token
+from reelhouse.api.accounts.principal import AuthPrincipal, issue_access_token
 from reelhouse.api.settings import ApiSettings
 from reelhouse.common.contracts.messages import JobStats, ProcessData
 from reelhouse.common.mongo import Collections

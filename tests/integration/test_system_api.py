@@ -22,9 +22,9 @@ from support.seeds import recording_payload
 from support.services import ServiceProcess, api_client, settings_from_env
 from support.stack import HEADERS, TOKEN
 
-from reelhouse.api.auth import issue_access_token
-from reelhouse.api.routes.system import parse_codecs, parse_protocols, trim_logs
+from reelhouse.api.accounts.principal import issue_access_token
 from reelhouse.api.settings import ApiSettings
+from reelhouse.api.system.routes.system import parse_codecs, parse_protocols, trim_logs
 from reelhouse.common.logging import LOGS_COLLECTION
 from reelhouse.common.subjects import Subjects
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from reelhouse.api.auth import AuthPrincipal
+from reelhouse.api.accounts.principal import AuthPrincipal
 from support.stack import HEADERS
 
 

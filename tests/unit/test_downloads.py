@@ -7,7 +7,7 @@ import stat
 import pytest
 from pydantic import SecretStr
 
-from reelhouse.api.downloads import (
+from reelhouse.api.files.signing import (
     download_url,
     resolve_download_secret,
     sign,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reelhouse.api.accounts import Collections as AccountCollections
-from reelhouse.api.webhooks import DELIVERIES, WEBHOOKS
+from reelhouse.api.accounts.service import Collections as AccountCollections
+from reelhouse.api.events.webhook_worker import DELIVERIES, WEBHOOKS
 from reelhouse.common.logging import LOGS_COLLECTION
 from reelhouse.common.mongo import Collections
 from reelhouse.common.runtime import SETTINGS_COLLECTION

@@ -9,41 +9,46 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from reelhouse.api import accounts
-from reelhouse.api.auth import resolve_bootstrap_token, resolve_jwt_secret
-from reelhouse.api.credentials import CredentialCache
-from reelhouse.api.downloads import resolve_download_secret
+from reelhouse.api.accounts import service as accounts
+from reelhouse.api.accounts.credential_cache import CredentialCache
+from reelhouse.api.accounts.principal import resolve_bootstrap_token, resolve_jwt_secret
+from reelhouse.api.accounts.routes import auth, keys, users
+from reelhouse.api.channels.routes import channels, platform_auth
 from reelhouse.api.errors import install_error_handlers
+from reelhouse.api.events.routes import events, webhooks
+from reelhouse.api.events.service import run_events_stream
+from reelhouse.api.events.webhook_worker import WebhookWorker
+from reelhouse.api.files import routes as files
+from reelhouse.api.files.signing import resolve_download_secret
+from reelhouse.api.ingest import routes as ingest_servers
+from reelhouse.api.jobs.stats import LiveStats
 from reelhouse.api.middleware import HardeningMiddleware
-from reelhouse.api.operations import install_operations, start_operations
-from reelhouse.api.routes import (
-    auth,
-    channels,
+from reelhouse.api.recordings import routes as recordings
+from reelhouse.api.restreams import routes as restreams
+from reelhouse.api.settings import ApiSettings
+from reelhouse.api.state import AppState, OpsState
+from reelhouse.api.streams import routes as streams
+from reelhouse.api.system.routes import (
     dashboard,
-    files,
     health,
-    ingest_servers,
-    keys,
+    metrics,
     nodes,
-    platform_auth,
-    recordings,
-    restreams,
+    runtime_settings,
     shutdown,
     storage,
-    streams,
-    users,
+    system,
 )
-from reelhouse.api.settings import ApiSettings
-from reelhouse.api.state import AppState
-from reelhouse.api.stats import LiveStats
-from reelhouse.api.tools import tool_version
+from reelhouse.api.system.routes.system import run_log_trimmer
+from reelhouse.api.system.telemetry import ApiMetrics, LatencyMiddleware, install_mongo_monitor
+from reelhouse.api.system.tools import tool_version
 from reelhouse.common import __version__
 from reelhouse.common.bus import Bus
 from reelhouse.common.credentials import resolve_secret_key
 from reelhouse.common.live import LivePlane
-from reelhouse.common.logging import get_logger
+from reelhouse.common.logging import get_logger, ship_logs
 from reelhouse.common.mongo import connect_mongo, ensure_indexes, get_database
 from reelhouse.common.nodes import NodeRegistry
+from reelhouse.common.runtime import RuntimeSettingsWatcher
 
 log = get_logger("reelhouse.api")
 
@@ -58,6 +63,37 @@ async def _ensure_indexes(state: AppState, stop: asyncio.Event) -> None:
             log.warning("mongo_unreachable", error=str(exc).splitlines()[0][:200])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2.0)
+
+
+def _operation_tasks(
+    app: FastAPI, state: AppState, stop: asyncio.Event
+) -> list[asyncio.Task[None]]:
+    """The lifespan's tasks of issue 7: events stream, webhook delivery, runtime settings, logs."""
+    ops: OpsState = app.state.ops
+    ops.metrics.connections.bus = state.bus
+    watcher = RuntimeSettingsWatcher(
+        db=state.db,
+        bus=state.bus,
+        settings=state.settings,
+        service="api",
+        node_id=state.node.node_id,
+    )
+    app.state.runtime_watcher = watcher
+    s = state.settings
+    return [
+        asyncio.create_task(
+            run_events_stream(
+                state.bus, max_age_s=s.events_max_age_s, ready=ops.events_ready, stop=stop
+            ),
+            name="events-stream",
+        ),
+        asyncio.create_task(WebhookWorker(state, ops).run(stop), name="webhooks"),
+        asyncio.create_task(watcher.run(stop), name="runtime-settings"),
+        asyncio.create_task(run_log_trimmer(state, stop), name="logs-trim"),
+        asyncio.create_task(
+            ship_logs(state.db, stop, service="api", node=state.node.node_id), name="logs"
+        ),
+    ]
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -99,7 +135,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             asyncio.create_task(live.run(stop), name="live-plane"),
             asyncio.create_task(credentials.run(stop), name="credentials"),
             asyncio.create_task(accounts.purge_expired_forever(db, stop, 60.0), name="purge"),
-            *start_operations(app, state, stop),  # issue 7: events, webhooks, settings, logs
+            *_operation_tasks(app, state, stop),  # issue 7: events, webhooks, settings, logs
         ]
         with contextlib.suppress(TimeoutError):  # serve the live plane's view from the start
             await asyncio.wait_for(live.ready.wait(), settings.live_ready_wait_s)
@@ -141,7 +177,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(auth.me_router)
     app.include_router(users.router)
     app.include_router(keys.router)
-    install_operations(app)  # issue 7: events, webhooks, system, settings, /metrics
+    # issue 7: events, webhooks, system, settings, /metrics; app.state.ops before the lifespan
+    install_mongo_monitor()
+    ops = OpsState(metrics=ApiMetrics())
+    app.state.ops = ops
+    app.add_middleware(LatencyMiddleware, metrics=ops.metrics)
+    for module in (events, webhooks, system, runtime_settings, metrics):
+        app.include_router(module.router)
     trusted = trusted_proxies(settings)
     if trusted:  # outermost: everything after it (rate limits, logs) sees the real client
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)

@@ -13,16 +13,16 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Header, Response
+from fastapi import Response
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from reelhouse.api.accounts import Collections
-from reelhouse.api.auth import AuthPrincipal
+from reelhouse.api.accounts.principal import AuthPrincipal
+from reelhouse.api.accounts.service import Collections
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.errors import Conflict
 from reelhouse.common.logging import get_logger
@@ -31,17 +31,6 @@ log = get_logger("reelhouse.api.idempotency")
 
 TTL = timedelta(hours=24)
 HEADER = "Idempotency-Key"
-
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias=HEADER,
-        min_length=1,
-        max_length=255,
-        description="Any unique string (≤ 255 characters): a retry with the same key and body "
-        "within 24 h returns the first result instead of creating a duplicate.",
-    ),
-]
 
 
 def _digest(*parts: str) -> str:

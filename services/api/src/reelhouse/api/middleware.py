@@ -13,7 +13,7 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reelhouse.api.ratelimit import STATE_KEY, Window
+from reelhouse.api.accounts.ratelimit import STATE_KEY, Window
 from reelhouse.common.errors import error_body
 
 

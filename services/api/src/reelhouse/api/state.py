@@ -1,17 +1,18 @@
-"""What the lifespan owns, handed to routes through ``Annotated[..., Depends()]`` aliases."""
+"""What the app holds for its lifetime; routes reach it through :mod:`reelhouse.api.deps`."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Any
 
 from cryptography.fernet import Fernet
-from fastapi import Depends, Request
 from pymongo.asynchronous.database import AsyncDatabase
 
-from reelhouse.api.credentials import CredentialCache
+from reelhouse.api.accounts.credential_cache import CredentialCache
+from reelhouse.api.jobs.stats import LiveStats
 from reelhouse.api.settings import ApiSettings
-from reelhouse.api.stats import LiveStats
+from reelhouse.api.system.telemetry import ApiMetrics
 from reelhouse.common.bus import Bus
 from reelhouse.common.live import LivePlane
 from reelhouse.common.nodes import NodeRegistry
@@ -34,22 +35,13 @@ class AppState:
     """Seals platform credentials (``REELHOUSE_SECRET_KEY``, ``reelhouse.common.credentials``)."""
 
 
-def get_state(request: Request) -> AppState:
-    return request.app.state.reelhouse
+@dataclass
+class OpsState:
+    """Events stream readiness, the webhook worker's wake-up, metrics, cached tool facts; kept on
+    ``app.state.ops``, built with the app (before the lifespan runs: the middleware needs it)."""
 
-
-State = Annotated[AppState, Depends(get_state)]
-
-
-def get_db(request: Request) -> AsyncDatabase:
-    return request.app.state.reelhouse.db
-
-
-Db = Annotated[AsyncDatabase, Depends(get_db)]
-
-
-def get_bus(request: Request) -> Bus:
-    return request.app.state.reelhouse.bus
-
-
-BusDep = Annotated[Bus, Depends(get_bus)]
+    metrics: ApiMetrics
+    events_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    webhook_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    dependencies: dict[str, Any] | None = None
+    dependencies_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -1,6 +1,6 @@
 """Desired-state changes of a job kind that services other than the API make (issue 22).
 
-The API's routes change jobs through ``reelhouse.api.routes.jobs``; the prober starts and stops
+The API's routes change jobs through ``reelhouse.api.jobs.service``; the prober starts and stops
 a channel's recording job through :func:`set_active` here, so no service writes a job document
 by hand. A channel's job is always a seamless, unsplit recording whose one input is replaced
 before each broadcast (:func:`set_input`).
