@@ -134,7 +134,29 @@ function nextPollMs(reads) {
   return wait;
 }
 
-async function refresh() {
+// One poll at a time: a refresh asked for while one runs (an action's, the timer's, an event's)
+// runs once more after it, instead of beside it.
+let polling = null;
+let pollAgain = false;
+function refresh() {
+  if (polling) {
+    pollAgain = true;
+    return polling;
+  }
+  polling = (async () => {
+    try {
+      do {
+        pollAgain = false;
+        await refreshOnce();
+      } while (pollAgain && session.signedIn);
+    } finally {
+      polling = null;
+    }
+  })();
+  return polling;
+}
+
+async function refreshOnce() {
   clearTimeout(timer);
   const before = readBudget.calls;
   try {
