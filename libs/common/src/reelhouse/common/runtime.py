@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -124,6 +124,7 @@ class RuntimeSettings(BaseModel):
 class ConfigReloaded(BusMessage):
     """Runtime settings changed (version ``version``); on ``<p>.evt.system.config_reloaded``."""
 
+    subject: ClassVar[str] = "<p>.evt.system.config_reloaded"
     type: Literal["config_reloaded"] = "config_reloaded"
     version: int
     changed: list[str] = Field(default_factory=list)

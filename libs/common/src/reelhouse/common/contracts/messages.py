@@ -6,7 +6,7 @@ edge with ``Model.model_validate_json``; publish with ``Bus.publish``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -115,6 +115,7 @@ class DiskWarning(BusMessage):
     ``ok`` is only logged). No job: ``job_id`` is absent.
     """
 
+    subject: ClassVar[str] = "<p>.evt.storage.disk_warning"
     type: Literal["disk_warning"] = "disk_warning"
     node: str
     level: Literal["warning", "critical"]
@@ -163,6 +164,7 @@ class RefreshReuse(BusMessage):
     included) was revoked and the user's access tokens with it: one of the two holders of that
     token is not the user."""
 
+    subject: ClassVar[str] = "<p>.evt.auth.auth_refresh_reuse"
     type: Literal["auth_refresh_reuse"] = "auth_refresh_reuse"
     tenant: str
     user_id: str

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -454,6 +454,7 @@ class StreamStatusChanged(JobEvent):
     """``stream_status`` event on ``<p>.evt.stream.<id>.stream_status``: a monitored stream
     went online or offline, or monitoring ended (``state: "unmonitored"``)."""
 
+    subject: ClassVar[str] = "<p>.evt.stream.<stream_id>.stream_status"
     type: Literal["stream_status"] = "stream_status"  # type: ignore[assignment]
     module: Literal["stream"] = "stream"  # type: ignore[assignment]
     since: Timestamp | None = None
