@@ -71,7 +71,7 @@ def _reason(what: str) -> Any:
     return Field(None, description=what)
 
 
-_JOB = "<p>.evt.{recording|restream}.<job_id>"
+_JOB = "<p>.evt.{recording,restream}.<job_id>"
 _REC = "<p>.evt.recording.<job_id>"
 _INGEST = "<p>.evt.ingest.<server_id>"
 _CHANNEL = "<p>.evt.channel.<channel_id>"

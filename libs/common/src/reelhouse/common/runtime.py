@@ -127,7 +127,9 @@ class ConfigReloaded(BusMessage):
     subject: ClassVar[str] = "<p>.evt.system.config_reloaded"
     type: Literal["config_reloaded"] = "config_reloaded"
     version: int
+    """The runtime settings' version (in place of the message format's)."""
     changed: list[str] = Field(default_factory=list)
+    """The settings that changed."""
     node: str | None = None
     timestamp: Timestamp = Field(default_factory=utcnow)
 

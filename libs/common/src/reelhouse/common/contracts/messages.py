@@ -119,12 +119,19 @@ class DiskWarning(BusMessage):
     type: Literal["disk_warning"] = "disk_warning"
     node: str
     level: Literal["warning", "critical"]
+    """The watermark level the disk entered."""
     used_pct: float
+    """How full the disk is (0-100)."""
     warning_pct: float
+    """The warning watermark (percent used)."""
     critical_pct: float
+    """The critical watermark (percent used)."""
     total_bytes: int
+    """The disk's size."""
     free_bytes: int
+    """What is left on it."""
     reason: str
+    """The level in words, for the logs and the dashboard."""
     timestamp: Timestamp = Field(default_factory=utcnow)
 
 

@@ -457,5 +457,11 @@ class StreamStatusChanged(JobEvent):
     subject: ClassVar[str] = "<p>.evt.stream.<stream_id>.stream_status"
     type: Literal["stream_status"] = "stream_status"  # type: ignore[assignment]
     module: Literal["stream"] = "stream"  # type: ignore[assignment]
+    state: str | None = None
+    """``online``, ``offline`` or ``unmonitored``."""
+    reason: str | None = None
+    """Why the last probe failed (``offline`` only)."""
     since: Timestamp | None = None
+    """When the stream entered this state."""
     stream_meta_data: dict[str, Any] | None = None
+    """What the probe read of the stream (``online`` only)."""
