@@ -9,9 +9,11 @@ A model re-declares the family fields its event fills in (same type, same defaul
 serialises exactly as its family always did: same keys, same order, the ones it does not use
 ``null``. ``docs/EVENTS.md`` is generated from these models (``make events-catalogue``).
 
-Readers parse any event with :func:`parse_event`: the union :data:`AnyEvent` is discriminated
-on ``type``, and a type this code does not know becomes an :class:`UnknownEvent` (readers ignore
-what they do not know), never an error.
+Publishers build an event through its model (``FileDeleted(...)``), or through
+:func:`build_event` when they hold the name in a variable. Readers parse any event with
+:func:`parse_event`: the union :data:`AnyEvent` is discriminated on ``type``, and a type this code
+does not know becomes an :class:`UnknownEvent` (readers ignore what they do not know), never an
+error.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, TypeAdapter
 from reelhouse.common.contracts.base import BusMessage
 from reelhouse.common.contracts.channels import ChannelEvent, PlatformAuthEvent
 from reelhouse.common.contracts.ingest import IngestEvent
-from reelhouse.common.contracts.messages import DiskWarning, JobEvent, RefreshReuse
+from reelhouse.common.contracts.messages import ConfigReloaded, DiskWarning, JobEvent, RefreshReuse
 from reelhouse.common.contracts.streams import StreamStatusChanged
-from reelhouse.common.runtime import ConfigReloaded
 from reelhouse.common.subjects import EVENTS
 
 # -- what every member of a family carries -----------------------------------------------------
@@ -140,9 +141,13 @@ class QuotaExceeded(JobEvent):
 
 
 class ScheduleSkip(JobEvent):
-    """A job's schedule window opened but the job could not start in it."""
+    """A job's schedule window opened but the job could not start in it.
 
-    subject: ClassVar[str] = f"{_JOB}.schedule_skip"
+    A channel's prober publishes it too, for a live channel outside its schedule windows, on
+    ``<p>.evt.channel.<channel_id>.schedule_skip``: that one is a ``ChannelEvent`` (the fields of
+    ``filter_skip``), which this model reads as well (a family's other fields are ignored)."""
+
+    subject: ClassVar[str] = "<p>.evt.{recording,restream,channel}.<job_id>.schedule_skip"
     type: Literal["schedule_skip"] = "schedule_skip"
     state: str | None = Field(None, description="The job's state when the window opened.")
     reason: str | None = _reason("The window and why it was skipped.")
@@ -347,6 +352,8 @@ class FilterSkip(ChannelEvent):
     subject: ClassVar[str] = f"{_CHANNEL}.filter_skip"
     type: Literal["filter_skip"] = "filter_skip"
     reason: str | None = _reason("The filter that did not match.")
+    title: str | None = Field(None, description="The broadcast's title.")
+    category: str | None = Field(None, description="The broadcast's category.")
 
 
 class QuotaSkip(ChannelEvent):
@@ -355,6 +362,8 @@ class QuotaSkip(ChannelEvent):
     subject: ClassVar[str] = f"{_CHANNEL}.quota_skip"
     type: Literal["quota_skip"] = "quota_skip"
     reason: str | None = _reason("What the channel's files hold against its quota.")
+    title: str | None = Field(None, description="The broadcast's title.")
+    category: str | None = Field(None, description="The broadcast's category.")
 
 
 class QuotaStatusChanged(ChannelEvent):
@@ -415,6 +424,13 @@ MODEL_BY_TYPE: dict[str, type[BusMessage]] = {event_type(m): m for m in EVENT_MO
 _UNKNOWN = "__unknown__"
 
 
+def build_event(event: str, /, **fields: Any) -> BusMessage:
+    """The event named ``event`` as its model (for publishers that hold the name in a variable);
+    ``KeyError`` for a name that is not in ``Event``. Positional-only: ``name`` is a field (an
+    ingest event's contribution)."""
+    return MODEL_BY_TYPE[event](type=event, **fields)
+
+
 def _tag(value: Any) -> str:
     kind = value.get("type") if isinstance(value, Mapping) else getattr(value, "type", None)
     return kind if isinstance(kind, str) and kind in MODEL_BY_TYPE else _UNKNOWN
@@ -445,5 +461,5 @@ def parse_event(data: str | bytes | bytearray | Mapping[str, Any]) -> BusMessage
 
 __all__ = [
     "EVENTS", "EVENT_MODELS", "FAMILY_FIELDS", "FIELD_DOCS", "MODEL_BY_TYPE", "AnyEvent",
-    "UnknownEvent", "event_type", "parse_event",
+    "UnknownEvent", "build_event", "event_type", "parse_event",
 ]  # fmt: skip

@@ -135,6 +135,19 @@ class DiskWarning(BusMessage):
     timestamp: Timestamp = Field(default_factory=utcnow)
 
 
+class ConfigReloaded(BusMessage):
+    """Runtime settings changed (version ``version``); on ``<p>.evt.system.config_reloaded``."""
+
+    subject: ClassVar[str] = "<p>.evt.system.config_reloaded"
+    type: Literal["config_reloaded"] = "config_reloaded"
+    version: int
+    """The runtime settings' version (in place of the message format's)."""
+    changed: list[str] = Field(default_factory=list)
+    """The settings that changed."""
+    node: str | None = None
+    timestamp: Timestamp = Field(default_factory=utcnow)
+
+
 class SystemShutdown(BusMessage):
     """The stack's graceful shutdown, on ``<p>.sys.shutdown`` (``POST /api/system/shutdown``).
 
