@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.cache/tools/bin/uv)
 
-.PHONY: install up test test-fast test-go lint format clean bench
+.PHONY: install up test test-fast test-go lint format clean bench events-catalogue
 
 install:
 	@scripts/bootstrap.sh
@@ -33,6 +33,11 @@ test-fast: install
 # FFmpeg: `go test` builds what it tests.
 test-go:
 	cd services/ingest/dataplane && go test -count=1 ./...
+
+# docs/EVENTS.md, the catalogue of events, written from the models in reelhouse.common.events
+# (a unit test fails when the committed file is stale).
+events-catalogue: install
+	$(UV) run --locked python scripts/events_catalogue.py
 
 format: install
 	$(UV) run --locked ruff check --fix .

@@ -33,8 +33,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
-from reelhouse.common.contracts.channels import PlatformAuthEvent
 from reelhouse.common.contracts.media import CrossFieldSchema
+from reelhouse.common.events import build_event
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections
 from reelhouse.common.settings import CommonSettings
@@ -245,6 +245,5 @@ async def publish_auth_event(
     bus: Bus, event: str, *, auth: Any, tenant: str, platform: str, **fields: Any
 ) -> None:
     """Publish ``platform_auth_updated`` or ``platform_auth_expired`` (never the credentials)."""
-    message = PlatformAuthEvent(type=event, job_id=str(auth), tenant=tenant, platform=platform,
-                                **fields)  # type: ignore[arg-type]  # fmt: skip
+    message = build_event(event, job_id=str(auth), tenant=tenant, platform=platform, **fields)
     await bus.publish(bus.subjects.event("channel", str(auth), event), message)  # type: ignore[arg-type]

@@ -1,12 +1,12 @@
 """Runtime settings: what operators change through ``/api/settings/update`` without a restart.
 
 One document (``_id: "runtime"``) in the ``settings`` collection holds the values and a version.
-The API writes it and publishes :class:`ConfigReloaded` on ``<p>.evt.system.config_reloaded``;
-every service runs a :class:`RuntimeSettingsWatcher` that reads the document at start, on that
-event and every ``refresh_s`` (a lost NATS message delays a change, never loses it) and applies
-what it can to its own settings object in place, so code that reads ``settings.max_jobs`` or
-``settings.disk_state()`` sees the new value on its next look. A value that is unset falls back
-to the process's environment setting.
+The API writes it and publishes ``ConfigReloaded`` (``contracts.messages``) on
+``<p>.evt.system.config_reloaded``; every service runs a :class:`RuntimeSettingsWatcher` that
+reads the document at start, on that event and every ``refresh_s`` (a lost NATS message delays a
+change, never loses it) and applies what it can to its own settings object in place, so code that
+reads ``settings.max_jobs`` or ``settings.disk_state()`` sees the new value on its next look. A
+value that is unset falls back to the process's environment setting.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pymongo.asynchronous.database import AsyncDatabase
 
-from reelhouse.common.contracts.base import BusMessage, Timestamp, utcnow
+from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.logging import get_logger
 
 log = get_logger("reelhouse.runtime")
@@ -119,16 +119,6 @@ class RuntimeSettings(BaseModel):
         if w is not None and c is not None and w >= c:
             raise ValueError("@disk_warning_pct: must be below disk_critical_pct")
         return self
-
-
-class ConfigReloaded(BusMessage):
-    """Runtime settings changed (version ``version``); on ``<p>.evt.system.config_reloaded``."""
-
-    type: Literal["config_reloaded"] = "config_reloaded"
-    version: int
-    changed: list[str] = Field(default_factory=list)
-    node: str | None = None
-    timestamp: Timestamp = Field(default_factory=utcnow)
 
 
 async def load_runtime(db: AsyncDatabase) -> tuple[RuntimeSettings, int, datetime | None]:

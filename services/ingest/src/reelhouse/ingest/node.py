@@ -29,11 +29,11 @@ from reelhouse.common.contracts.ingest import (
     COLLECTION_OF_PROTO,
     INGEST_EVENTS,
     ContributionStat,
-    IngestEvent,
     IngestStats,
     conn_stat,
 )
 from reelhouse.common.contracts.messages import JobCommand
+from reelhouse.common.events import build_event
 from reelhouse.common.ffmpeg.supervisor import SupervisorConfig
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections
@@ -345,8 +345,8 @@ class IngestNode:
                       "gap_ms", "idle_ms", "old_remote")
         }  # fmt: skip
         try:
-            message = IngestEvent(
-                type=name, job_id=server_id, tenant=tenant,
+            message = build_event(
+                name, job_id=server_id, tenant=tenant,
                 node=self.ctx.node_id, **{k: v for k, v in fields.items() if v is not None},
             )  # fmt: skip
             await self.bus.publish(self.bus.subjects.event("ingest", server_id, name), message)

@@ -34,8 +34,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
-from reelhouse.common.contracts.messages import DiskWarning, JobEvent
+from reelhouse.common.contracts.messages import DiskWarning
 from reelhouse.common.contracts.storage import Orphan, PassReport, RemovedFile
+from reelhouse.common.events import FileDeleted
 from reelhouse.common.files import (
     delete_file_record_from_disk,
     hls_segments,
@@ -269,8 +270,7 @@ class Janitor:
         if self.bus is None or not _JOB_DIR.match(job_id):
             return
         try:
-            event = JobEvent(
-                type="file_deleted",
+            event = FileDeleted(
                 module=MODULE,
                 job_id=job_id,
                 tenant=str(record.get("tenant", "")),

@@ -54,6 +54,7 @@ from reelhouse.common.credentials import (
     publish_auth_event,
     refused_status,
 )
+from reelhouse.common.events import MODEL_BY_TYPE
 from reelhouse.common.ffmpeg.capabilities import PROTOCOL_WHITELIST
 from reelhouse.common.ffmpeg.probe import run_ffprobe_outcome
 from reelhouse.common.jobs import kinds
@@ -550,7 +551,10 @@ class ChannelWatcher:
     last_live_written: datetime | None = None
 
     async def _publish(self, event: Event, **fields: Any) -> None:
-        message = ChannelEvent(
+        model = MODEL_BY_TYPE[event]
+        if not issubclass(model, ChannelEvent):  # schedule_skip: a job's event, a channel's too
+            model = ChannelEvent
+        message = model(
             type=event, channel_id=self.channel_id, job_id=self.channel_id,
             recording_job_id=self.recording_job_id, tenant=self.tenant,
             node=self.node.node_id, status=self.status, platform=self.config.platform, **fields,

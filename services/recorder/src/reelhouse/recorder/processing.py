@@ -27,7 +27,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
-from reelhouse.common.contracts.messages import JobEvent
+from reelhouse.common.events import build_event
 from reelhouse.common.ffmpeg.probe import probe_file
 from reelhouse.common.files import checked_path, hls_segments, present_file
 from reelhouse.common.jobs.lease import as_aware
@@ -226,8 +226,10 @@ class Reprocessor:
         if progress is not None:
             fields["progress_pct"] = progress
         try:
-            message = JobEvent(type=event, module="recording", job_id=record["entity_id"],
-                               tenant=record["tenant"], node=self._node_id, **fields)  # fmt: skip
+            message = build_event(
+                event, module="recording", job_id=record["entity_id"], tenant=record["tenant"],
+                node=self._node_id, **fields,
+            )  # fmt: skip
             subject = self._bus.subjects.event("recording", record["entity_id"], event)
             await self._bus.publish(subject, message)
         except Exception as exc:

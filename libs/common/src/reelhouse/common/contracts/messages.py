@@ -6,7 +6,7 @@ edge with ``Model.model_validate_json``; publish with ``Bus.publish``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -115,15 +115,36 @@ class DiskWarning(BusMessage):
     ``ok`` is only logged). No job: ``job_id`` is absent.
     """
 
+    subject: ClassVar[str] = "<p>.evt.storage.disk_warning"
     type: Literal["disk_warning"] = "disk_warning"
     node: str
     level: Literal["warning", "critical"]
+    """The watermark level the disk entered."""
     used_pct: float
+    """How full the disk is (0-100)."""
     warning_pct: float
+    """The warning watermark (percent used)."""
     critical_pct: float
+    """The critical watermark (percent used)."""
     total_bytes: int
+    """The disk's size."""
     free_bytes: int
+    """What is left on it."""
     reason: str
+    """The level in words, for the logs and the dashboard."""
+    timestamp: Timestamp = Field(default_factory=utcnow)
+
+
+class ConfigReloaded(BusMessage):
+    """Runtime settings changed (version ``version``); on ``<p>.evt.system.config_reloaded``."""
+
+    subject: ClassVar[str] = "<p>.evt.system.config_reloaded"
+    type: Literal["config_reloaded"] = "config_reloaded"
+    version: int
+    """The runtime settings' version (in place of the message format's)."""
+    changed: list[str] = Field(default_factory=list)
+    """The settings that changed."""
+    node: str | None = None
     timestamp: Timestamp = Field(default_factory=utcnow)
 
 
@@ -163,6 +184,7 @@ class RefreshReuse(BusMessage):
     included) was revoked and the user's access tokens with it: one of the two holders of that
     token is not the user."""
 
+    subject: ClassVar[str] = "<p>.evt.auth.auth_refresh_reuse"
     type: Literal["auth_refresh_reuse"] = "auth_refresh_reuse"
     tenant: str
     user_id: str

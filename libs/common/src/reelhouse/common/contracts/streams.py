@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -454,7 +454,14 @@ class StreamStatusChanged(JobEvent):
     """``stream_status`` event on ``<p>.evt.stream.<id>.stream_status``: a monitored stream
     went online or offline, or monitoring ended (``state: "unmonitored"``)."""
 
+    subject: ClassVar[str] = "<p>.evt.stream.<stream_id>.stream_status"
     type: Literal["stream_status"] = "stream_status"  # type: ignore[assignment]
     module: Literal["stream"] = "stream"  # type: ignore[assignment]
+    state: str | None = None
+    """``online``, ``offline`` or ``unmonitored``."""
+    reason: str | None = None
+    """Why the last probe failed (``offline`` only)."""
     since: Timestamp | None = None
+    """When the stream entered this state."""
     stream_meta_data: dict[str, Any] | None = None
+    """What the probe read of the stream (``online`` only)."""

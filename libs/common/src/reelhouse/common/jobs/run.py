@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.media import InputIn
-from reelhouse.common.contracts.messages import JobEvent, JobStats, ProcessData
+from reelhouse.common.contracts.messages import JobStats, ProcessData
+from reelhouse.common.events import build_event
 from reelhouse.common.ffmpeg.capabilities import ANALYZE_DURATION_US, PROBE_TOO_SHORT
 from reelhouse.common.ffmpeg.progress import ProgressSnapshot
 from reelhouse.common.ffmpeg.supervisor import (
@@ -385,8 +386,8 @@ class SupervisedRun:
         )
 
     async def _event(self, event: Event, **fields: Any) -> None:
-        message = JobEvent(
-            type=event, module=self.module, job_id=self.job_id, tenant=self.tenant,
+        message = build_event(
+            event, module=self.module, job_id=self.job_id, tenant=self.tenant,
             node=self._node_id, channel_id=self.lease.doc.get("channel_id"), **fields,
         )  # fmt: skip
         try:

@@ -25,7 +25,7 @@ from typing import Any
 
 from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import format_timestamp
-from reelhouse.common.contracts.messages import JobEvent
+from reelhouse.common.events import ScheduleSkip
 from reelhouse.common.jobs.lease import (
     JobScan,
     Lease,
@@ -102,9 +102,9 @@ class ScheduleKeeper:
             reason = f"schedule window {window} opened but {why}"
             self._log.warning("schedule_skip", job_id=str(doc["_id"]), state=state, reason=reason)
             job_id = str(doc["_id"])
-            message = JobEvent(type="schedule_skip", module=self._module, job_id=job_id,
-                               tenant=str(doc.get("tenant", "default")), node=self._node_id,
-                               state=state, reason=reason)  # fmt: skip
+            message = ScheduleSkip(module=self._module, job_id=job_id,
+                                   tenant=str(doc.get("tenant", "default")), node=self._node_id,
+                                   state=state, reason=reason)  # fmt: skip
             try:
                 await self._bus.publish(
                     self._bus.subjects.event(self._module, job_id, "schedule_skip"), message

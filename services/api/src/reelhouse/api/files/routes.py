@@ -24,7 +24,6 @@ from reelhouse.api.files import service
 from reelhouse.api.files import signing as downloads
 from reelhouse.api.recordings.service import MODULE
 from reelhouse.common.contracts.base import format_timestamp, utcnow
-from reelhouse.common.contracts.messages import JobEvent
 from reelhouse.common.contracts.recording_files import FileRef, FilesQuery
 from reelhouse.common.errors import (
     Conflict,
@@ -33,6 +32,7 @@ from reelhouse.common.errors import (
     ValidationFailed,
     error_body,
 )
+from reelhouse.common.events import FileArchived
 from reelhouse.common.files import present_file
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections
@@ -211,8 +211,7 @@ async def archive_file(state: State, principal: Operator, body: FileRef) -> dict
         path=str(moves[0][1]),
     )
     try:
-        event = JobEvent(
-            type="file_archived",
+        event = FileArchived(
             module=MODULE,
             job_id=body.record_id,
             tenant=tenant,

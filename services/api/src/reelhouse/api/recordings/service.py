@@ -13,8 +13,8 @@ from reelhouse.api.jobs import service as jobs
 from reelhouse.api.jobs.service import JobKind
 from reelhouse.api.state import AppState
 from reelhouse.common.contracts.base import utcnow
-from reelhouse.common.contracts.messages import JobEvent
 from reelhouse.common.errors import Conflict
+from reelhouse.common.events import build_event
 from reelhouse.common.files import present_file
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections, find_each
@@ -70,7 +70,7 @@ async def load_populated(
 
 async def publish_event(state: Any, tenant: str, job_id: str, event: Any, **fields: Any) -> None:
     try:
-        message = JobEvent(type=event, module=MODULE, job_id=job_id, tenant=tenant, **fields)
+        message = build_event(event, module=MODULE, job_id=job_id, tenant=tenant, **fields)
         await state.bus.publish(state.bus.subjects.event(MODULE, job_id, event), message)
     except Exception as exc:
         log.warning("event_not_sent", job_id=job_id, event=event, error=str(exc))

@@ -17,9 +17,9 @@ from pydantic import ValidationError
 from reelhouse.api.deps import State, SystemAdmin
 from reelhouse.api.system.schemas import JobDefaults, SettingsUpdate
 from reelhouse.common.contracts.base import format_timestamp
+from reelhouse.common.contracts.messages import ConfigReloaded
 from reelhouse.common.logging import get_logger
 from reelhouse.common.runtime import (
-    ConfigReloaded,
     RuntimeSettings,
     load_runtime,
     save_runtime,
