@@ -138,8 +138,8 @@ async def db(infra: Infra, settings_env: dict[str, str]) -> AsyncIterator[AsyncD
 
 @pytest.fixture
 async def plane(settings_env: dict[str, str]) -> AsyncIterator[Callable[..., Awaitable[LivePlane]]]:
-    """Live planes (ARCHITECTURE §2) of named recorder nodes on this test's NATS, each on its own
-    connection, heartbeating every 0.2 s with a 1 s TTL; stopped at the end."""
+    """Live planes (docs/ARCHITECTURE.md §2) of named recorder nodes on this test's NATS, each on
+    its own connection, heartbeating every 0.2 s with a 1 s TTL; stopped at the end."""
     settings = CommonSettings(nats_url=settings_env["REELHOUSE_NATS_URL"],
                               subject_prefix=settings_env["REELHOUSE_SUBJECT_PREFIX"])  # fmt: skip
     made: list[tuple[Bus, asyncio.Event, asyncio.Task[None]]] = []

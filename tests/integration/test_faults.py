@@ -161,9 +161,9 @@ def log_time(output: str, event: str) -> str:
 async def test_a_node_cut_off_from_nats_is_taken_over_and_stops_its_copy_when_back(
     service_env, tmp_path, db, hls_source, infra
 ):
-    """ARCHITECTURE §2, "prefer overlap to loss": recorder-1 loses NATS (a real TCP proxy drops
-    its connection) while recorder-2 keeps it. recorder-1 cannot tell that from a NATS outage, so
-    it records on; its heartbeat key expires and recorder-2 takes the job over by
+    """docs/ARCHITECTURE.md §2, "prefer overlap to loss": recorder-1 loses NATS (a real TCP proxy
+    drops its connection) while recorder-2 keeps it. recorder-1 cannot tell that from a NATS
+    outage, so it records on; its heartbeat key expires and recorder-2 takes the job over by
     compare-and-set. When recorder-1 sees the bucket again it stops its copy at once, and the
     recording keeps both parts (the overlap shows in the integrity report): no media is lost.
     The source is live HLS, which admits two readers at once (an SRT listener admits one)."""

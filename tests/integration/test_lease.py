@@ -1,4 +1,4 @@
-"""Job ownership in the live plane (ARCHITECTURE §2) on a real nats-server and the real
+"""Job ownership in the live plane (docs/ARCHITECTURE.md §2) on a real nats-server and the real
 MongoDB-compatible server: owner keys created atomically, taken over by compare-and-set when a
 node's heartbeat key expires, checks that name the jobs a node must stop."""
 

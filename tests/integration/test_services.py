@@ -114,7 +114,7 @@ async def test_negative_capacity_is_refused(service_env, tmp_path):
 
 class _OldNatsServer:
     """A TCP listener that greets like nats-server 2.9.10 (Debian's) and answers PING: the one
-    stand-in here, for a server version the pinned build can never be (ARCHITECTURE §2 needs
+    stand-in here, for a server version the pinned build can never be (docs/ARCHITECTURE.md §2 needs
     2.11's per-key TTLs)."""
 
     def __init__(self) -> None:

@@ -1,5 +1,5 @@
-"""Reading the live plane (ARCHITECTURE §2) from a test, as an operator's tool would: a node's
-heartbeat value from the ``<prefix>_live`` key-value bucket on the test's nats-server."""
+"""Reading the live plane (docs/ARCHITECTURE.md §2) from a test, as an operator's tool would: a
+node's heartbeat value from the ``<prefix>_live`` key-value bucket on the test's nats-server."""
 
 from __future__ import annotations
 

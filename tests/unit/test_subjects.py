@@ -1,4 +1,4 @@
-"""The subject scheme of ARCHITECTURE §3, built in one module."""
+"""The subject scheme of docs/ARCHITECTURE.md §3, built in one module."""
 
 from __future__ import annotations
 

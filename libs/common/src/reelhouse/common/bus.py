@@ -27,7 +27,7 @@ log = get_logger("reelhouse.bus")
 
 MIN_SERVER_VERSION = (2, 11, 0)
 """The oldest nats-server the live plane works on: per-key TTLs and the delete markers an expired
-key leaves (``limit_marker_ttl``) came in 2.11 (ARCHITECTURE §2)."""
+key leaves (``limit_marker_ttl``) came in 2.11 (docs/ARCHITECTURE.md §2)."""
 
 incompatible_server: str | None = None
 """Set (to the reason) when this process met a nats-server older than :data:`MIN_SERVER_VERSION`;

@@ -1,4 +1,4 @@
-"""The error tree, mapped once to the API's error shape (ARCHITECTURE §6).
+"""The error tree, mapped once to the API's error shape (docs/ARCHITECTURE.md §6).
 
 ::
 

@@ -1,4 +1,4 @@
-"""Every event Reelhouse publishes, one model per event type (ARCHITECTURE §3).
+"""Every event Reelhouse publishes, one model per event type (docs/ARCHITECTURE.md §3).
 
 The names are ``Event`` in :mod:`reelhouse.common.subjects` (their one source); here each name
 has its model: a subclass of the family it belongs to (:class:`JobEvent` for a job's events,

@@ -1,4 +1,4 @@
-"""Recorded files on disk: names, paths under the storage root, safe deletion (ARCHITECTURE §5).
+"""Recorded files: names, paths under the storage root, safe deletion (docs/ARCHITECTURE.md §5).
 
 Layout: ``<storage_root>/<job_id>/<name-slug>-YYYY-MM-DD_HH-MM-SS.<ext>`` (UTC). Paths derive from
 ids and timestamps; the user's name only contributes a slug. Every path is resolved and checked to

@@ -1,4 +1,4 @@
-"""The live plane: one NATS JetStream key-value bucket (ARCHITECTURE §2).
+"""The live plane: one NATS JetStream key-value bucket (docs/ARCHITECTURE.md §2).
 
 Keys (built by :class:`reelhouse.common.subjects.Subjects`; ``<node>`` with dots made ``_``)::
 
@@ -156,7 +156,7 @@ class LivePlane:
     @property
     def settled(self) -> bool:
         """Connected for at least one TTL plus one heartbeat: a node missing from the map now
-        really stopped heartbeating (ARCHITECTURE §2, after any reconnect)."""
+        really stopped heartbeating (docs/ARCHITECTURE.md §2, after any reconnect)."""
         if self._connected_at is None or not self.bus.connected or not self.ready.is_set():
             return False
         loop = asyncio.get_running_loop()

@@ -1,6 +1,6 @@
 """MongoDB access in one place: the client, collection names and indexes.
 
-Only single-document atomic operations are used (ARCHITECTURE §2): no multi-document
+Only single-document atomic operations are used (docs/ARCHITECTURE.md §2): no multi-document
 transactions, no change streams, no ``$lookup``, so the same code runs on MongoDB and on FerretDB.
 Repository functions elsewhere take keyword arguments (``get_job(*, db, tenant, job_id)``).
 """

@@ -1,4 +1,4 @@
-"""Every NATS subject Reelhouse uses, built here and nowhere else (ARCHITECTURE §3).
+"""Every NATS subject Reelhouse uses, built here and nowhere else (docs/ARCHITECTURE.md §3).
 
 Scheme (``<p>`` is the deployment's subject prefix, default ``reelhouse``)::
 
@@ -168,7 +168,7 @@ class Subjects:
         """Wildcard for every event (what the JetStream events stream captures)."""
         return f"{self.prefix}.evt.>"
 
-    # -- the live plane's key-value bucket (ARCHITECTURE §2) ------------------------------------
+    # -- the live plane's key-value bucket (docs/ARCHITECTURE.md §2) -------------------------------
 
     def live_bucket(self) -> str:
         """The live plane's key-value bucket, e.g. ``reelhouse_live``."""

@@ -1,4 +1,4 @@
-"""One place that turns every error into the API's error shape (ARCHITECTURE §6).
+"""One place that turns every error into the API's error shape (docs/ARCHITECTURE.md §6).
 
 Besides the stable codes of the error tree, two HTTP-level codes appear: ``METHOD_NOT_ALLOWED``
 (405) and ``PAYLOAD_TOO_LARGE`` (413).
@@ -86,7 +86,7 @@ class ErrorInfo(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """The API's error shape (ARCHITECTURE §6)."""
+    """The API's error shape (docs/ARCHITECTURE.md §6)."""
 
     success: bool = False
     error: ErrorInfo

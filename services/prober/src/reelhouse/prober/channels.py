@@ -1,5 +1,5 @@
-"""Channel watching (issue 22, ARCHITECTURE §9): live checks with streamlink, one watcher per
-enabled channel, and the channel's recording started and ended with its broadcasts.
+"""Channel watching (issue 22, docs/ARCHITECTURE.md §9): live checks with streamlink, one watcher
+per enabled channel, and the channel's recording started and ended with its broadcasts.
 
 An enabled channel is claimed by one prober (``jobs.lease``, as monitored streams are: an owner
 key ``owners.channel.<id>`` in the live plane), so several prober replicas never check a channel

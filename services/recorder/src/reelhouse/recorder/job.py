@@ -7,7 +7,7 @@ exits. Split mode: the segment muxer's CSV list says when a segment is complete;
 segment becomes a record at once, and a sweep of the job folder after every exit registers a
 segment cut short by a crash.
 
-Seamless jobs (ARCHITECTURE §5 "seamless recording"): every part of one session (source drops,
+Seamless jobs (docs/ARCHITECTURE.md §5): every part of one session (source drops,
 failovers, pause/resume) stays ``recording`` until the session ends (stop, restart, update), then
 the parts are joined without re-encoding into one file with an integrity report. An m3u8 session
 is not joined: each part continues the session's playlist after an ``#EXT-X-DISCONTINUITY``.

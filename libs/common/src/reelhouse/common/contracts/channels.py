@@ -1,4 +1,4 @@
-"""Channels (ARCHITECTURE §9, ``seeds/channel-recorder-api.txt``): watched live sources that
+"""Channels (docs/ARCHITECTURE.md §9, ``seeds/channel-recorder-api.txt``): watched live sources that
 record every broadcast, their recordings (one per broadcast) and their events.
 
 A channel owns one recording job (``channel_id`` on the job); a channel's *recording* is one

@@ -1,4 +1,4 @@
-"""NATS payloads: command hints, live stats and job events (ARCHITECTURE §3).
+"""NATS payloads: command hints, live stats and job events (docs/ARCHITECTURE.md §3).
 
 Each carries ``type`` and ``version`` and ignores unknown fields (``BusMessage``). Decode at the
 edge with ``Model.model_validate_json``; publish with ``Bus.publish``.

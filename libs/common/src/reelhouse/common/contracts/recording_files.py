@@ -16,7 +16,7 @@ from reelhouse.common.contracts.types import whole_int
 FileStatus = Literal[
     "recording", "processing", "ready", "archiving", "archived", "failed", "deleted"
 ]
-"""A file record's status (ARCHITECTURE §5); ``archiving`` while ``archiveFile`` moves it."""
+"""A file record's status (docs/ARCHITECTURE.md §5); ``archiving`` while ``archiveFile`` runs."""
 
 
 class FilesQuery(BaseModel):

@@ -1,5 +1,5 @@
 """Streams: named identities above transport endpoints (``seeds/streams-api.txt``), and the
-prober's messages (ARCHITECTURE §1, §3).
+prober's messages (docs/ARCHITECTURE.md §1, §3).
 
 A stream row is stored as::
 

@@ -1,4 +1,4 @@
-"""FFmpeg, run and watched: the progress parser and the process supervisor (ARCHITECTURE §4)."""
+"""FFmpeg, run and watched: progress parser and process supervisor (docs/ARCHITECTURE.md §4)."""
 
 from reelhouse.common.ffmpeg.progress import ProgressParser, ProgressSnapshot, parse_bitrate_kbits
 from reelhouse.common.ffmpeg.supervisor import (

@@ -1,6 +1,6 @@
 """One supervisor for every long-running FFmpeg (recorder, restreamer, prober monitors).
 
-An explicit state machine (ARCHITECTURE §4)::
+An explicit state machine (docs/ARCHITECTURE.md §4)::
 
     starting ──first progress block──▶ running
         │                                  │
@@ -54,7 +54,7 @@ Process handling:
   broken progress pipe and would never notice). A worker that dies between the fork and the
   ``prctl`` is caught by comparing the parent pid afterwards. On other systems nothing is set,
   and the job lease protocol bounds an orphan's life. The file ends as after any hard kill,
-  which the crash-safe formats survive (ARCHITECTURE §4) and the next owner finalises.
+  which the crash-safe formats survive (docs/ARCHITECTURE.md §4) and the next owner finalises.
 
   Why SIGKILL and not SIGTERM (which would let FFmpeg write its trailer): the signal fires
   when the *thread* that forked FFmpeg ends, and the kernel sends it *again* each time FFmpeg

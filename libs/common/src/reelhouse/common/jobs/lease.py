@@ -1,4 +1,4 @@
-"""Job ownership (ARCHITECTURE §2), shared by the recorder, the restreamer and the prober.
+"""Job ownership (docs/ARCHITECTURE.md §2), shared by the recorder, the restreamer and the prober.
 
 Who runs a job is decided in the live plane (:mod:`reelhouse.common.live`), not in MongoDB: the
 owner key ``owners.<kind>.<job_id>`` is created by the claim (``create`` is atomic: one winner),

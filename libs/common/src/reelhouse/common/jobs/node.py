@@ -1,4 +1,4 @@
-"""A worker node: claims jobs, runs them, stops them, takes a dead node's over (ARCHITECTURE §2).
+"""A worker node: claims, runs and stops jobs, takes a dead node's over (docs/ARCHITECTURE.md §2).
 
 The recorder, the restreamer and the prober's monitors are each a :class:`JobNode`; each only
 says how to turn a claimed job document into a running :class:`JobRun`. Ownership lives in the

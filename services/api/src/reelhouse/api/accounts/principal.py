@@ -1,4 +1,4 @@
-"""Who is calling, and what they may do (ARCHITECTURE §6).
+"""Who is calling, and what they may do (docs/ARCHITECTURE.md §6).
 
 Names other modules rely on (routes take the ``Annotated`` aliases of
 :mod:`reelhouse.api.deps`: ``Principal``, ``PlayerPrincipal``, ``Viewer``, ``Operator``,

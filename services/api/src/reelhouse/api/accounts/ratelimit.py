@@ -7,11 +7,11 @@ instance's break-glass credential, for the owner's scripts; the dashboard signs 
 and paces its poll by the ``X-RateLimit-*`` headers).
 
 Limits are parsed by the ``limits`` library (``"100/minute"``). A window's count is one key of the
-live plane's bucket (ARCHITECTURE §2), ``rates.<bucket>.<who, hashed>.<window start>``, added to
-by compare-and-set (:meth:`LivePlane.count`) with a per-key TTL of the window plus a minute: no
-request waits on a database write, and every replica counts in the same key, so two replicas
-enforce one limit. With NATS unreachable the call is let through (and logged): a limit must not
-turn a NATS outage into an API outage.
+live plane's bucket (docs/ARCHITECTURE.md §2), ``rates.<bucket>.<who, hashed>.<window start>``,
+added to by compare-and-set (:meth:`LivePlane.count`) with a per-key TTL of the window plus a
+minute: no request waits on a database write, and every replica counts in the same key, so two
+replicas enforce one limit. With NATS unreachable the call is let through (and logged): a limit
+must not turn a NATS outage into an API outage.
 
 Each counted response carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
 ``X-RateLimit-Reset`` (Unix time the window ends), added by :mod:`middleware`; past the limit

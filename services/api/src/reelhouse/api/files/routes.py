@@ -1,4 +1,4 @@
-"""Recorded files: listing, signed downloads (HTTP Range), the archive tier (ARCHITECTURE §5).
+"""Recorded files: listing, signed downloads (HTTP Range), archiving (docs/ARCHITECTURE.md §5).
 
 ``getFiles`` lists the caller's file records; ``getDownloadUrl`` signs an expiring URL;
 ``download/<file_id>`` serves the file to whoever holds a valid signature (no token: players

@@ -1,4 +1,4 @@
-"""Signed, expiring download URLs for recorded files (ARCHITECTURE §5).
+"""Signed, expiring download URLs for recorded files (docs/ARCHITECTURE.md §5).
 
 ``/api/recording/download/<file_id>?expires=<unix>&signature=<hex>`` where the signature is
 HMAC-SHA256(secret, ``"<file_id>:<expires>"``). The signature is the only authority a download

@@ -2,7 +2,7 @@
 
 A job document links its ``input`` (and, for restreams, ``output``) documents by id lists; the API
 presents them populated, in list order. Desired-state changes are followed by a hint to the
-module's workers (ARCHITECTURE §2); the API never writes ``runtime``, it only presents it.
+module's workers (docs/ARCHITECTURE.md §2); the API never writes ``runtime``, it only presents it.
 
 Activating a job that writes to the storage (every recording; a restream with an HLS output) is
 refused with 507 ``INSUFFICIENT_STORAGE`` while the storage disk is past its critical watermark

@@ -1,8 +1,8 @@
 """``/api/recording/*``: the Recordings module, shaped exactly as ``seeds/recordings-api.txt``.
 
 The API writes desired state (``active``, config, ``generation``) and publishes a hint; recorders
-reconcile (ARCHITECTURE §2). Responses are job objects with ``_id`` and ``id``, ``input`` as the
-populated list, ``recordedFiles`` populated, ``created``/``modified`` and ``success: true``.
+reconcile (docs/ARCHITECTURE.md §2). Responses are job objects with ``_id`` and ``id``, ``input``
+as the populated list, ``recordedFiles`` populated, ``created``/``modified`` and ``success: true``.
 The module's behaviour is in :mod:`reelhouse.api.recordings.service`; what restreams share with
 it, in :mod:`reelhouse.api.jobs.service`.
 """

@@ -1,4 +1,4 @@
-"""``/api/storage/*``: disk and per-job usage, and running the janitor now (ARCHITECTURE §5)."""
+"""``/api/storage/*``: disk and per-job usage, running the janitor now (docs/ARCHITECTURE.md §5)."""
 
 from __future__ import annotations
 
