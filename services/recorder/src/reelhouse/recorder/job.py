@@ -182,6 +182,10 @@ class RecordingRun(SupervisedRun):
         self._hls_from = 0  # continued playlist: segments listed before the current part
         self._part = 0
         self._part_gaps: list[dict[str, Any]] = []  # publisher gaps held within the part
+        # Files this run has closed (or is closing): they have a record, or are about to; the
+        # sweep for files without one must not close them a second time while that record's
+        # write is still under way (it then made two records of one file).
+        self._closed_names: set[str] = set()
         self._part_path: Path | None = None  # infinity mode: the current part's file
         self._part_started = utcnow()  # wall-clock start of the current part
         self._list_base: float | None = None  # split mode: media time of the part's first cut
@@ -529,6 +533,9 @@ class RecordingRun(SupervisedRun):
         becomes ``ready`` now. ``hls_from``: a part that continued a session's playlist after
         that many segments; its duration is that of its own segments.
         """
+        if record_id is None and hls_from is None and path.name in self._closed_names:
+            return  # this run closed it already: one file, one record
+        self._closed_names.add(path.name)
         size, facts = await self._facts(path)
         duration, has_media = facts.duration_ms, bool(facts.streams)
         files = self._db[Collections.FILES]
@@ -611,6 +618,8 @@ class RecordingRun(SupervisedRun):
         current = self._part_path.name if self._part_path and not self._stopping else None
         for path in await asyncio.to_thread(self._own_files):
             if path.name not in known and path.name != current:
+                if path.name in self._closed_names:
+                    continue
                 await self._close_part(path, None)
 
     async def _recover_previous_parts(self) -> None:
