@@ -423,30 +423,31 @@ async def stop_active(state: State, principal: Operator, rec_id: str) -> dict[st
                                                               active=True))  # fmt: skip
 
 
+async def _set_paused(
+    state: AppState, principal: Any, rec_id: str, *, paused: bool
+) -> dict[str, Any]:
+    """Pause or resume an active broadcast's recording (its job), and say so."""
+    rec = await _load_recording(state, principal, rec_id, active=True)
+    if await recordings.set_paused(state, rec["tenant"], rec["job_id"], paused=paused):
+        await state.db[Collections.CHANNEL_RECORDINGS].update_one(
+            {"_id": rec["_id"]}, {"$set": {"paused": paused}}
+        )
+        event = "job_paused" if paused else "job_resumed"
+        await recordings.publish_event(state, rec["tenant"], rec["job_id"], event,
+                                      channel_id=rec["channel_id"])  # fmt: skip
+    return await _present_recording(state.db, await _load_recording(state, principal, rec_id))
+
+
 @router.post("/recordings/active/{rec_id}/pause", summary="Pause (close the current part)",
              responses=documented(409))  # fmt: skip
 async def pause_active(state: State, principal: Operator, rec_id: str) -> dict[str, Any]:
-    rec = await _load_recording(state, principal, rec_id, active=True)
-    if await recordings.set_paused(state, rec["tenant"], rec["job_id"], paused=True):
-        await state.db[Collections.CHANNEL_RECORDINGS].update_one(
-            {"_id": rec["_id"]}, {"$set": {"paused": True}}
-        )
-        await recordings.publish_event(state, rec["tenant"], rec["job_id"], "job_paused",
-                                      channel_id=rec["channel_id"])  # fmt: skip
-    return await _present_recording(state.db, await _load_recording(state, principal, rec_id))
+    return await _set_paused(state, principal, rec_id, paused=True)
 
 
 @router.post("/recordings/active/{rec_id}/resume", summary="Resume (a new part, same recording)",
              responses=documented(409))  # fmt: skip
 async def resume_active(state: State, principal: Operator, rec_id: str) -> dict[str, Any]:
-    rec = await _load_recording(state, principal, rec_id, active=True)
-    if await recordings.set_paused(state, rec["tenant"], rec["job_id"], paused=False):
-        await state.db[Collections.CHANNEL_RECORDINGS].update_one(
-            {"_id": rec["_id"]}, {"$set": {"paused": False}}
-        )
-        await recordings.publish_event(state, rec["tenant"], rec["job_id"], "job_resumed",
-                                      channel_id=rec["channel_id"])  # fmt: skip
-    return await _present_recording(state.db, await _load_recording(state, principal, rec_id))
+    return await _set_paused(state, principal, rec_id, paused=False)
 
 
 @router.get("/recordings/{rec_id}", summary="One recording of a channel")
