@@ -6,7 +6,10 @@ are live FFmpeg processes (see ``support.media``). The seed's three presets are 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,10 @@ from support.media import (
     av_streams,
     ffmpeg_children,
     ffprobe,
+    free_port,
 )
 from support.seeds import restream_payload
+from support.services import ServiceProcess
 from support.stack import TOKEN, Stack, running_stack
 from support.wait import eventually
 
@@ -382,3 +387,155 @@ async def test_hls_destination_is_playable_through_the_api(stack, db, srt_source
     assert row is not None
     assert row["destinations"][0]["output_type"] == "OUTPUT_TYPE_HLS"
     await stop_and_wait(stack, job["id"], restreamer.pid)
+
+
+# -- several destinations, one process each (issue 20 item 8, second part) ---------------------
+
+DESTINATION_STALE_S = 3.0
+"""The destinations' stale watchdog in these tests (the default is 10 s)."""
+
+
+def split_env(service_env: dict[str, str]) -> dict[str, str]:
+    """A stack whose ingest service runs the relay server (the tests' own free ports)."""
+    return {
+        **service_env,
+        "REELHOUSE_INGEST_SRT_PORTS": str(free_port("udp")),
+        "REELHOUSE_INGEST_RTMP_PORTS": str(free_port("tcp")),
+        "REELHOUSE_INGEST_FANOUT_PORT": str(free_port("udp")),
+        "REELHOUSE_INGEST_RELAY_PORT": str(free_port("udp")),
+        "REELHOUSE_INGEST_PUBLIC_HOST": "127.0.0.1",
+    }
+
+
+async def split_stack_ready(stack: Stack, db) -> ServiceProcess:
+    await stack.start_ingest()
+    restreamer = await stack.start_restreamer(
+        REELHOUSE_DESTINATION_STALE_S=f"{DESTINATION_STALE_S:g}",
+        REELHOUSE_DESTINATION_RETRY_S="1",
+    )
+    await restreamer_ready(db)
+
+    async def relay_announced() -> bool:
+        return await _relay_key(stack) is not None
+
+    await eventually(relay_announced, timeout=20, what="the ingest relay announced")
+    return restreamer
+
+
+async def _relay_key(stack: Stack) -> dict[str, Any] | None:
+    import nats
+
+    nc = await nats.connect(stack.env["REELHOUSE_NATS_URL"])
+    try:
+        kv = await nc.jetstream().key_value(f"{stack.env['REELHOUSE_SUBJECT_PREFIX']}_live")
+        try:
+            entry = await kv.get("ingestrelay")
+        except Exception:
+            return None
+        return json.loads(entry.value) if entry.value else None
+    finally:
+        await nc.close()
+
+
+def dest(row: dict[str, Any], index: int) -> dict[str, Any]:
+    return row["destinations"][index]
+
+
+async def test_split_destinations_each_its_own_process_bitrate_and_failures(
+    service_env, tmp_path, db, media_source_factory, media_receiver_factory
+):
+    """Two destinations, one FFmpeg each (relay stage through the ingest fan-out): each
+    getStat block has its receiver's bitrate; a killed receiver and a stalled (SIGSTOPped) one
+    are handled for that destination alone while the other's FFmpeg (same pid) keeps sending;
+    a stop with the receiver still stalled is prompt. On tee (today's main) the stalled
+    destination keeps showing ``sending`` and there are no per-destination numbers."""
+    async with running_stack(split_env(service_env), tmp_path) as stack:
+        restreamer = await split_stack_ready(stack, db)
+        source = await media_source_factory("srt", video_bitrate="2M")
+        steady = await media_receiver_factory("rtmp")
+        victim = await media_receiver_factory("rtmp", keep_serving=True)
+        job = await stack.api_ok(
+            "restream/create", body(0, source.url, rtmp_out(steady.url), rtmp_out(victim.url))
+        )
+
+        async def both_sending() -> dict[str, Any] | None:
+            row = await stat_row(stack, job["id"])
+            if row and all(d["state"] == "sending" and (d.get("bitrate_kbits") or 0) > 0
+                           for d in row["destinations"]):  # fmt: skip
+                return row
+            return None
+
+        await eventually(both_sending, timeout=40, what="both destinations sending")
+        runtime = (await stack.api_ok("restream/getById", {"id": job["id"]}))["runtime"]
+        assert runtime["mode"] == "split", runtime
+        for receiver in (steady, victim):
+            await grows(receiver, by=300_000)
+
+        # Each destination's getStat bitrate is what its own receiver gets (±30%).
+        start = [(time.monotonic(), r.received_bytes) for r in (steady, victim)]
+        await eventually(lambda: time.monotonic() - start[0][0] > 8, timeout=10, what="8 s")
+        received = [
+            (r.received_bytes - size) * 8 / (time.monotonic() - at) / 1000
+            for r, (at, size) in zip((steady, victim), start, strict=True)
+        ]
+        row = await stat_row(stack, job["id"])
+        assert row is not None
+        pids = [dest(row, i)["pid"] for i in (0, 1)]
+        assert len(set(pids)) == 2 and None not in pids, row  # one FFmpeg per destination
+        assert row["processData"]["bitrate_kbits"] > 0  # the job: the relay's one copy
+        for i, kbits in enumerate(received):
+            assert 1500 < kbits < 3200, received
+            assert 0.7 * kbits <= dest(row, i)["bitrate_kbits"] <= 1.3 * kbits, (row, received)
+
+        # A killed receiver (it comes back at once, a new session): destination 1 alone
+        # restarts; destination 0's FFmpeg and its receiver's session are untouched.
+        os.kill(victim.pid, signal.SIGKILL)
+
+        async def victim_back() -> dict[str, Any] | None:
+            row = await stat_row(stack, job["id"])
+            d = row and dest(row, 1)
+            if d and d["state"] == "sending" and d["pid"] not in (None, pids[1]):
+                return row
+            return None
+
+        row = await eventually(victim_back, timeout=20, what="destination 1 restarted alone")
+        assert dest(row, 0)["pid"] == pids[0] and dest(row, 0)["state"] == "sending", row
+        assert steady.launches == 1
+        await grows(victim, by=200_000)
+        pids[1] = dest(row, 1)["pid"]
+
+        # A stalled receiver (SIGSTOP: its TCP connection stays open, it reads nothing).
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            stalled_at = time.monotonic()
+
+            async def victim_stalled() -> dict[str, Any] | None:
+                row = await stat_row(stack, job["id"])
+                if row and dest(row, 1)["state"] != "sending":
+                    return row
+                return None
+
+            # Until its FFmpeg blocks (the socket buffers fill), then the watchdog's time and
+            # the destination's stop grace.
+            row = await eventually(victim_stalled, timeout=30, what="destination 1 not sending")
+            left_after = time.monotonic() - stalled_at
+            d1 = dest(row, 1)
+            assert d1["state"] == "retrying" and d1["failure"] == "stalled", d1
+            assert "no progress" in d1["message"], d1
+            d0 = dest(row, 0)
+            assert d0["state"] == "sending" and d0["pid"] == pids[0], row
+            await grows(steady, by=300_000, timeout=10)  # still getting media
+            row = await stat_row(stack, job["id"])
+            assert row is not None
+            assert 1500 < dest(row, 0)["bitrate_kbits"] < 3200, row  # its bitrate stays real
+            assert dest(row, 0)["pid"] == pids[0]
+            assert steady.launches == 1
+
+            # Stop with the receiver still stalled: prompt (no 10 s grace on a blocked write).
+            stop_at = time.monotonic()
+            await stop_and_wait(stack, job["id"], restreamer.pid)
+            stop_s = time.monotonic() - stop_at
+            assert stop_s < 8, stop_s
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        print(f"stalled destination left 'sending' after {left_after:.1f} s; stop {stop_s:.1f} s")

@@ -24,10 +24,14 @@ import nats.js.errors
 from reelhouse.common.live import LivePlane, decode
 
 __all__ = [
+    "RELAY_SERVER_ID",
     "Contribution",
+    "RelayAnnouncement",
     "fanout_url",
     "publish_url",
     "read_contribution",
+    "read_relay_announcement",
+    "relay_publish_url",
     "server_read_url",
     "stream_name",
 ]
@@ -145,3 +149,43 @@ async def read_contribution(live: LivePlane, server_id: str, name: str) -> Contr
         if value is not None:
             return Contribution.from_value(value)
     return None
+
+
+RELAY_SERVER_ID = "72656c61792d736572766572"
+"""The ingest node's internal relay server (``relay-server`` in hex: a 24-hex id no server row
+has, since ObjectIds begin with their creation time). Never a row of ``srt_servers``."""
+
+
+@dataclass(frozen=True)
+class RelayAnnouncement:
+    """The live key ``ingestrelay``: where a relay stage publishes, and the node serving it."""
+
+    publish: str
+    """``host:port`` of the relay server (SRT)."""
+    node: str
+    latency_ms: int = 120
+
+
+async def read_relay_announcement(live: LivePlane) -> RelayAnnouncement | None:
+    """The ingest node's relay announcement; None when no ingest service announces one now
+    (none runs, its relay port is disabled, or NATS is not reachable)."""
+    if live.kv is None or not live.bus.connected:
+        return None
+    with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.errors.TimeoutError):
+        got = await live.kv.get(live.subjects.live_ingest_relay())
+        value = decode(got.value)
+        if value and value.get("publish"):
+            return RelayAnnouncement(
+                publish=str(value["publish"]),
+                node=str(value.get("node", "")),
+                latency_ms=int(value.get("latency_ms") or 120),
+            )
+    return None
+
+
+def relay_publish_url(announcement: RelayAnnouncement, job_id: str, passphrase: str) -> str:
+    """``srt://<relay>?streamid=publisher/<job_id>&passphrase=…&latency=<µs>``: where a
+    restream's relay stage pushes its one copy of the stream."""
+    host, _, port = announcement.publish.rpartition(":")
+    return _srt_url(host.strip("[]"), int(port), f"publisher/{job_id}", passphrase,
+                    announcement.latency_ms)  # fmt: skip

@@ -218,6 +218,16 @@ class Subjects:
         """Every ingest server's statistics key."""
         return "ingeststats.*"
 
+    def live_ingest_relay(self) -> str:
+        """The ingest node's relay announcement ``ingestrelay`` (where a restream's relay stage
+        publishes; docs/INGEST.md "The relay server"), present while an ingest service runs."""
+        return "ingestrelay"
+
+    def live_relay(self, job_id: str) -> str:
+        """A restream's relay credentials ``relays.<job_id>`` (the per-run SRT passphrase its
+        relay stage publishes with; written by the restreamer, read by the ingest verdict)."""
+        return f"relays.{_job(job_id)}"
+
     def live_rate(self, bucket: str, who: str, window_start: int) -> str:
         """A rate-limit counter ``rates.<bucket>.<who>.<window start>`` (``who`` hashed: it
         holds addresses and ids, never user text in the clear)."""

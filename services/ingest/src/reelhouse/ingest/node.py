@@ -11,6 +11,11 @@
 - **Live plane**: ``ingest.<server_id>.<token>`` per contribution (node, fan-out, publisher,
   readers), ``ingeststats.<server_id>`` per open server, both refreshed with every ``stats``
   and expiring by themselves if this node dies.
+- **Relay server** (``REELHOUSE_INGEST_RELAY_PORT``): one internal SRT server,
+  :data:`~reelhouse.common.ingest.RELAY_SERVER_ID`, on the fan-out's address, announced in the
+  live key ``ingestrelay``. A publisher there is a restream's relay stage: allowed as
+  contribution ``<job_id>`` with the passphrase of the live key ``relays.<job_id>`` (the
+  restreamer's per-run secret); fan-out readers of it are that restream's destinations.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import socket
 import time
 from typing import Any
 
+import nats.js.errors
 from bson import ObjectId
 
 from reelhouse.common.contracts.ingest import (
@@ -35,6 +41,8 @@ from reelhouse.common.contracts.ingest import (
 from reelhouse.common.contracts.messages import JobCommand
 from reelhouse.common.events import build_event
 from reelhouse.common.ffmpeg.supervisor import SupervisorConfig
+from reelhouse.common.ingest import RELAY_SERVER_ID
+from reelhouse.common.live import decode
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections
 from reelhouse.common.service import ServiceContext
@@ -84,6 +92,7 @@ class IngestNode:
         self.status: dict[str, tuple[str, str]] = {}  # server id -> (state, error) last written
         self._rows: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self.contribs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.relay_listening = False  # the relay server is open in the current data plane
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         backoff = SupervisorConfig(
@@ -133,6 +142,7 @@ class IngestNode:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            await self._withdraw_relay()
             await self.dp.stop()
             for task in list(self._tasks):
                 task.cancel()
@@ -172,7 +182,8 @@ class IngestNode:
         self._tenants.update({sid: str(doc.get("tenant", "")) for sid, doc in self.servers.items()})
         if not self.dp.ready.is_set():
             return
-        for server_id in [s for s in self.opened if s not in self.servers]:
+        await self._open_relay()
+        for server_id in [s for s in self.opened if s not in self.servers and s != RELAY_SERVER_ID]:
             if await self.dp.send({"op": "close", "server_id": server_id}):
                 self.opened.pop(server_id, None)
                 log.info("ingest_server_closing", server_id=server_id)
@@ -190,6 +201,63 @@ class IngestNode:
             if await self.dp.send(command):
                 self.opened[server_id] = want
                 log.info("ingest_server_opening", server_id=server_id, proto=want[0], port=want[1])
+
+    async def _open_relay(self) -> None:
+        """The internal relay server (docs/INGEST.md "The relay server"), once per data plane."""
+        port = self.settings.ingest_relay_port
+        want = ("srt", port, 120)
+        if not port or self.opened.get(RELAY_SERVER_ID) == want:
+            return
+        command = {
+            "op": "listen", "server_id": RELAY_SERVER_ID, "proto": "srt",
+            "host": self.settings.ingest_fanout_host, "port": port, "latency_ms": 120,
+        }  # fmt: skip
+        if await self.dp.send(command):
+            self.opened[RELAY_SERVER_ID] = want
+            log.info("ingest_relay_opening", port=port)
+
+    def relay_address(self) -> str:
+        """Where relay stages reach the relay server (the fan-out's advertised host)."""
+        host = self.fanout_address().rpartition(":")[0]
+        return f"{host}:{self.settings.ingest_relay_port}"
+
+    async def _announce_relay(self) -> None:
+        if not self.relay_listening:
+            return
+        value = {"publish": self.relay_address(), "node": self.ctx.node_id, "latency_ms": 120}
+        with contextlib.suppress(Exception):
+            await self._put_live(self.bus.subjects.live_ingest_relay(), json.dumps(value).encode())
+
+    async def _withdraw_relay(self) -> None:
+        self.relay_listening = False
+        if self.live.kv is None or not self.bus.connected:
+            return
+        with contextlib.suppress(Exception):
+            await self.live.kv.delete(self.bus.subjects.live_ingest_relay())
+
+    async def relay_verdict(self, event: dict[str, Any]) -> Verdict:
+        """A connect on the relay server (a restream's relay stage publishing) or a fan-out
+        read of one of its contributions (that restream's destinations)."""
+        name = str(event.get("name") or "")
+        if event.get("via") != "fanout" and event.get("role") != "publish":
+            return refuse("unknown_stream")  # no reading on the relay port itself
+        try:
+            key = self.bus.subjects.live_relay(name)
+        except ValueError:
+            return refuse("unknown_stream")
+        if self.live.kv is None:
+            raise RuntimeError("the live plane is not reachable")
+        try:
+            got = await self.live.kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return refuse("unknown_stream")
+        value = decode(got.value) or {}
+        secret = str(value.get("secret") or "")
+        if not secret:
+            return refuse("unknown_stream")
+        if event.get("via") == "fanout":
+            return Verdict(allow=True, row_id=name)
+        return Verdict(allow=True, passphrase=secret, row_id=name)
 
     # -- hints -----------------------------------------------------------------------------
 
@@ -248,6 +316,8 @@ class IngestNode:
         return out
 
     async def verdict(self, event: dict[str, Any]) -> Verdict:
+        if str(event.get("server_id", "")) == RELAY_SERVER_ID:
+            return await self.relay_verdict(event)
         server = self.servers.get(str(event.get("server_id", "")))
         if server is None:
             return refuse("unknown_stream")
@@ -274,6 +344,13 @@ class IngestNode:
         elif ev == "ready":
             self.opened.clear()
             self._wake.set()
+        elif ev == "listening" and event.get("server_id") == RELAY_SERVER_ID:
+            self.relay_listening = True
+            await self._announce_relay()
+        elif ev == "listen_failed" and event.get("server_id") == RELAY_SERVER_ID:
+            log.warning("ingest_relay_listen_failed", port=event.get("port"),
+                        error=str(event.get("error", ""))[:300])  # fmt: skip
+            await self._withdraw_relay()
         elif ev == "listening":
             await self._write_status(str(event.get("server_id")), "listening", "")
         elif ev == "listen_failed":
@@ -317,6 +394,7 @@ class IngestNode:
     async def _on_crash(self, code: int, tail: list[str]) -> None:
         """The data plane died: its connections and contributions are gone with it."""
         self.opened.clear()
+        await self._withdraw_relay()
         await self._forget_all("crashed", publish=True)
 
     async def _forget_all(self, reason: str, *, publish: bool) -> None:
@@ -378,6 +456,7 @@ class IngestNode:
                 contrib["readers"] = count
         for contrib in list(self.contribs.values()):
             await self._put_contribution(contrib)
+        await self._announce_relay()
         for server_id in list(self.opened):
             server = self.servers.get(server_id)
             if server is None:

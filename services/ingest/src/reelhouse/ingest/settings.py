@@ -26,6 +26,15 @@ class IngestSettings(IngestCommonSettings):
         description="Host name jobs use to reach the fan-out listener (e.g. `ingest` in "
         "compose). Empty: the bound address, or the public host when it binds a wildcard.",
     )
+    ingest_relay_port: int = Field(
+        6001,
+        ge=0,
+        le=65535,
+        description="UDP port of the internal relay SRT server, on the fan-out's address: a "
+        "multi-destination restream's relay stage publishes its one copy of the stream there "
+        "and each destination reads it back from the fan-out. 0: no relay (such restreams then "
+        "use one FFmpeg with tee).",
+    )
     ingest_gap_hold_s: float = Field(
         30.0,
         gt=0,

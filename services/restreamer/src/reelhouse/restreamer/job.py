@@ -1,12 +1,22 @@
-"""One claimed restream job: its supervised FFmpeg, the state of each destination, stats, events.
+"""One claimed restream job: its supervised FFmpeg(s), the state of each destination, stats, events.
 
-One FFmpeg per job. One destination: a plain muxer; when it fails FFmpeg exits and the supervisor
-restarts it with capped exponential backoff and jitter. Several destinations: the tee muxer with
-every slave behind its own FIFO (``onfail=ignore``, ``attempt_recovery``), so a dead or slow
-destination never stops the others and FFmpeg reopens it by itself every few seconds; the
-destination's state is read from the FIFO's messages on stderr. FFmpeg measures no size
-through tee, so one more slave writes the stream to the supervisor's byte tap, whose count
-gives ``total_size`` and ``bitrate``.
+One destination (``mode: single``): one FFmpeg, a plain muxer; when it fails FFmpeg exits and the
+supervisor restarts it with capped exponential backoff and jitter.
+
+Several destinations with an ingest service (``mode: split``, docs/DECISIONS.md "Restreamer: one
+process per destination"): the job's own supervised FFmpeg is the **relay stage** (input,
+processing done once, MPEG-TS pushed into the ingest node's relay server as contribution
+``<job_id>`` with a per-run passphrase), and every destination is a :class:`DestinationRun`, an
+FFmpeg of its own under its own supervisor that reads that contribution from the fan-out and
+copies it to its target: its own state, progress (bitrate, fps), retries and stale watchdog, so
+a dead or stalled destination is restarted alone and a source failure restarts only the relay
+(the fan-out holds the destinations through the gap).
+
+Several destinations and no ingest relay announced when the job starts (``mode: tee``, with
+``mode_reason``): one FFmpeg with the tee muxer, every slave behind its own FIFO
+(``onfail=ignore``, ``attempt_recovery``), as before; the destination's state is read from the
+FIFO's messages on stderr, and one more slave writes the stream to the supervisor's byte tap,
+whose count gives ``total_size`` and ``bitrate``.
 
 A destination that rejects the stream key (or SRT passphrase) is not hammered: a one-destination
 job then waits ``auth_retry_s`` before the next attempt and a ``job_failed`` event says why.
@@ -16,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,11 +44,24 @@ from reelhouse.common.contracts.messages import (
 )
 from reelhouse.common.contracts.restream import OutputIn, RestreamIn
 from reelhouse.common.ffmpeg.failures import FIFO_LINE, classify, classify_lines, mask_secret
-from reelhouse.common.ffmpeg.restream_args import build_restream_args
+from reelhouse.common.ffmpeg.progress import ProgressSnapshot
+from reelhouse.common.ffmpeg.restream_args import (
+    build_destination_args,
+    build_relay_args,
+    build_restream_args,
+)
 from reelhouse.common.ffmpeg.supervisor import (
+    FFmpegSupervisor,
+    SupervisorConfig,
     SupervisorState,
 )
 from reelhouse.common.files import restream_hls_dir
+from reelhouse.common.ingest import (
+    RELAY_SERVER_ID,
+    read_contribution,
+    read_relay_announcement,
+    relay_publish_url,
+)
 from reelhouse.common.jobs.lease import Lease, LeaseStore
 from reelhouse.common.jobs.run import SupervisedRun
 from reelhouse.restreamer.settings import RestreamerSettings
@@ -104,6 +129,11 @@ class RestreamRun(SupervisedRun):
             for i, o in enumerate(config.output)
         ]
         self._fifo: dict[str, int] = {}  # FIFO context address -> destination index
+        # single | split | tee (decided in start(): split needs an ingest relay)
+        self.mode = "tee" if self._multi else "single"
+        self.mode_reason: str | None = None
+        self._relay_secret = secrets.token_hex(16)  # this run's SRT passphrase at the relay
+        self._dests: list[DestinationRun] = []
         self._auth_failures = 0
         self._dirty = False  # a destination changed since runtime was last written
         self._writer: asyncio.Task[None] | None = None
@@ -114,8 +144,61 @@ class RestreamRun(SupervisedRun):
     async def start(self) -> None:
         if self.hls_dir is not None:
             await asyncio.to_thread(self._fresh_hls_dir)
+        if self._multi:
+            await self._choose_mode()
         self.supervisor.start()
+        for dest in self._dests:
+            dest.supervisor.start()
         self._writer = asyncio.create_task(self._write_changes(), name="destinations")
+
+    async def _choose_mode(self) -> None:
+        """Split through the ingest relay when an ingest service announces one, else tee (said
+        in ``runtime.mode_reason`` and a warning: the destinations then share one process)."""
+        live = self._leases.live
+        announcement = await read_relay_announcement(live)
+        if announcement is None:
+            self.mode_reason = (
+                "no ingest relay announced (the ingest service is not running, or its "
+                "REELHOUSE_INGEST_RELAY_PORT is 0): one FFmpeg with tee for every destination; "
+                "stop and start the job once the ingest service runs"
+            )
+        else:
+            value = {"secret": self._relay_secret, "node": self._node_id}
+            try:
+                assert live.kv is not None
+                await live.kv.put(self._bus.subjects.live_relay(self.job_id),
+                                  json.dumps(value).encode())  # fmt: skip
+            except Exception as exc:
+                self.mode_reason = f"could not write the relay credentials ({exc}): tee"
+            else:
+                self.mode = "split"
+                self._dests = [
+                    DestinationRun(self, i, o, self._restream_settings)
+                    for i, o in enumerate(self.config.output)
+                ]
+        if self.mode_reason:
+            self._log.warning("restream_tee_fallback", reason=self.mode_reason)
+        else:
+            self._log.info("restream_split", destinations=len(self._dests),
+                           relay=announcement.publish if announcement else None)  # fmt: skip
+
+    async def stop(self, reason: str) -> None:
+        """Destinations first (each alone, within its short grace), then the relay stage."""
+        if self.stopping:
+            return
+        if self._dests:
+            await asyncio.gather(*(d.stop(reason) for d in self._dests), return_exceptions=True)
+        await super().stop(reason)
+
+    async def relay_read_url(self, stopping: Any) -> str:
+        """The fan-out URL of this job's relay contribution, once its relay stage publishes."""
+        while True:
+            live = await read_contribution(self._leases.live, RELAY_SERVER_ID, self.job_id)
+            if live is not None and live.fanout and live.publisher:
+                return live.reader_url(timeout_s=self._settings.ingest_gap_hold_s + 10.0)
+            if stopping() or self._stopping:
+                raise RuntimeError("stopped while waiting for the relay stage")
+            await asyncio.sleep(self._settings.ingest_poll_s)
 
     def _fresh_hls_dir(self) -> None:
         assert self.hls_dir is not None
@@ -127,9 +210,19 @@ class RestreamRun(SupervisedRun):
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        live = self._leases.live
+        if self.mode == "split" and live.kv is not None:
+            with contextlib.suppress(Exception):
+                await live.kv.delete(self._bus.subjects.live_relay(self.job_id))
 
     def _runtime_extra(self) -> dict[str, Any]:
-        return {"destinations": [d.model_dump(mode="json") for d in self.destinations]}
+        extra: dict[str, Any] = {
+            "destinations": [d.model_dump(mode="json") for d in self.destinations],
+            "mode": self.mode,
+        }
+        if self.mode_reason:
+            extra["mode_reason"] = self.mode_reason
+        return extra
 
     def _stats_fields(self) -> dict[str, Any]:
         return {"destinations": self.destinations}
@@ -137,6 +230,8 @@ class RestreamRun(SupervisedRun):
     # -- FFmpeg arguments ---------------------------------------------------------------------
 
     async def _argv(self) -> list[str]:
+        if self.mode == "split":
+            return await self._relay_argv()
         # A new process: every destination starts again (a failed one is opened afresh).
         self._fifo.clear()
         for dest in self.destinations:
@@ -167,6 +262,26 @@ class RestreamRun(SupervisedRun):
             tap=self.supervisor.open_tap() if self._multi else None,
         )
 
+    async def _relay_argv(self) -> list[str]:
+        """The relay stage: input and processing once, pushed into the ingest relay server."""
+        source = self.config.input
+        url = await self._source_url(source)
+        self._input_url = url
+        overlay = self.config.overlay
+        if overlay.type == "IMAGE" and overlay.image_url:
+            await self._target(overlay.image_url, role="input", field="overlay.image_url")
+        announcement = await read_relay_announcement(self._leases.live)
+        if announcement is None:
+            raise RuntimeError(
+                "ingest relay: no ingest service announces one now (is it running?); the "
+                "destinations wait"
+            )
+        job = self.config.model_copy(
+            update={"input": source.model_copy(update={"input_stream_url": url})}
+        )
+        target = relay_publish_url(announcement, self.job_id, self._relay_secret)
+        return build_relay_args(job=job, publish_url=target, probe_ms=self.probe_ms)
+
     # -- destination state --------------------------------------------------------------------
 
     def _set(
@@ -195,8 +310,15 @@ class RestreamRun(SupervisedRun):
                 return index
         return None
 
+    def _progress_of(self, index: int, pid: int | None, snapshot: ProgressSnapshot) -> None:
+        """A split destination's own numbers (not a state change: the stats carry them)."""
+        self.destinations[index] = self.destinations[index].model_copy(
+            update={"pid": pid, "fps": snapshot.fps, "bitrate": snapshot.bitrate,
+                    "bitrate_kbits": snapshot.bitrate_kbits, "total_size": snapshot.total_size}
+        )  # fmt: skip
+
     def _on_stderr(self, line: str) -> None:
-        if not self._multi:
+        if self.mode != "tee":
             return
         match = FIFO_LINE.match(line.strip())
         if match is None:
@@ -234,7 +356,7 @@ class RestreamRun(SupervisedRun):
     # -- supervisor hooks ---------------------------------------------------------------------
 
     async def _state_changed(self, state: SupervisorState) -> None:
-        if state is SupervisorState.RUNNING:
+        if state is SupervisorState.RUNNING and self.mode != "split":
             for dest in self.destinations:
                 if dest.state == "starting":
                     self._set(dest.index, "sending", None, None)
@@ -244,6 +366,8 @@ class RestreamRun(SupervisedRun):
     async def _on_exit(self, returncode: int, stderr_tail: list[str]) -> None:
         if self._stopping or self.supervisor.state is SupervisorState.STOPPING:
             return
+        if self.mode == "split":
+            return  # the relay stage: the destinations are held by the fan-out meanwhile
         # "<source url>: <error>" is FFmpeg's report of a failed input (open or read); then the
         # destinations just start again with it. ("Input #0, ... from '<url>':" is not one.)
         source = re.compile(re.escape(self._input_url) + r"[^\s:]*: ")
@@ -263,4 +387,98 @@ class RestreamRun(SupervisedRun):
                     state="retrying",
                     reason=f"destination rejected the stream: {message}; retrying every "
                     f"{self._restream_settings.auth_retry_s:g} s",
+                )
+
+
+STALE_REASON = "no progress for"
+"""How the supervisor's watchdog words an exit it caused (``no progress for <n> s``)."""
+
+
+class DestinationRun:
+    """One destination of a split restream: its own FFmpeg under its own supervisor, reading the
+    job's relay contribution from the ingest fan-out and copying it to the destination."""
+
+    def __init__(
+        self, run: RestreamRun, index: int, output: OutputIn, settings: RestreamerSettings
+    ) -> None:
+        self.run = run
+        self.index = index
+        self.output = output
+        self._settings = settings
+        self._stopping = False
+        self._auth_failures = 0
+        self._log = run._log.bind(destination=index)
+        grace = min(settings.stop_grace_s, settings.destination_stop_grace_s)
+        self.supervisor = FFmpegSupervisor(
+            self._argv,
+            config=SupervisorConfig(
+                ffmpeg_path=settings.ffmpeg_path,
+                stale_timeout_s=settings.destination_stale_s,
+                backoff_initial_s=min(settings.retry_initial_s, settings.destination_retry_s),
+                backoff_max_s=settings.destination_retry_s,
+                sigint_after_s=min(0.5, grace),
+                graceful_stop_timeout_s=grace,
+                stable_after_s=30.0,
+                progress_period_s=settings.progress_period_s,
+            ),
+            on_state=self._on_state,
+            on_progress=self._on_progress,
+            on_exit=self._on_exit,
+            env={"TZ": "UTC", **run._proxy.env()},
+            log=self._log,
+        )
+
+    async def stop(self, reason: str) -> None:
+        self._stopping = True
+        await self.supervisor.stop(reason)
+
+    async def _argv(self) -> list[str]:
+        url = await self.run.relay_read_url(lambda: self._stopping)
+        output = self.output
+        if output.output_stream_url and not output.listen_port:
+            # Checked, not pinned (as under tee): an RTMP destination keeps its host name.
+            field = f"output[{self.index}].output_stream_url"
+            await self.run._target(output.output_stream_url, role="output", field=field)
+        probe_ms = max(500, self.run._settings.ingest_probe_ms)
+        return build_destination_args(
+            output=output, read_url=url, hls_dir=self.run.hls_dir, probe_ms=probe_ms
+        )
+
+    async def _on_progress(self, snapshot: ProgressSnapshot) -> None:
+        self.run._progress_of(self.index, self.supervisor.pid, snapshot)
+
+    async def _on_state(self, state: SupervisorState, reason: str) -> None:
+        if self._stopping or self.run.stopping:
+            return
+        if state is SupervisorState.RUNNING:
+            self._auth_failures = 0
+            self.run._set(self.index, "sending", None, None)
+        elif state is SupervisorState.RETRYING:
+            self.run._progress_of(self.index, None, ProgressSnapshot(progress="continue"))
+            tail = self.supervisor.stderr_tail
+            kind: FailureKind
+            if reason.startswith(STALE_REASON):
+                kind = "stalled"
+                message = (f"{reason.split(';')[0]}: the destination stopped taking media; "
+                           "its FFmpeg alone was restarted")  # fmt: skip
+            elif reason.startswith("could not build the command") or not tail:
+                kind, message = "unknown", reason[-300:]
+            else:
+                kind, message = classify_lines(tail), tail[-1][-300:]
+            self.run._set(self.index, "retrying", kind, message)
+
+    async def _on_exit(self, returncode: int, stderr_tail: list[str]) -> None:
+        if self._stopping or self.run.stopping:
+            return
+        if classify_lines(stderr_tail) == "auth_rejected":
+            retry_s = self._settings.auth_retry_s
+            self.supervisor.delay_next_retry(retry_s)
+            self._auth_failures += 1
+            if self._auth_failures == 1:
+                message = stderr_tail[-1][-300:] if stderr_tail else "rejected"
+                await self.run._event(
+                    "job_failed",
+                    state="retrying",
+                    reason=f"destination {self.index} rejected the stream: {message}; "
+                    f"retrying it every {retry_s:g} s (the others keep sending)",
                 )

@@ -17,6 +17,20 @@ class RestreamerSettings(WorkerSettings):
     destination_retry_s: float = Field(
         5.0,
         gt=0,
-        description="Seconds between FFmpeg's attempts to reopen a failed destination of a "
-        "multi-destination job (the other destinations keep running).",
+        description="Seconds between attempts to reopen a failed destination of a "
+        "multi-destination job (the other destinations keep running): the cap of its own "
+        "process's restart backoff, or tee's recovery period without an ingest service.",
+    )
+    destination_stale_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a destination's own FFmpeg may go without progress (a stalled "
+        "receiver blocks its writes) before it alone is restarted.",
+    )
+    destination_stop_grace_s: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds a destination's own FFmpeg gets to finish on stop before SIGKILL "
+        "(a push has no trailer worth more; a stalled receiver would hold it for the whole "
+        "grace).",
     )

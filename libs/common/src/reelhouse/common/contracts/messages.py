@@ -45,7 +45,7 @@ class ProcessData(BaseModel):
 DestinationStatus = Literal["starting", "sending", "down", "retrying"]
 FailureKind = Literal[
     "connection_refused", "timeout", "auth_rejected", "not_found", "disk_full", "protocol_error",
-    "unknown",
+    "stalled", "unknown",
 ]  # fmt: skip
 
 
@@ -66,6 +66,15 @@ class DestinationState(BaseModel):
     """FFmpeg's own words about the last failure."""
     since: Timestamp = Field(default_factory=utcnow)
     retries: int = 0
+    # A destination with its own FFmpeg (a multi-destination job split through the ingest
+    # relay): that process and its own progress. None under tee or with one destination.
+    pid: int | None = None
+    """The destination's own FFmpeg."""
+    fps: str | None = None
+    bitrate: str | None = None
+    """What this destination's FFmpeg sends, as FFmpeg prints it (``"2281.0kbits/s"``)."""
+    bitrate_kbits: int | None = None
+    total_size: str | None = None
 
 
 class JobStats(BusMessage):

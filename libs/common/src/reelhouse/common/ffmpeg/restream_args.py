@@ -7,6 +7,11 @@
     processing_args(...)           one processing for every destination
     [-tag:v 7 -tag:a 10]           several destinations with an flv one, stream copy
     restream_output_args(...)      one muxer, or the tee muxer with one FIFO per destination
+
+With several destinations and an ingest service (docs/DECISIONS.md "Restreamer: one process per
+destination"), the job is split instead: :func:`build_relay_args` (input, processing done once,
+``-f mpegts`` into the ingest relay server) and one :func:`build_destination_args` per
+destination (the relay's contribution from the fan-out, stream copy, one muxer).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ __all__ = [
     "DESTINATION_RECOVERY_S",
     "HLS_LIVE_LIST_SIZE",
     "HLS_LIVE_SEGMENT_SECONDS",
+    "build_destination_args",
+    "build_relay_args",
     "build_restream_args",
     "restream_output_args",
 ]
@@ -176,3 +183,47 @@ def build_restream_args(
         *tags,
         *restream_output_args(outputs, hls_dir=hls_dir, recovery_s=recovery_s, tap=tap),
     ]
+
+
+def _processing_format(outputs: Sequence[OutputIn]) -> str:
+    # flv is the strictest container; the audio bitstream filter mp4 needs is never needed here.
+    return "flv" if "flv" in {o.container for o in outputs} else "mpegts"
+
+
+def build_relay_args(
+    *, job: RestreamIn, publish_url: str, probe_ms: int | None = None
+) -> list[str]:
+    """Everything after ``ffmpeg -progress pipe:1 -nostats`` for a restream's relay stage: the
+    input, the job's processing (copy, or the one encode every destination shares, fitted to the
+    strictest destination container) and ``-f mpegts`` into the ingest relay server."""
+    return [
+        "-hide_banner",
+        *input_args(job.input, probe_ms=probe_ms),
+        *image_input_args(job.overlay),
+        *processing_args(
+            transcoding=job.transcoding,
+            modify_audio=job.modify_audio,
+            modify_video=job.modify_video,
+            overlay=job.overlay,
+            output_format=_processing_format(job.output),
+        ),
+        "-f", "mpegts", publish_url,
+    ]  # fmt: skip
+
+
+def build_destination_args(
+    *, output: OutputIn, read_url: str, hls_dir: Path | None = None, probe_ms: int = 500
+) -> list[str]:
+    """Everything after ``ffmpeg -progress pipe:1 -nostats`` for one destination of a split
+    restream: the relay's contribution from the ingest fan-out (it starts at a keyframe with
+    PAT and PMT first, so a short probe finds every stream), copied into the destination's
+    muxer. (The flv muxer takes the AAC from MPEG-TS as it is: it inserts ``aac_adtstoasc``.)"""
+    return [
+        "-hide_banner",
+        "-protocol_whitelist", "srt",
+        "-probesize", "1000000",
+        "-analyzeduration", str(int(probe_ms) * 1000),
+        "-i", read_url,
+        "-map", "0", "-c", "copy",
+        *restream_output_args([output], hls_dir=hls_dir),
+    ]  # fmt: skip
