@@ -182,7 +182,8 @@ async def test_hls_in_dev_null_shows_fps_and_bitrate(stack, db, hls_source):
 async def test_getstat_bitrate_is_what_the_receivers_get(
     stack, db, media_source_factory, media_receiver_factory, destinations
 ):
-    """Issue 20 item 8: with two destinations (tee) getStat said N/A and 0 kbit/s."""
+    """Issue 20 item 8: with two destinations (tee) getStat said N/A and 0 kbit/s. This stack
+    has no ingest service, so two destinations run on the tee fallback."""
     restreamer = await stack.start_restreamer()
     await restreamer_ready(db)
     source = await media_source_factory("srt", video_bitrate="2M")
@@ -213,6 +214,10 @@ async def test_getstat_bitrate_is_what_the_receivers_get(
         assert 1500 < kbits < 3200, received
         assert 0.7 * kbits <= data["bitrate_kbits"] <= 1.3 * kbits, (data, received)
     assert [d["state"] for d in row["destinations"]] == ["sending"] * destinations
+    if destinations == 2:  # no ingest service in this stack: tee, and the job says why
+        runtime = (await stack.api_ok("restream/getById", {"id": job["id"]}))["runtime"]
+        assert runtime["mode"] == "tee", runtime
+        assert "ingest service is not running" in runtime["mode_reason"], runtime
     await stop_and_wait(stack, job["id"], restreamer.pid)
 
 
@@ -536,6 +541,8 @@ async def test_split_destinations_each_its_own_process_bitrate_and_failures(
             await stop_and_wait(stack, job["id"], restreamer.pid)
             stop_s = time.monotonic() - stop_at
             assert stop_s < 8, stop_s
+            # The watchdog's time after the (capped) send buffer filled, the grace, a stat.
+            assert left_after < DESTINATION_STALE_S + 8, left_after
         finally:
             os.kill(victim.pid, signal.SIGCONT)
         print(f"stalled destination left 'sending' after {left_after:.1f} s; stop {stop_s:.1f} s")

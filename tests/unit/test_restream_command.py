@@ -147,3 +147,43 @@ def test_the_most_specific_failure_wins():
     tail = ["srt://h:1: Input/output error", "... REJECT reported: Password required"]
     assert classify_lines(tail) == "auth_rejected"
     assert classify_lines(["nothing useful"]) == "unknown"
+
+
+# -- split restreams (issue 20 item 8): a relay stage and one process per destination ------
+
+
+def test_relay_stage_encodes_once_for_the_strictest_container_into_the_relay_server():
+    from reelhouse.common.ffmpeg.restream_args import build_relay_args
+
+    two = job(0, [{}, {"output_type": "OUTPUT_TYPE_SRT_URL",
+                       "output_stream_url": "srt://127.0.0.1:2035"}],
+              video_transcoding="libx264", output_video_bitrate=2500)  # fmt: skip
+    target = "srt://127.0.0.1:6001?streamid=publisher/abc&passphrase=x"
+    args = build_relay_args(job=two, publish_url=target, probe_ms=400)
+    assert args[-3:] == ["-f", "mpegts", target]
+    assert args.count("libx264") == 1  # one encode, whatever the number of destinations
+    assert "tee" not in args and "-tag:v" not in args
+    assert args[args.index("-analyzeduration") + 1] == "400000"
+    assert args[args.index("-i") + 1] == "srt://127.0.0.1:1935"
+
+
+def test_destination_copies_the_relay_from_the_fanout_into_its_own_muxer(tmp_path: Path):
+    from reelhouse.common.ffmpeg.restream_args import build_destination_args
+
+    read = "srt://127.0.0.1:6000?streamid=read/r/j&latency=120000"
+    rtmp = job(0).output[0]
+    args = build_destination_args(output=rtmp, read_url=read, send_buffer_bytes=262144)
+    assert args[args.index("-i") + 1] == read
+    assert args[args.index("-protocol_whitelist") + 1] == "srt"
+    assert args[args.index("-c") + 1] == "copy"
+    assert args[-1] == "rtmp://a.rtmp.youtube.com/live2/example-stream-key"
+    assert args[args.index("-f", args.index("-i")) + 1] == "flv"
+    assert args[args.index("-send_buffer_size") + 1] == "262144"  # a stall is seen soon
+    assert "-flvflags" in args  # a plain muxer, not behind tee's FIFO
+    srt = job(1).output[0]
+    args = build_destination_args(output=srt, read_url=read, send_buffer_bytes=262144)
+    assert args[-3:] == ["-f", "mpegts", "srt://127.0.0.1:2035"]
+    assert "-send_buffer_size" not in args  # TCP only
+    hls = job(2, [{"output_type": "OUTPUT_TYPE_HLS"}]).output[0]
+    args = build_destination_args(output=hls, read_url=read, hls_dir=tmp_path)
+    assert args[-1] == str(tmp_path / "index.m3u8")

@@ -441,8 +441,9 @@ class DestinationRun:
             await self.run._target(output.output_stream_url, role="output", field=field)
         probe_ms = max(500, self.run._settings.ingest_probe_ms)
         return build_destination_args(
-            output=output, read_url=url, hls_dir=self.run.hls_dir, probe_ms=probe_ms
-        )
+            output=output, read_url=url, hls_dir=self.run.hls_dir, probe_ms=probe_ms,
+            send_buffer_bytes=self._settings.destination_send_buffer_bytes,
+        )  # fmt: skip
 
     async def _on_progress(self, snapshot: ProgressSnapshot) -> None:
         self.run._progress_of(self.index, self.supervisor.pid, snapshot)

@@ -27,6 +27,13 @@ class RestreamerSettings(WorkerSettings):
         description="Seconds a destination's own FFmpeg may go without progress (a stalled "
         "receiver blocks its writes) before it alone is restarted.",
     )
+    destination_send_buffer_bytes: int = Field(
+        262144,
+        ge=0,
+        description="TCP send buffer of an RTMP destination's own FFmpeg, bytes (the kernel "
+        "doubles it; 0: autotuned, up to ~4 MB). A stalled receiver is seen once it is full: "
+        "512 KiB is ~1.7 s of a 2.5 Mbit/s stream and covers 10 Mbit/s at 200 ms RTT.",
+    )
     destination_stop_grace_s: float = Field(
         2.0,
         gt=0,

@@ -212,12 +212,26 @@ def build_relay_args(
 
 
 def build_destination_args(
-    *, output: OutputIn, read_url: str, hls_dir: Path | None = None, probe_ms: int = 500
+    *,
+    output: OutputIn,
+    read_url: str,
+    hls_dir: Path | None = None,
+    probe_ms: int = 500,
+    send_buffer_bytes: int = 0,
 ) -> list[str]:
     """Everything after ``ffmpeg -progress pipe:1 -nostats`` for one destination of a split
     restream: the relay's contribution from the ingest fan-out (it starts at a keyframe with
     PAT and PMT first, so a short probe finds every stream), copied into the destination's
-    muxer. (The flv muxer takes the AAC from MPEG-TS as it is: it inserts ``aac_adtstoasc``.)"""
+    muxer. (The flv muxer takes the AAC from MPEG-TS as it is: it inserts ``aac_adtstoasc``.)
+
+    ``send_buffer_bytes`` (RTMP, i.e. TCP, destinations; 0: the kernel's autotuning) caps the
+    socket's send buffer: a receiver that stops reading then blocks FFmpeg's writes, and so its
+    progress, after that much instead of after the autotuned ~4 MB (12 s of a 2.5 Mbit/s
+    stream), so the stale watchdog sees the stall soon."""
+    sndbuf: list[str] = []
+    if send_buffer_bytes and output.output_type == "OUTPUT_TYPE_OTHER_RTMP_URL":
+        sndbuf = ["-send_buffer_size", str(int(send_buffer_bytes))]
+    out = restream_output_args([output], hls_dir=hls_dir)
     return [
         "-hide_banner",
         "-protocol_whitelist", "srt",
@@ -225,5 +239,5 @@ def build_destination_args(
         "-analyzeduration", str(int(probe_ms) * 1000),
         "-i", read_url,
         "-map", "0", "-c", "copy",
-        *restream_output_args([output], hls_dir=hls_dir),
+        *out[:-1], *sndbuf, out[-1],
     ]  # fmt: skip
