@@ -486,7 +486,8 @@ async def test_split_destinations_each_its_own_process_bitrate_and_failures(
         row = await stat_row(stack, job["id"])
         assert row is not None
         pids = [dest(row, i)["pid"] for i in (0, 1)]
-        assert len(set(pids)) == 2 and None not in pids, row  # one FFmpeg per destination
+        assert None not in pids, row
+        assert len(set(pids)) == 2, row  # one FFmpeg per destination
         assert row["processData"]["bitrate_kbits"] > 0  # the job: the relay's one copy
         for i, kbits in enumerate(received):
             assert 1500 < kbits < 3200, received
@@ -504,7 +505,8 @@ async def test_split_destinations_each_its_own_process_bitrate_and_failures(
             return None
 
         row = await eventually(victim_back, timeout=20, what="destination 1 restarted alone")
-        assert dest(row, 0)["pid"] == pids[0] and dest(row, 0)["state"] == "sending", row
+        assert dest(row, 0)["pid"] == pids[0], row
+        assert dest(row, 0)["state"] == "sending", row
         assert steady.launches == 1
         await grows(victim, by=200_000)
         pids[1] = dest(row, 1)["pid"]
@@ -525,10 +527,12 @@ async def test_split_destinations_each_its_own_process_bitrate_and_failures(
             row = await eventually(victim_stalled, timeout=30, what="destination 1 not sending")
             left_after = time.monotonic() - stalled_at
             d1 = dest(row, 1)
-            assert d1["state"] == "retrying" and d1["failure"] == "stalled", d1
+            assert d1["state"] == "retrying", d1
+            assert d1["failure"] == "stalled", d1
             assert "no progress" in d1["message"], d1
             d0 = dest(row, 0)
-            assert d0["state"] == "sending" and d0["pid"] == pids[0], row
+            assert d0["state"] == "sending", row
+            assert d0["pid"] == pids[0], row
             await grows(steady, by=300_000, timeout=10)  # still getting media
             row = await stat_row(stack, job["id"])
             assert row is not None

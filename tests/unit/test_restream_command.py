@@ -162,7 +162,8 @@ def test_relay_stage_encodes_once_for_the_strictest_container_into_the_relay_ser
     args = build_relay_args(job=two, publish_url=target, probe_ms=400)
     assert args[-3:] == ["-f", "mpegts", target]
     assert args.count("libx264") == 1  # one encode, whatever the number of destinations
-    assert "tee" not in args and "-tag:v" not in args
+    assert "tee" not in args
+    assert "-tag:v" not in args
     assert args[args.index("-analyzeduration") + 1] == "400000"
     assert args[args.index("-i") + 1] == "srt://127.0.0.1:1935"
 
