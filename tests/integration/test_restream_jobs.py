@@ -545,10 +545,9 @@ async def test_split_destinations_each_its_own_process_bitrate_and_failures(
             await stop_and_wait(stack, job["id"], restreamer.pid)
             stop_s = time.monotonic() - stop_at
             assert stop_s < 8, stop_s
-            # The buffers' fill (our capped send buffer, and the receiver's receive buffer, which
-            # it autotuned while it read), then the watchdog, the grace, a stat: measured 7.9 s
-            # on a quiet machine, 17.9 s at load average 28. On tee it never leaves `sending`.
-            assert left_after < DESTINATION_STALE_S + 22, left_after
+            # How long it took to leave `sending` (the buffers' fill, the watchdog, the grace, a
+            # stat) is bounded by the wait above: 7.9 s on a quiet machine, 17.9 s at load
+            # average 28. On tee it never leaves `sending`.
         finally:
             os.kill(victim.pid, signal.SIGCONT)
         print(f"stalled destination left 'sending' after {left_after:.1f} s; stop {stop_s:.1f} s")
