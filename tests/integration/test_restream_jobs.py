@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 from support.events import Events
 from support.media import (
+    FfmpegProcess,
+    MediaSpec,
     SrtReceiver,
+    _ffmpeg_argv,
     av_streams,
     ffmpeg_children,
     ffprobe,
@@ -492,6 +495,31 @@ async def test_split_destinations_each_its_own_process_bitrate_and_failures(
         for i, kbits in enumerate(received):
             assert 1500 < kbits < 3200, received
             assert 0.7 * kbits <= dest(row, i)["bitrate_kbits"] <= 1.3 * kbits, (row, received)
+
+        # Only this run's relay stage publishes on the relay server: a wrong passphrase for this
+        # job, and a job that runs no relay, are refused; the destinations go on untouched.
+        relay = (await _relay_key(stack) or {})["publish"]
+        intruders = [
+            await FfmpegProcess(
+                _ffmpeg_argv(*MediaSpec.of("320x180").source_args(), "-f", "mpegts",
+                             f"srt://{relay}?streamid=publisher/{job_id}{secret}"),
+                name="intruder",
+            ).start()
+            for job_id, secret in ((job["id"], "&passphrase=wrong-pass-1234"), ("0" * 24, ""))
+        ]  # fmt: skip
+        try:
+            await eventually(lambda: all(not p.is_running for p in intruders), timeout=20,
+                             what="the intruding publishers refused")  # fmt: skip
+            for intruder in intruders:
+                assert intruder.returncode != 0, intruder.stderr_tail
+                assert "reject" in intruder.stderr_tail.lower(), intruder.stderr_tail
+        finally:
+            for intruder in intruders:
+                await intruder.stop()
+        row = await stat_row(stack, job["id"])
+        assert row is not None
+        assert [dest(row, i)["pid"] for i in (0, 1)] == pids, row
+        assert all(d["state"] == "sending" for d in row["destinations"]), row
 
         # A killed receiver (it comes back at once, a new session): destination 1 alone
         # restarts; destination 0's FFmpeg and its receiver's session are untouched.
