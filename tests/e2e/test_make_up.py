@@ -89,8 +89,10 @@ def _stack_env(data: Path, api_port: int, **extra: str) -> dict[str, str]:
     env.update(
         UP_DATA_DIR=str(data), API_PORT=str(api_port), NATS_PORT=str(free_port()),
         DB_PORT=str(free_port()),
-        # The ingest fan-out binds its port at start: its own, as two stacks run side by side.
-        REELHOUSE_INGEST_FANOUT_PORT=str(free_port("udp")), **extra,
+        # The ingest fan-out and relay bind their ports at start: their own, as two stacks run
+        # side by side.
+        REELHOUSE_INGEST_FANOUT_PORT=str(free_port("udp")),
+        REELHOUSE_INGEST_RELAY_PORT=str(free_port("udp")), **extra,
     )  # fmt: skip
     return env
 

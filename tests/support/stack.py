@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from reelhouse.api.settings import ApiSettings
+from support.infra import free_port
 from support.services import ServiceProcess, api_client, settings_from_env
 
 TOKEN = "test-bootstrap-token-0123456789"
@@ -102,9 +103,11 @@ class Stack:
         """An ingest service subprocess (it runs the real data plane, .cache/bin/reelhouse-ingest)
         on this test's infrastructure, with fast timings (``env`` overrides)."""
         n = len(self.ingests) + 1
+        # The relay server binds its port at start: the test's own, as stacks run side by side.
+        relay = {"REELHOUSE_INGEST_RELAY_PORT": str(free_port("udp"))}
         proc = ServiceProcess(
             "ingest",
-            {**self.env, **FAST_INGEST, "REELHOUSE_NODE_ID": f"ingest-{n}", **env},
+            {**relay, **self.env, **FAST_INGEST, "REELHOUSE_NODE_ID": f"ingest-{n}", **env},
             self.tmp / f"ingest-{n}.log",
         )
         await proc.start()
