@@ -254,6 +254,61 @@ class ProcessingFailed(JobEvent):
     reason: str | None = _reason("FFmpeg's words about the failure.")
 
 
+# -- object storage (issue 24): a file's upload to its job's storage target ---------------------
+
+
+def _upload(what: str) -> Any:
+    return Field(None, description=what)
+
+
+class UploadStarted(JobEvent):
+    """The janitor started (or resumed) uploading a file to the job's storage target."""
+
+    subject: ClassVar[str] = f"{_REC}.upload_started"
+    type: Literal["upload_started"] = "upload_started"
+    file: dict[str, Any] | None = _file("its `upload` block: `state`, `storage_id`, `key`")
+    storage_id: str | None = _upload("The storage target's id.")
+    parts_done: int | None = _upload("Parts already in the bucket (a resumed upload).")
+
+
+class UploadProgress(JobEvent):
+    """How far an upload has come (at most one a second per file)."""
+
+    subject: ClassVar[str] = f"{_REC}.upload_progress"
+    type: Literal["upload_progress"] = "upload_progress"
+    file: dict[str, Any] | None = _file("being uploaded")
+    storage_id: str | None = _upload("The storage target's id.")
+    bytes_done: int | None = _upload("Bytes of the file in the bucket.")
+    size_bytes: int | None = _upload("The file's size.")
+    progress_pct: float | None = _upload("`bytes_done` of `size_bytes`, 0-100.")
+
+
+class UploadComplete(JobEvent):
+    """The object is in the bucket and verified against the local file (size, ETag)."""
+
+    subject: ClassVar[str] = f"{_REC}.upload_complete"
+    type: Literal["upload_complete"] = "upload_complete"
+    file: dict[str, Any] | None = _file("`upload.state` `uploaded`")
+    storage_id: str | None = _upload("The storage target's id.")
+    key: str | None = _upload("The object's key in the bucket.")
+    etag: str | None = _upload("The object's ETag.")
+    size_bytes: int | None = _upload("The object's size, equal to the local file's.")
+
+
+class UploadFailed(JobEvent):
+    """An upload attempt failed; it is retried after ``delay_s`` (capped backoff, jitter)."""
+
+    subject: ClassVar[str] = f"{_REC}.upload_failed"
+    type: Literal["upload_failed"] = "upload_failed"
+    file: dict[str, Any] | None = _file("`upload.state` `failed`")
+    storage_id: str | None = _upload("The storage target's id.")
+    reason: str | None = _reason(
+        "The failure class: `auth`, `no_bucket`, `denied`, `unreachable`, `timeout`, "
+        "`forbidden_address`, `no_target`, `verify`, `missing` or `error` (never remote text)."
+    )
+    delay_s: float | None = _upload("Seconds until the next attempt.")
+
+
 # -- ingest servers (``job_id`` is the server's id) -----------------------------------------------
 
 
@@ -411,6 +466,7 @@ EVENT_MODELS: tuple[type[BusMessage], ...] = (
     ChannelStatusEvent, ChannelError, RecordingStarted, SegmentDownloaded,
     RecordingEnded, FilterSkip, QuotaSkip, QuotaStatusChanged,
     PlatformAuthUpdated, PlatformAuthExpired,
+    UploadStarted, UploadProgress, UploadComplete, UploadFailed,
 )  # fmt: skip
 """One model per name in ``Event``, in its order (a unit test holds the two together)."""
 
