@@ -255,10 +255,8 @@ class ProcessingFailed(JobEvent):
 
 
 # -- object storage (issue 24): a file's upload to its job's storage target ---------------------
-
-
-def _upload(what: str) -> Any:
-    return Field(None, description=what)
+# The upload's facts travel in the file record's ``upload`` block (``state``, ``storage_id``,
+# ``key``, ``parts``, ``bytes_done``, ``size``, ``etag``), so the events add no field to the family.
 
 
 class UploadStarted(JobEvent):
@@ -266,9 +264,9 @@ class UploadStarted(JobEvent):
 
     subject: ClassVar[str] = f"{_REC}.upload_started"
     type: Literal["upload_started"] = "upload_started"
-    file: dict[str, Any] | None = _file("its `upload` block: `state`, `storage_id`, `key`")
-    storage_id: str | None = _upload("The storage target's id.")
-    parts_done: int | None = _upload("Parts already in the bucket (a resumed upload).")
+    file: dict[str, Any] | None = _file(
+        "`upload`: `state` `uploading`, `storage_id`, `key`, the `parts` already in the bucket"
+    )
 
 
 class UploadProgress(JobEvent):
@@ -276,11 +274,8 @@ class UploadProgress(JobEvent):
 
     subject: ClassVar[str] = f"{_REC}.upload_progress"
     type: Literal["upload_progress"] = "upload_progress"
-    file: dict[str, Any] | None = _file("being uploaded")
-    storage_id: str | None = _upload("The storage target's id.")
-    bytes_done: int | None = _upload("Bytes of the file in the bucket.")
-    size_bytes: int | None = _upload("The file's size.")
-    progress_pct: float | None = _upload("`bytes_done` of `size_bytes`, 0-100.")
+    file: dict[str, Any] | None = _file("`upload.bytes_done` of `upload.size`")
+    progress_pct: float | None = Field(None, description="Bytes in the bucket, percent (0-100).")
 
 
 class UploadComplete(JobEvent):
@@ -288,11 +283,7 @@ class UploadComplete(JobEvent):
 
     subject: ClassVar[str] = f"{_REC}.upload_complete"
     type: Literal["upload_complete"] = "upload_complete"
-    file: dict[str, Any] | None = _file("`upload.state` `uploaded`")
-    storage_id: str | None = _upload("The storage target's id.")
-    key: str | None = _upload("The object's key in the bucket.")
-    etag: str | None = _upload("The object's ETag.")
-    size_bytes: int | None = _upload("The object's size, equal to the local file's.")
+    file: dict[str, Any] | None = _file("`upload.state` `uploaded`, `key`, `etag`, `size`")
 
 
 class UploadFailed(JobEvent):
@@ -300,13 +291,12 @@ class UploadFailed(JobEvent):
 
     subject: ClassVar[str] = f"{_REC}.upload_failed"
     type: Literal["upload_failed"] = "upload_failed"
-    file: dict[str, Any] | None = _file("`upload.state` `failed`")
-    storage_id: str | None = _upload("The storage target's id.")
+    file: dict[str, Any] | None = _file("`upload.state` `failed`, `attempts`, `retry_at`")
     reason: str | None = _reason(
         "The failure class: `auth`, `no_bucket`, `denied`, `unreachable`, `timeout`, "
         "`forbidden_address`, `no_target`, `verify`, `missing` or `error` (never remote text)."
     )
-    delay_s: float | None = _upload("Seconds until the next attempt.")
+    delay_s: float | None = Field(None, description="Seconds until the next attempt.")
 
 
 # -- ingest servers (``job_id`` is the server's id) -----------------------------------------------

@@ -321,9 +321,10 @@ class Uploader:
                   "upload.part_size": part_size, "upload.node": self.node_id,
                   "upload.started_at": upload.get("started_at") or now,
                   "modified": now}  # fmt: skip
-        await files.update_one({"_id": record["_id"]}, {"$set": fields})
-        await self._event(record, "upload_started", storage_id=storage_id,
-                          parts_done=len(upload.get("parts") or []))  # fmt: skip
+        started = await files.find_one_and_update(
+            {"_id": record["_id"]}, {"$set": fields}, return_document=ReturnDocument.AFTER
+        )
+        await self._event(started or record, "upload_started")
         if size <= part_size:
             expected = await self._put_single(s3, target, key, path, record, storage_id)
         else:
@@ -351,8 +352,7 @@ class Uploader:
         log.info("upload_complete", file_id=str(record["_id"]), key=key, size_bytes=size,
                  verified=checked)  # fmt: skip
         if done is not None:
-            await self._event(done, "upload_complete", storage_id=storage_id, key=key,
-                              etag=etag, size_bytes=size)  # fmt: skip
+            await self._event(done, "upload_complete")
             job = await self.db[Collections.RECORDINGS].find_one(
                 {"_id": ObjectId(str(record["entity_id"]))},
                 {"keep_local": 1, "local_grace_hours": 1},
@@ -437,10 +437,11 @@ class Uploader:
             )  # fmt: skip
             if time.monotonic() - last_event >= 1.0:
                 last_event = time.monotonic()
-                await self._event(
-                    record, "upload_progress", storage_id=storage_id, bytes_done=bytes_done,
-                    size_bytes=size, progress_pct=round(100.0 * bytes_done / size, 1),
-                )  # fmt: skip
+                now_upload = {**(record.get("upload") or {}), "state": "uploading",
+                              "upload_id": upload_id, "bytes_done": bytes_done, "size": size,
+                              "key": key}  # fmt: skip
+                await self._event({**record, "upload": now_upload}, "upload_progress",
+                                  progress_pct=round(100.0 * bytes_done / size, 1))  # fmt: skip
         parts = [{"PartNumber": n, "ETag": f'"{m}"'} for n, m in enumerate(md5s, start=1)]
         await asyncio.to_thread(
             s3.complete_multipart_upload, Bucket=target.bucket, Key=key, UploadId=upload_id,
@@ -479,9 +480,7 @@ class Uploader:
         log.warning("upload_failed", file_id=str(record["_id"]), reason=reason,
                     attempts=attempts, retry_in_s=round(delay, 1))  # fmt: skip
         if done is not None:
-            upload = done.get("upload") or {}
-            await self._event(done, "upload_failed", storage_id=upload.get("storage_id"),
-                              reason=reason, delay_s=round(delay, 2))  # fmt: skip
+            await self._event(done, "upload_failed", reason=reason, delay_s=round(delay, 2))
 
     # -- the local copy -------------------------------------------------------------------
 
