@@ -123,7 +123,7 @@ def main() -> None:
         seg_bytes = int(args.mbps * 1e6 / 8 * args.segment_s)
         seg = src / "segment.ts"
         seg.write_bytes(os.urandom(seg_bytes))
-        times: list[float] = []
+        every: list[cf.Future[float]] = []
         behind = 0
         cpu0, t0 = cpu_s(), time.monotonic()
         with cf.ThreadPoolExecutor(args.concurrency) as pool:
@@ -135,12 +135,10 @@ def main() -> None:
                     if prev is not None and not prev.done():
                         behind += 1
                     pending[r] = pool.submit(upload, s3, "bench", f"rt/{r}/{tick}.ts", seg, part)
+                    every.append(pending[r])
                 tick += 1
-                for fut in list(pending.values()):
-                    pass
                 time.sleep(max(0.0, t0 + tick * args.segment_s - time.monotonic()))
-                times += [f.result() for f in pending.values() if f.done()]
-            times += [f.result() for f in pending.values()]
+            times = [f.result() for f in every]
         wall, cpu = time.monotonic() - t0, cpu_s() - cpu0
         realtime = {"recordings": args.recordings, "mbps_each": args.mbps,
                     "segment_s": args.segment_s, "segment_mb": round(seg_bytes / 1e6, 2),
