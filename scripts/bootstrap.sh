@@ -10,6 +10,8 @@
 #   - uv (pinned), when it is not on PATH: into .cache/tools
 #   - the FerretDB helper (tools/ferretdb-lite), built once per machine and cached in
 #     ${XDG_CACHE_HOME:-~/.cache}/reelhouse; skipped when REELHOUSE_MONGODB_URL points at a real MongoDB
+#   - versitygw, the S3-compatible server of the object-storage tests and `make up S3=1`, at the
+#     version pinned in tools/versitygw/go.mod (issue 24)
 #   - reelhouse-ingest, the ingest data plane (services/ingest/dataplane, Go: gosrt, gortmplib,
 #     mediacommon at the versions pinned in its go.mod), built once per source version and cached
 #     in ${XDG_CACHE_HOME:-~/.cache}/reelhouse; needs Go
@@ -68,6 +70,7 @@ build_go() {
 
 build_go nats-server tools/nats-server github.com/nats-io/nats-server/v2
 build_go reelhouse-ingest services/ingest/dataplane .
+build_go versitygw tools/versitygw github.com/versity/versitygw/cmd/versitygw
 if [ -z "${REELHOUSE_MONGODB_URL:-}" ]; then
   build_go ferretdb-lite tools/ferretdb-lite .
 fi

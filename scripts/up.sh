@@ -8,7 +8,9 @@
 #
 # Knobs (environment or make variables): API_PORT (8080), NATS_PORT (4222), DB_PORT (27017),
 # UP_DATA_DIR (./data), RECORDERS (1), RESTREAMERS (1), DB_BACKEND (postgresql: a private
-# cluster under $UP_DATA_DIR/db/pg; or sqlite), and any REELHOUSE_* setting.
+# cluster under $UP_DATA_DIR/db/pg; or sqlite), S3 (1: also run a local S3-compatible server,
+# versitygw, on S3_PORT (7070) with the bucket `recordings` under $UP_DATA_DIR/s3; its keys in
+# $UP_DATA_DIR/s3-credentials), and any REELHOUSE_* setting.
 # The supervisord configuration is written afresh at each start to $UP_DATA_DIR/run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +50,22 @@ export REELHOUSE_INGEST_DATAPLANE_PATH="${REELHOUSE_INGEST_DATAPLANE_PATH:-$root
 export REELHOUSE_INGEST_PUBLIC_HOST="${REELHOUSE_INGEST_PUBLIC_HOST:-127.0.0.1}"
 recorders="${RECORDERS:-1}"
 restreamers="${RESTREAMERS:-1}"
+
+# S3=1 (issue 24): a local versitygw (posix backend: a bucket is a folder) with a `recordings`
+# bucket and keys generated once, for a storage target at http://127.0.0.1:$S3_PORT.
+if [ "${S3:-0}" = 1 ]; then
+  export UP_S3_PORT="${S3_PORT:-7070}"
+  mkdir -p "$data/s3/recordings"
+  if [ ! -s "$data/s3-credentials" ]; then
+    (umask 077 && printf 'ROOT_ACCESS_KEY_ID=%s\nROOT_SECRET_ACCESS_KEY=%s\n' \
+      "reelhouse$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+      "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$data/s3-credentials")
+  fi
+  # versitygw reads its root keys from these variables (supervisord passes them on).
+  set -a; . "$data/s3-credentials"; set +a
+  echo "reelhouse: S3 (versitygw) on http://127.0.0.1:$UP_S3_PORT, bucket recordings," \
+       "keys in $data/s3-credentials" >&2
+fi
 
 # A token given in the environment is written where a generated one would be (mode 0600), so
 # the start-up line below and the README's `$(cat data/bootstrap-token)` hold either way.
@@ -133,6 +151,7 @@ buffer_size=10000
 autorestart=true
 EOF
   # Services stop first (one group: all at once), then nats-server and the database.
+  if [ "${S3:-0}" = 1 ]; then infra+=(s3); fi
   if [ ${#infra[@]} -gt 0 ]; then
     printf '\n[group:infra]\nprograms=%s\npriority=100\n' "$(IFS=,; echo "${infra[*]}")"
   fi
@@ -147,6 +166,8 @@ EOF
       db) program db 1 true 10 "$(q "$root/.cache/bin/ferretdb-lite") \
 -listen 127.0.0.1:$UP_DB_PORT -data $(q "$data/db") -log-level error -backend $UP_DB_BACKEND \
 -prepare $(q "${REELHOUSE_MONGODB_DATABASE:-reelhouse}")" ;;
+      s3) program s3 1 true 10 "$(q "$root/.cache/bin/versitygw") --port 127.0.0.1:$UP_S3_PORT \
+--quiet posix $(q "$data/s3")" ;;
     esac
   done
   # The workers get REELHOUSE_STOP_GRACE_S (10 s) to stop FFmpeg, and a little more to drain.

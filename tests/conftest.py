@@ -25,7 +25,7 @@ from reelhouse.common.bus import Bus
 from reelhouse.common.live import LivePlane
 from reelhouse.common.settings import CommonSettings
 
-pytest_plugins = ["support.media_fixtures"]
+pytest_plugins = ["support.media_fixtures", "support.s3"]
 
 LOOPBACK = local.LOOPBACK
 """What ``make up`` allows: the networks local test sources and receivers listen on."""

@@ -107,12 +107,15 @@ CROSS_FIELD_RULES: dict[str, re.Pattern[str]] = {
     # What FFmpeg can run: codecs, containers and filters together (ffmpeg.capabilities
     # check_processing). The models say it in their descriptions; as JSON schema it would be a
     # copy of the whole capability table, kept in step by hand.
+    # ... and a storage target a job names must exist (stored state; issue 24).
     "POST /api/recording/create": re.compile(
-        r"^(transcoding|modify_audio|modify_video|overlay)\.|^schedule\.stop_at$|^input\.input_(module|stream)_id$"
+        r"^(transcoding|modify_audio|modify_video|overlay)\.|^schedule\.stop_at$|^input\.input_(module|stream)_id$|^(archive_)?storage_id$"
     ),
     "POST /api/recording/update": re.compile(
-        r"^(transcoding|modify_audio|modify_video|overlay)\.|^schedule\.stop_at$|^input\.input_(module|stream)_id$"
+        r"^(transcoding|modify_audio|modify_video|overlay)\.|^schedule\.stop_at$|^input\.input_(module|stream)_id$|^(archive_)?storage_id$"
     ),
+    # Both keys or neither (update keeps the stored ones when both are left out).
+    "POST /api/storage-targets/update": re.compile(r"^(access_key_id|secret_access_key)$"),
     # The same, against every destination's container; two SRT outputs on one port. (And for
     # both: an ingest input's server and publisher row must exist: stored state.)
     "POST /api/restream/create": re.compile(

@@ -39,9 +39,9 @@ def test_readme_names_everything_make_up_installs():
     apt = re.findall(r"missing\+=\((\w+)\)", bootstrap)
     builds = re.findall(r"^\s*build_go ([\w-]+) ", bootstrap, flags=re.M)
     assert apt == ["ffmpeg", "chromium", "postgresql"]
-    assert builds == ["nats-server", "reelhouse-ingest", "ferretdb-lite"]
+    assert builds == ["nats-server", "reelhouse-ingest", "versitygw", "ferretdb-lite"]
     uv_version = re.search(r'^UV_VERSION="([\d.]+)"', bootstrap, flags=re.M)[1]
-    tools = ["nats-server", "reelhouse-ingest", "FerretDB", f"`uv` {uv_version}"]
+    tools = ["nats-server", "reelhouse-ingest", "FerretDB", "versitygw", f"`uv` {uv_version}"]
     for name in [*apt, *tools, "uv sync --locked"]:
         assert name in section, name
     assert re.search(r"first run takes about \d+ minutes", section)

@@ -89,6 +89,8 @@ def test_every_architecture_event_is_known():
     added += ["channel_status", "channel_error", "recording_started", "segment_downloaded",
               "recording_ended", "filter_skip", "quota_skip", "quota_status_changed",
               "platform_auth_updated", "platform_auth_expired"]  # fmt: skip
+    # Issue 24: uploads to object storage (docs/DECISIONS.md "Object storage").
+    added += ["upload_started", "upload_progress", "upload_complete", "upload_failed"]
     assert set(EVENTS) == set(expected) | set(added)
 
 

@@ -41,6 +41,7 @@ var indexed = map[string][]string{
 	"channels":           {"tenant", "active"},
 	"channel_recordings": {"tenant", "channel_id"},
 	"platform_auth":      {"tenant", "platform"},
+	"storage_targets":    {"tenant"},
 	"nodes":              {"service"},
 	"users":              {"tenant", "username"},
 	"api_keys":           {"tenant", "key_hash"},

@@ -254,6 +254,51 @@ class ProcessingFailed(JobEvent):
     reason: str | None = _reason("FFmpeg's words about the failure.")
 
 
+# -- object storage (issue 24): a file's upload to its job's storage target ---------------------
+# The upload's facts travel in the file record's ``upload`` block (``state``, ``storage_id``,
+# ``key``, ``parts``, ``bytes_done``, ``size``, ``etag``), so the events add no field to the family.
+
+
+class UploadStarted(JobEvent):
+    """The janitor started (or resumed) uploading a file to the job's storage target."""
+
+    subject: ClassVar[str] = f"{_REC}.upload_started"
+    type: Literal["upload_started"] = "upload_started"
+    file: dict[str, Any] | None = _file(
+        "`upload`: `state` `uploading`, `storage_id`, `key`, the `parts` already in the bucket"
+    )
+
+
+class UploadProgress(JobEvent):
+    """How far an upload has come (at most one a second per file)."""
+
+    subject: ClassVar[str] = f"{_REC}.upload_progress"
+    type: Literal["upload_progress"] = "upload_progress"
+    file: dict[str, Any] | None = _file("`upload.bytes_done` of `upload.size`")
+    progress_pct: float | None = Field(None, description="Bytes in the bucket, percent (0-100).")
+
+
+class UploadComplete(JobEvent):
+    """The object is in the bucket and verified against the local file (size, ETag)."""
+
+    subject: ClassVar[str] = f"{_REC}.upload_complete"
+    type: Literal["upload_complete"] = "upload_complete"
+    file: dict[str, Any] | None = _file("`upload.state` `uploaded`, `key`, `etag`, `size`")
+
+
+class UploadFailed(JobEvent):
+    """An upload attempt failed; it is retried after ``delay_s`` (capped backoff, jitter)."""
+
+    subject: ClassVar[str] = f"{_REC}.upload_failed"
+    type: Literal["upload_failed"] = "upload_failed"
+    file: dict[str, Any] | None = _file("`upload.state` `failed`, `attempts`, `retry_at`")
+    reason: str | None = _reason(
+        "The failure class: `auth`, `no_bucket`, `denied`, `unreachable`, `timeout`, "
+        "`forbidden_address`, `no_target`, `verify`, `missing` or `error` (never remote text)."
+    )
+    delay_s: float | None = Field(None, description="Seconds until the next attempt.")
+
+
 # -- ingest servers (``job_id`` is the server's id) -----------------------------------------------
 
 
@@ -411,6 +456,7 @@ EVENT_MODELS: tuple[type[BusMessage], ...] = (
     ChannelStatusEvent, ChannelError, RecordingStarted, SegmentDownloaded,
     RecordingEnded, FilterSkip, QuotaSkip, QuotaStatusChanged,
     PlatformAuthUpdated, PlatformAuthExpired,
+    UploadStarted, UploadProgress, UploadComplete, UploadFailed,
 )  # fmt: skip
 """One model per name in ``Event``, in its order (a unit test holds the two together)."""
 

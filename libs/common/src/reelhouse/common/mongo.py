@@ -33,6 +33,8 @@ class Collections:
     """One document per recorded broadcast of a channel (a session of the channel's job)."""
     PLATFORM_AUTH = "platform_auth"
     """A tenant's credentials for one platform, sealed (``reelhouse.common.credentials``)."""
+    STORAGE_TARGETS = "storage_targets"
+    """S3-compatible buckets recordings are uploaded to (issue 24), credentials sealed."""
     SRT_SERVERS = "srt_servers"
     RTMP_SERVERS = "rtmp_servers"
 
@@ -74,6 +76,9 @@ async def ensure_indexes(db: AsyncDatabase) -> None:
     await db[Collections.FILES].create_index([("entity_id", ASCENDING), ("created", ASCENDING)])
     await db[Collections.STREAMS].create_index([("tenant", ASCENDING), ("created", ASCENDING)])
     await db[Collections.CHANNELS].create_index([("tenant", ASCENDING), ("created", ASCENDING)])
+    await db[Collections.STORAGE_TARGETS].create_index(
+        [("tenant", ASCENDING), ("created", ASCENDING)]
+    )
     await db[Collections.CHANNEL_RECORDINGS].create_index(
         [("tenant", ASCENDING), ("channel_id", ASCENDING), ("started_at", DESCENDING)]
     )

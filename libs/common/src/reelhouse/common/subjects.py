@@ -50,6 +50,8 @@ Event = Literal[
     "channel_status", "channel_error", "recording_started", "segment_downloaded",
     "recording_ended", "filter_skip", "quota_skip", "quota_status_changed",
     "platform_auth_updated", "platform_auth_expired",
+    # object storage (issue 24): a recorded file's upload to its job's storage target
+    "upload_started", "upload_progress", "upload_complete", "upload_failed",
 ]  # fmt: skip
 
 SERVICES: tuple[str, ...] = Service.__args__  # type: ignore[attr-defined]
@@ -141,6 +143,11 @@ class Subjects:
             f"{_check('event', event, EVENTS)}"
         )
 
+    def events_of(self, module: Module, event: Event) -> str:
+        """Wildcard for one event of every job of a module (``<p>.evt.recording.*.file_ready``)."""
+        module = _check("module", module, MODULES)
+        return f"{self.prefix}.evt.{module}.*.{_check('event', event, EVENTS)}"
+
     def storage_event(self, event: Event) -> str:
         """A storage-wide event of no job, e.g. ``reelhouse.evt.storage.disk_warning``."""
         return f"{self.prefix}.evt.storage.{_check('event', event, EVENTS)}"
@@ -191,6 +198,15 @@ class Subjects:
         if kind is None:
             return "owners.>"
         return f"owners.{_check('module', kind, MODULES)}.*"
+
+    def live_upload(self, file_id: str) -> str:
+        """The claim on one file's upload ``uploads.<file_id>`` (issue 24): its uploader."""
+        return f"uploads.{_job(file_id)}"
+
+    def live_upload_rate(self, storage_id: str, node_id: str) -> str:
+        """One uploader's recent throughput to one storage target ``uploadrate.<storage>.<node>``
+        (bytes a second, written every few seconds with a TTL; the API's metrics read them)."""
+        return f"uploadrate.{_job(storage_id)}.{_key_token(node_id)}"
 
     def live_progress(self, kind: str, job_id: str) -> str:
         """A running job's last progress ``progress.<kind>.<job_id>``."""

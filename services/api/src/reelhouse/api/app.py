@@ -27,6 +27,7 @@ from reelhouse.api.recordings import routes as recordings
 from reelhouse.api.restreams import routes as restreams
 from reelhouse.api.settings import ApiSettings
 from reelhouse.api.state import AppState, OpsState
+from reelhouse.api.storage_targets import routes as storage_targets
 from reelhouse.api.streams import routes as streams
 from reelhouse.api.system.routes import (
     dashboard,
@@ -172,6 +173,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(ingest_servers.srt_router)
     app.include_router(ingest_servers.rtmp_router)
     app.include_router(storage.router)
+    app.include_router(storage_targets.router)
     app.include_router(dashboard.router)
     app.include_router(auth.router)
     app.include_router(auth.me_router)

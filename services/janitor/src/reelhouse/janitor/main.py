@@ -7,6 +7,7 @@ loop goes on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
@@ -17,6 +18,7 @@ from reelhouse.common.errors import Unavailable
 from reelhouse.common.service import ServiceContext, run_service
 from reelhouse.janitor.retention import Janitor
 from reelhouse.janitor.settings import JanitorSettings
+from reelhouse.janitor.uploads import Uploader
 
 
 def make_janitor(ctx: ServiceContext[JanitorSettings]) -> Janitor:
@@ -61,6 +63,17 @@ async def serve(ctx: ServiceContext[JanitorSettings]) -> None:
         ctx.bus.subjects.janitor_cleanup(), queue="janitor", cb=on_cleanup
     )
     ctx.log.info("janitor_ready", interval_s=ctx.settings.interval_s)
+    uploads = None
+    if ctx.settings.upload_enabled:  # issue 24: files of jobs with a storage_id
+        uploader = Uploader(
+            db=ctx.db,
+            bus=ctx.bus,
+            live=ctx.live,
+            settings=ctx.settings,
+            node_id=ctx.node_id,
+            storage_root=ctx.settings.storage_root,
+        )
+        uploads = asyncio.create_task(uploader.run(ctx.stop), name="uploads")
     try:
         while not ctx.stop.is_set():
             try:
@@ -70,6 +83,8 @@ async def serve(ctx: ServiceContext[JanitorSettings]) -> None:
             if await ctx.wait_stopped(ctx.settings.interval_s):
                 break
     finally:
+        if uploads is not None:
+            await asyncio.gather(uploads, return_exceptions=True)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
 

@@ -46,6 +46,7 @@ from reelhouse.common.files import (
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections, find_each
 from reelhouse.common.storage import DiskLevel, disk_state
+from reelhouse.janitor.objects import delete_object_of
 
 MODULE = "recording"
 DELETABLE = ("ready", "failed")
@@ -171,7 +172,10 @@ class Janitor:
 
     async def _mark_missing(self, report: PassReport) -> None:
         files = self.db[Collections.FILES]
-        async for doc in files.find({"status": "ready"}, {"file_path": 1}):
+        projection = {"file_path": 1, "local_removed_at": 1}
+        async for doc in files.find({"status": "ready"}, projection):
+            if doc.get("local_removed_at"):
+                continue  # uploaded, verified, then removed here on purpose (issue 24)
             path = doc.get("file_path") or ""
             if not is_under(self.root, path):
                 report.errors.append(f"file {doc['_id']}: path outside the storage root")
@@ -228,6 +232,7 @@ class Janitor:
         if claimed is None:  # another janitor (or the API) got there first
             return
         try:
+            await delete_object_of(self.db, self.settings, claimed)
             await asyncio.to_thread(delete_file_record_from_disk, self.root, claimed)
         except Exception as exc:
             # Left `deleted`: the purge retries it after the grace period.
@@ -246,6 +251,14 @@ class Janitor:
         }  # fmt: skip
         ids = [doc["_id"] async for doc in files.find(query, {"_id": 1})]
         for file_id in ids:
+            current = await files.find_one({"_id": file_id, "status": "deleted"})
+            if current is None:
+                continue
+            try:  # the object first: a record whose object stays is kept, and retried next pass
+                await delete_object_of(self.db, self.settings, current)
+            except Exception as exc:
+                report.errors.append(f"file {file_id}: object not deleted ({exc})")
+                continue
             record = await files.find_one_and_delete({"_id": file_id, "status": "deleted"})
             if record is None:
                 continue

@@ -31,6 +31,7 @@ from reelhouse.common.contracts.media import (
     Transcoding,
     when,
 )
+from reelhouse.common.contracts.storage_targets import StorageClass
 from reelhouse.common.contracts.types import SAFE_INT, Name, whole_int
 from reelhouse.common.ffmpeg.capabilities import check_processing
 
@@ -102,6 +103,20 @@ class RecordingIn(CrossFieldSchema):
     0: no quota. Not ``max_bytes``, which is retention (oldest files deleted)."""
     schedule: Schedule | None = None
     """When the job may run (one-off or weekly windows); None: whenever it is active."""
+    storage_id: ObjectIdStr | None = None
+    """Object storage (issue 24): the storage target (``/api/storage-targets``) every closed
+    file is uploaded to; None: files stay local. Must name a target of the tenant."""
+    keep_local: StrictBool = False
+    """Keep the local copy of an uploaded file (otherwise it is deleted once the object is
+    verified and ``local_grace_hours`` have passed)."""
+    local_grace_hours: whole_int(ge=0, le=8760) = 0
+    """Hours an uploaded, verified file stays on the local disk before it is deleted."""
+    archive_storage_id: ObjectIdStr | None = None
+    """``archiveFile`` of an uploaded file copies its object to this storage target (then
+    deletes the original); None: archived within its own target (``archive_storage_class``)."""
+    archive_storage_class: StorageClass | None = None
+    """The storage class an archived object is written with (``GLACIER``: the seed's "S3
+    Glacier"); None: the archive target's own class."""
 
     @field_validator("recording_mode_settings")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from bson import ObjectId
 from fastapi import APIRouter, Body, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pymongo import ReturnDocument
 
 from reelhouse.api.accounts.principal import request_credential, tenant_of, verify_credential
@@ -22,7 +22,9 @@ from reelhouse.api.deps import Operator, Principal, State
 from reelhouse.api.errors import documented
 from reelhouse.api.files import service
 from reelhouse.api.files import signing as downloads
-from reelhouse.api.recordings.service import MODULE
+from reelhouse.api.jobs import service as jobs
+from reelhouse.api.recordings.service import KIND, MODULE
+from reelhouse.api.storage_targets import service as storage_targets
 from reelhouse.common.contracts.base import format_timestamp, utcnow
 from reelhouse.common.contracts.recording_files import FileRef, FilesQuery
 from reelhouse.common.errors import (
@@ -89,6 +91,17 @@ async def get_download_url(
             field="file_id",
         )
     expires = int(time.time()) + state.settings.download_url_ttl_s
+    if storage_targets.uploaded(record):
+        # Issue 24: an uploaded, verified file is served by its bucket (a presigned URL, Range
+        # works), whether or not a local copy is still kept (docs/DECISIONS.md).
+        url, provider = await storage_targets.presigned_url(
+            state, record, expires_s=state.settings.download_url_ttl_s
+        )
+        return {
+            "url": url,
+            "expires": format_timestamp(datetime.fromtimestamp(expires, UTC)),
+            "provider": provider,
+        }
     secret: str = request.app.state.download_secret
     return {
         "url": downloads.download_url(secret, body.file_id, expires),
@@ -109,6 +122,10 @@ async def get_download_url(
         206: {
             "description": "The Range of the file asked for.",
             "content": {t: {} for t in sorted({*MEDIA_TYPES.values(), "application/octet-stream"})},
+        },
+        307: {
+            "description": "The file's local copy is gone after its upload: its presigned "
+            "URL in the bucket (Location)."
         },
         **documented(
             401, 403, 404, 409, 416, 503, s403="FORBIDDEN: the link is invalid or expired"
@@ -141,6 +158,12 @@ async def download(
     if record is None or record.get("status") not in (*DOWNLOADABLE, "archiving"):
         raise NotFound(f"file {file_id} is no longer available", field="file_id")
     path = service.media_path(state.settings, record["file_path"])
+    if not path.is_file() and storage_targets.uploaded(record):
+        # A local link of a file whose local copy went after its upload: to the bucket.
+        url, _ = await storage_targets.presigned_url(
+            state, record, expires_s=state.settings.download_url_ttl_s
+        )
+        return RedirectResponse(url, status_code=307)
     if not path.is_file():
         if record.get("status") == "archiving":
             raise Conflict(
@@ -181,6 +204,8 @@ async def archive_file(state: State, principal: Operator, body: FileRef) -> dict
         raise ValidationFailed(
             f"file {body.file_id} is {current}; only ready files can be archived", field="file_id"
         )
+    if storage_targets.uploaded(claimed):
+        return await _archive_object(state, tenant, body, claimed)
     try:
         moves = service.archive_moves(state.settings, claimed)
         await asyncio.to_thread(service.move_all, moves)
@@ -203,12 +228,43 @@ async def archive_file(state: State, principal: Operator, body: FileRef) -> dict
         },
         return_document=ReturnDocument.AFTER,
     )
+    return await _archived(state, tenant, body, archived, str(moves[0][1]))
+
+
+async def _archive_object(
+    state: Any, tenant: str, body: FileRef, claimed: dict[str, Any]
+) -> dict[str, Any]:
+    """Issue 24: the file's object goes to the job's archive target (another storage target
+    and/or a storage class) by a copy (server-side within one account), then the original is
+    deleted. On any failure the file is ``ready`` again and the original stays."""
+    files = state.db[Collections.FILES]
+    try:
+        job = await jobs.load(state.db, KIND, tenant, body.record_id)
+        moved = await service.archive_object(state, tenant, job, claimed)
+    except BaseException:
+        await files.update_one(
+            {"_id": claimed["_id"], "status": "archiving"},
+            {"$set": {"status": "ready", "modified": utcnow()}},
+        )
+        raise
+    now = utcnow()
+    archived = await files.find_one_and_update(
+        {"_id": claimed["_id"]},
+        {"$set": {"status": "archived", "archived_at": now, "modified": now, **moved}},
+        return_document=ReturnDocument.AFTER,
+    )
+    return await _archived(state, tenant, body, archived, moved["upload.key"])
+
+
+async def _archived(
+    state: Any, tenant: str, body: FileRef, archived: dict[str, Any], where: str
+) -> dict[str, Any]:
     presented = present_file(archived)
     log.info(
         "recording_file_archived",
         job_id=body.record_id,
         file_id=body.file_id,
-        path=str(moves[0][1]),
+        path=where,
     )
     try:
         event = FileArchived(

@@ -5,6 +5,7 @@ storage and archive roots, Range checks and the archive moves. The routes are in
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -113,3 +114,67 @@ def archive_moves(settings: ApiSettings, record: dict[str, Any]) -> list[tuple[P
         if target.exists():
             raise Conflict(f"{target.name} already exists in the archive", field="file_id")
     return moves
+
+
+async def archive_object(
+    state: Any, tenant: str, job: dict[str, Any], record: dict[str, Any]
+) -> dict[str, Any]:
+    """Copy an uploaded file's object to the job's archive target, verify it, delete the
+    original (and the local copy, unless the job keeps it); the record fields that change."""
+    import asyncio
+
+    from reelhouse.api.storage_targets import service as storage_targets
+    from reelhouse.common import objectstore
+    from reelhouse.common.contracts.base import utcnow
+
+    upload = record["upload"]
+    source, _ = await storage_targets.target_of(state, tenant, str(upload["storage_id"]))
+    dest_id = str(job.get("archive_storage_id") or upload["storage_id"])
+    storage_class = job.get("archive_storage_class")
+    if dest_id == str(upload["storage_id"]) and not storage_class:
+        raise ValidationFailed(
+            "the file is in object storage and its job names no archive_storage_id or "
+            "archive_storage_class to archive it to",
+            field="file_id",
+        )
+    dest, _ = await storage_targets.target_of(state, tenant, dest_id)
+    name = Path(str(record["file_path"])).name
+    dest_key = dest.key(str(record["entity_id"]), name)
+    if dest_id == str(upload["storage_id"]):
+        dest_key = "/".join(
+            p for p in (dest.prefix, "archive", str(record["entity_id"]), name) if p
+        )
+    try:
+        head = await asyncio.to_thread(
+            objectstore.copy, source, str(upload["key"]), dest, dest_key,
+            storage_class=storage_class or dest.storage_class,
+        )  # fmt: skip
+    except Exception as exc:
+        from reelhouse.common.errors import UpstreamError
+
+        failure = objectstore.classify(exc)
+        raise UpstreamError(
+            f"the object could not be copied to the archive target ({failure})",
+            field="file_id",
+            reason=failure,
+        ) from None
+    if int(head.get("ContentLength", -1)) != int(upload.get("size", -2)):
+        raise Conflict("the archived copy's size differs from the file's", field="file_id")
+    with contextlib.suppress(Exception):  # the copy is verified; a leftover original is harmless
+        await asyncio.to_thread(objectstore.delete, source, str(upload["key"]))
+    changes: dict[str, Any] = {
+        "upload.storage_id": dest_id,
+        "upload.key": dest_key,
+        "upload.etag": str(head.get("ETag", "")).strip('"'),
+        "upload.storage_class": head.get("StorageClass") or storage_class or "STANDARD",
+        "upload.archived_from": {"storage_id": str(upload["storage_id"]), "key": upload["key"]},
+    }
+    path = Path(str(record["file_path"]))
+    if not job.get("keep_local") and is_under(settings_root(state), path):
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        changes["local_removed_at"] = utcnow()
+    return changes
+
+
+def settings_root(state: Any) -> Path:
+    return Path(state.settings.storage_root)

@@ -27,6 +27,8 @@ from reelhouse.api.recordings.service import (
     publish_event,
     set_paused,
 )
+from reelhouse.api.storage_targets import service as storage_targets
+from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.contracts.listing import IdBody
 from reelhouse.common.contracts.recording import (
     ListBody,
@@ -64,6 +66,7 @@ async def create(
 
     async def run() -> dict[str, Any]:
         full = await jobs.with_defaults(state.db, MODULE, body)
+        await storage_targets.check_job_refs(state.db, tenant, full)
         job_id = await jobs.create_job(state, KIND, tenant, full.config(), {"input": [full.input]})
         return await load_populated(state.db, tenant, job_id, state.live)
 
@@ -99,6 +102,7 @@ async def get_by_id(state: State, principal: Principal, body: IdBody) -> dict[st
 )
 async def update(state: State, principal: Operator, body: RecordingUpdate) -> dict[str, Any]:
     tenant = tenant_of(principal)
+    await storage_targets.check_job_refs(state.db, tenant, body)
     await jobs.update_job(state, KIND, tenant, body.id, body.config(), {"input": [body.input]})
     return await load_populated(state.db, tenant, body.id, state.live)
 
@@ -152,14 +156,26 @@ async def remove(state: State, principal: Operator, body: IdBody) -> dict[str, A
     loaded = await load_populated(db, tenant, body.id, state.live)
     await jobs.stop_and_wait(state, KIND, body.id)
     root = state.settings.storage_root
+    kept = []  # records whose object could not be deleted: left `deleted` for the janitor
     async for record in db[Collections.FILES].find({"entity_id": body.id, "tenant": tenant}):
+        if not await storage_targets.delete_object(state, record):
+            kept.append(record["_id"])
         try:
             delete_file_record_from_disk(root, record, archive_root=state.settings.archive_root)
         except Exception as exc:
             log.warning("file_not_deleted", file_id=str(record["_id"]), error=str(exc))
     delete_job_dir(root, body.id)
     delete_job_dir(state.settings.archive_root, body.id)
-    await db[Collections.FILES].delete_many({"entity_id": body.id, "tenant": tenant})
+    for file_id in kept:
+        await db[Collections.FILES].update_one(
+            {"_id": file_id},
+            {"$set": {"status": "deleted", "deleted_at": utcnow(), "modified": utcnow()}},
+        )
+    await db[Collections.FILES].delete_many(
+        {"entity_id": body.id, "tenant": tenant, "status": {"$ne": "deleted"}}
+        if kept
+        else {"entity_id": body.id, "tenant": tenant}
+    )
     await jobs.delete_job(db, KIND, tenant, loaded)
     state.live_stats.forget(MODULE, body.id)
     log.info("recording_removed", job_id=body.id, files=len(loaded["recordedFiles"]))
@@ -187,10 +203,17 @@ async def remove_file(state: State, principal: Operator, body: RemoveFileBody) -
             "close) before removing it",
             field="file_id",
         )
+    object_gone = await storage_targets.delete_object(state, record)
     delete_file_record_from_disk(
         state.settings.storage_root, record, archive_root=state.settings.archive_root
     )
-    await db[Collections.FILES].delete_one({"_id": record["_id"]})
+    if object_gone:
+        await db[Collections.FILES].delete_one({"_id": record["_id"]})
+    else:  # the bucket refused or is away: the janitor's purge deletes the object, then this
+        await db[Collections.FILES].update_one(
+            {"_id": record["_id"]},
+            {"$set": {"status": "deleted", "deleted_at": utcnow(), "modified": utcnow()}},
+        )
     log.info("recording_file_removed", job_id=body.record_id, file_id=body.file_id)
     await publish_event(state, tenant, body.record_id, "file_deleted", file=present_file(record))
     return {"success": True}

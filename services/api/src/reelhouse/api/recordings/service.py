@@ -29,6 +29,7 @@ _JOB_FIELDS = (
     "delete_after", "max_files", "max_bytes", "seamless", "active", "paused",
     "seamless_reconnect_s", "max_bytes_total", "quota_exceeded_at", "schedule",
     "schedule_next_start", "schedule_next_stop",
+    "storage_id", "keep_local", "local_grace_hours", "archive_storage_id", "archive_storage_class",
 )  # fmt: skip
 KIND = JobKind(
     module=MODULE,
