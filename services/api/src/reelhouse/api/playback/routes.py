@@ -168,7 +168,7 @@ _MEDIA_RESPONSES: dict[int | str, dict[str, Any]] = {
         "sent, or an HLS VOD playlist. `X-Reelhouse-Gaps` lists the gaps inside the range.",
         "content": {t: {} for t in sorted(service.MEDIA_TYPES.values())},
     },
-    **documented(403, 404, 409, 500, s403="FORBIDDEN: the link is invalid or expired"),
+    **documented(403, 404, 409, s403="FORBIDDEN: the link is invalid or expired"),
 }
 
 
