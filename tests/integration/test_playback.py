@@ -168,9 +168,13 @@ def video_seconds(info: dict[str, Any]) -> float:
 
 @pytest.mark.parametrize("fmt", ["mp4", "ts"])
 async def test_one_file_across_three_segments_and_the_gap(recorded, tmp_path, fmt):
-    stack, job_id, records = recorded
+    stack, job_id, _ = recorded
     answer = await playback(stack, job_id)
     start, duration, media = range_across_the_gap(answer)
+    end = start + timedelta(seconds=duration)
+    window = await playback(stack, job_id, **{"from": iso(start), "to": iso(end)})
+    assert sum(len(span["files"]) for span in window["spans"]) >= 3  # segments of the range
+    assert window["gaps"] == answer["gaps"]
     got = await stack.ok("getPlaybackUrl", {"id": job_id, "start": iso(start),
                                             "duration": duration, "format": fmt})  # fmt: skip
     assert got["url"].startswith(f"/api/recording/playback/{job_id}.{fmt}?")
