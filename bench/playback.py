@@ -107,6 +107,7 @@ async def main() -> None:
         storage_root=tmp / "recordings", archive_root=tmp / "archive",
         bootstrap_token=TOKEN, bootstrap_token_file=tmp / "bootstrap-token",
         api_host="127.0.0.1", api_port=port, log_level="warning",
+        probe_allow_networks="127.0.0.0/8",  # the seed job's input address (never dialled)
     )  # fmt: skip
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))  # fmt: skip
