@@ -238,18 +238,21 @@ async def _stream(state: Any, job: dict[str, Any], timeline: Any, rng: service.R
 
     async def body() -> AsyncIterator[bytes]:
         sent = len(first)
+        drained = False  # FFmpeg's output read to its end (not a client gone half-way)
         try:
             yield first
             async for chunk in ffmpeg.chunks():
                 sent += len(chunk)
                 yield chunk
+            drained = (await ffmpeg.wait()) == 0
         finally:
-            finished = ffmpeg.returncode is not None
             await ffmpeg.close()
             made.discard()
             slots.running -= 1
-            log.info("playback_ended", job_id=rng.job_id, bytes=sent,
-                     completed=finished and ffmpeg.returncode == 0)  # fmt: skip
+            log.info("playback_ended", job_id=rng.job_id, bytes=sent, completed=drained)
+            if not drained and ffmpeg.returncode not in (None, 0, -9):
+                log.warning("playback_ffmpeg_failed", job_id=rng.job_id,
+                            error=list(ffmpeg.stderr_tail))  # fmt: skip
 
     name = f"{slugify(str(job.get('recording_name', 'recording')))}-" + rng.start.strftime(
         "%Y-%m-%d_%H-%M-%S"
