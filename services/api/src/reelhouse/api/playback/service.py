@@ -248,12 +248,35 @@ async def file_facts(source: Source) -> FileFacts:
     )
 
 
+async def keyframe_before(source: Source, at: float) -> float | None:
+    """The timestamp of the last video keyframe at or before ``at`` (the file's own time), read
+    from packets (no decoding) in the ``PRECISE_LEAD_S`` before it; None if there is none."""
+    whitelist = REMOTE_PROTOCOLS if source.remote else "file"
+    info = await run_ffprobe(
+        ["-protocol_whitelist", whitelist, "-select_streams", "v:0",
+         "-read_intervals", f"{max(0.0, at - PRECISE_LEAD_S):.3f}%{at + EDGE_S:.3f}",
+         "-show_entries", "packet=pts_time,flags", source.for_ffmpeg()],
+        timeout_s=10.0, ffprobe_path=FFPROBE,
+    ) or {}  # fmt: skip
+    found = None
+    for packet in info.get("packets") or ():
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            pts = float(packet["pts_time"])
+            if "K" in str(packet.get("flags", "")) and pts <= at + 0.001:
+                found = pts if found is None else max(found, pts)
+    return found
+
+
 def _quoted(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
 def ffconcat(
-    entries: list[Entry], facts: dict[int, FileFacts], *, precise: bool
+    entries: list[Entry],
+    facts: dict[int, FileFacts],
+    *,
+    precise: bool,
+    first_keyframe: float | None = None,
 ) -> tuple[str, float]:
     """The list, and (precise) where the range starts in its timeline, seconds."""
     lines = ["ffconcat version 1.0"]
@@ -267,7 +290,12 @@ def ffconcat(
             in_s = entry.in_s - lead
             trim_start = lead if in_s > EDGE_S else entry.in_s
         if in_s > EDGE_S:
-            lines.append(f"inpoint {base + in_s:.6f}")
+            at = base + in_s
+            if index == 0 and not precise and first_keyframe is not None:
+                # Copied: start at the keyframe before the in point (the concat demuxer's seek
+                # in MPEG-TS can land on the one after it and lose a GOP).
+                at = first_keyframe
+            lines.append(f"inpoint {at:.6f}")
         if not entry.whole_end:
             lines.append(f"outpoint {base + entry.out_s:.6f}")
     return "\n".join(lines) + "\n", trim_start
@@ -324,7 +352,12 @@ async def ffmpeg_job(state: AppState, timeline: tl.Timeline, rng: Range, *, expi
                             if not e.whole_start or not e.whole_end)})  # fmt: skip
     probed = await asyncio.gather(*(file_facts(entries[i].source) for i in probe_at))
     facts = dict(zip(probe_at, probed, strict=True))
-    listing_text, trim_start = ffconcat(entries, facts, precise=rng.precise)
+    keyframe = None
+    if not rng.precise and not entries[0].whole_start:
+        keyframe = await keyframe_before(entries[0].source, facts[0].start_time + entries[0].in_s)
+    listing_text, trim_start = ffconcat(
+        entries, facts, precise=rng.precise, first_keyframe=keyframe
+    )
     media_s = sum(e.out_s - e.in_s for e in entries)
     fd, name = tempfile.mkstemp(prefix="reelhouse-playback-", suffix=".ffconcat")
     with os.fdopen(fd, "w") as fh:
