@@ -141,6 +141,9 @@ CROSS_FIELD_RULES: dict[str, re.Pattern[str]] = {
     "POST /api/streams/setStreamInfo": re.compile(r"^audio_settings\.streams(\.\d+\.channels)?$"),
     # `to` after `from`.
     "POST /api/recording/getFiles": re.compile(r"^to$"),
+    # An HLS playlist lists whole segments (`precise` only with mp4/ts), and the longest range
+    # is a setting (REELHOUSE_PLAYBACK_MAX_RANGE_S).
+    "POST /api/recording/getPlaybackUrl": re.compile(r"^(precise|duration)$"),
     # The id in the query or in the body: OpenAPI has no "one of these two places".
     "DELETE /api/streams/remove": re.compile(r"^id$"),
     # The warning watermark below the critical one, which may be the stored one.

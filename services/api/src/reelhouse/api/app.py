@@ -23,6 +23,7 @@ from reelhouse.api.files.signing import resolve_download_secret
 from reelhouse.api.ingest import routes as ingest_servers
 from reelhouse.api.jobs.stats import LiveStats
 from reelhouse.api.middleware import HardeningMiddleware
+from reelhouse.api.playback import routes as playback
 from reelhouse.api.recordings import routes as recordings
 from reelhouse.api.restreams import routes as restreams
 from reelhouse.api.settings import ApiSettings
@@ -168,6 +169,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(platform_auth.router)
     app.include_router(shutdown.router)
     app.include_router(files.router)
+    app.include_router(playback.router)
     app.include_router(restreams.router)
     app.include_router(streams.router)
     app.include_router(ingest_servers.srt_router)

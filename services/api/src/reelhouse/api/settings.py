@@ -62,6 +62,19 @@ class ApiSettings(IngestCommonSettings):
     archive_root: Path = Field(
         Path("data/archive"), description="Where `archiveFile` moves recorded files."
     )
+    playback_max_range_s: int = Field(
+        6 * 3600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="Longest range `getPlaybackUrl` serves as one file or playlist, seconds.",
+    )
+    playback_max_streams: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Playback files (mp4/ts) this API replica produces at once, each one FFmpeg; "
+        "one more is a 503 with Retry-After.",
+    )
     jwt_secret: SecretStr | None = Field(
         None,
         description="HMAC key that signs access JWTs (32+ characters). Unset: one is generated "

@@ -127,6 +127,7 @@ export function recordingsView(store) {
           : button("Start", () => setActive(job, true), { dataset: { testid: "start" }, class: "primary" }),
         operator ? button("Edit", () => openForm(job), { dataset: { testid: "edit" } }) : null,
         button("Files", () => openFiles(job), { dataset: { testid: "files" } }),
+        button("Playback", () => openPlayback(job), { dataset: { testid: "playback" } }),
         operator ? button("Remove", () => remove(job), { class: "danger", dataset: { testid: "remove" } }) : null),
     );
   }
@@ -256,6 +257,84 @@ export function recordingsView(store) {
         video.src = await signedUrl(jobId, file); // ranged, signed, expiring
       }
       video.play().catch(() => {});
+    });
+  }
+
+  // -- playback by wall-clock time (getPlayback, getPlaybackUrl) ----------------------------
+
+  async function openPlayback(job) {
+    await act(async () => {
+      const found = await call("recording/getPlayback", { id: job.id });
+      const first = found.spans[0];
+      const last = found.spans[found.spans.length - 1];
+      const start = input({ value: first?.start ?? "", size: 26, dataset: { testid: "playback-start" } });
+      const total = first ? (Date.parse(last.end) - Date.parse(first.start)) / 1000 : 60;
+      const length = input({ type: "number", min: 1, value: Math.max(1, Math.ceil(total)), dataset: { testid: "playback-duration" } });
+      const format = select([["hls", "HLS (player)"], ["mp4", "MP4 file"], ["ts", "MPEG-TS file"]], "hls");
+      const precise = checkbox(false);
+      const clock = h("span", { class: "muted", dataset: { testid: "playback-clock" } }, "");
+      const seekTo = input({ size: 26, placeholder: "wall-clock time (ISO)", dataset: { testid: "playback-seek" } });
+      const video = h("video", { controls: true, autoplay: true, muted: true, playsInline: true, dataset: { testid: "playback-player" } });
+      video.muted = true;
+      let hls = null;
+      const stopPlayer = () => { video.pause(); if (hls) { hls.destroy(); hls = null; } };
+      const spans = table(["Start", "End", "Media", "Files"], found.spans.map((s) => h("tr", { dataset: { testid: "span-row" } },
+        h("td", {}, s.start), h("td", {}, s.end), h("td", {}, duration(s.duration * 1000)), h("td", {}, String(s.files.length)))),
+      { empty: "No recorded media yet.", testid: "spans-table" });
+      const gaps = table(["From", "To", "Length", "Cause"], found.gaps.map((g) => h("tr", { dataset: { testid: "gap-row" } },
+        h("td", {}, g.from), h("td", {}, g.to), h("td", {}, duration(g.duration_ms)), h("td", {}, g.cause))),
+      { empty: "No gaps.", testid: "gaps-table" });
+
+      async function play() {
+        await act(async () => {
+          stopPlayer();
+          const body = { id: job.id, start: start.value, duration: Number(length.value), format: format.value };
+          if (format.value !== "hls") body.precise = precise.checked;
+          const answer = await call("recording/getPlaybackUrl", body);
+          if (format.value === "hls") {
+            const { default: Hls } = await import("./vendor/hls.js/hls.light.min.mjs");
+            if (Hls.isSupported()) {
+              hls = new Hls(hlsConfig());
+              hls.on(Hls.Events.ERROR, (_e, data) => data.fatal && notice(`player: ${data.details}`, "error"));
+              hls.loadSource(answer.url); // signed: the URL is its own authority
+              hls.attachMedia(video);
+            } else {
+              video.src = answer.url; // Safari's native HLS
+            }
+          } else {
+            video.src = answer.url; // one file of the range, made while it plays
+          }
+          video.play().catch(() => {});
+        });
+      }
+
+      // Seek by wall-clock time: the fragment whose program date-time holds it (hls.js).
+      function seek() {
+        const at = Date.parse(seekTo.value);
+        const frags = hls?.levels?.[0]?.details?.fragments ?? [];
+        const frag = frags.find((f) => f.programDateTime <= at && at < f.programDateTime + f.duration * 1000);
+        if (!frag) { notice("no recorded media at that time in this range", "error"); return; }
+        video.currentTime = frag.start + (at - frag.programDateTime) / 1000;
+      }
+
+      video.addEventListener("timeupdate", () => {
+        const date = hls?.playingDate;
+        clock.textContent = date ? date.toISOString() : "";
+      });
+      playerBox.replaceChildren(
+        h("header", { class: "view-head" }, h("h3", {}, `Playback of ${job.recording_name}`),
+          button("Close", () => { stopPlayer(); playerBox.replaceChildren(); })),
+        h("div", { class: "card", dataset: { testid: "playback-view" } },
+          h("p", {}, `Recorded media: ${duration(found.media_duration * 1000)} in ${found.spans.length} span(s), ${found.gaps.length} gap(s).`),
+          spans, gaps,
+          h("div", { class: "grid" },
+            field("playback.start", "Start (ISO 8601)", start), field("playback.duration", "Duration (s)", length),
+            field("playback.format", "Format", format), field("playback.precise", "Exact cut (mp4/ts)", precise)),
+          h("div", { class: "form-actions" },
+            button("Play", play, { class: "primary", dataset: { testid: "playback-play" } }),
+            seekTo, button("Go to time", seek, { dataset: { testid: "playback-go" } }), clock)),
+        video,
+      );
     });
   }
 
