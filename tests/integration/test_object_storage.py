@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from bson import ObjectId
+from support.media import av_streams, ffprobe
 from support.s3 import S3Server
 from support.seeds import recording_payload
 from support.stack import Stack, running_stack
@@ -138,7 +139,7 @@ async def wait_uploaded(db, job_id: str, count: int, timeout: float = 40) -> lis
 
 
 async def test_split_recording_uploads_then_range_archive_remove_and_retention(
-    stack, db, s3_server, media_source_factory
+    stack, db, s3_server, media_source_factory, tmp_path
 ):
     s3 = s3_server
     storage_id = await add_target(stack, s3, "recordings", prefix="live/")
@@ -184,6 +185,33 @@ async def test_split_recording_uploads_then_range_archive_remove_and_retention(
     assert ranged.status_code == 206, ranged.text
     assert ranged.content == whole[188:376]
     assert ranged.content[0] == 0x47  # a TS packet
+
+    # Playback reads segments whose local copies are gone from the bucket (presigned, ranged).
+    earliest = sorted(done, key=lambda d: d["file_name"])[:2]
+
+    async def earliest_gone() -> bool:
+        ids = [d["_id"] for d in earliest]
+        docs = await db[Collections.FILES].find({"_id": {"$in": ids}}).to_list(None)
+        return len(docs) == 2 and all(d.get("local_removed_at") for d in docs)
+
+    await eventually(earliest_gone, timeout=20, what="the first two local copies removed")
+    keys = [d["upload"]["key"] for d in earliest]
+
+    def bucket_reads() -> int:
+        return sum(len(s3.operations("GetObject", key)) for key in keys)
+
+    reads_before = bucket_reads()
+    timeline = await stack.ok("getPlayback", {"id": job_id})
+    got = await stack.ok("getPlaybackUrl", {"id": job_id, "start": timeline["spans"][0]["start"],
+                                            "duration": 3, "format": "ts"})  # fmt: skip
+    played = await stack.client.get(got["url"])
+    assert played.status_code == 200, played.text[:300]
+    out = tmp_path / "from-the-bucket.ts"
+    out.write_bytes(played.content)
+    video, audio = av_streams(await ffprobe(out))
+    assert (video["codec_name"], audio["codec_name"]) == ("h264", "aac")
+    assert float(video.get("duration") or 0) >= 2.5, video
+    await eventually(lambda: bucket_reads() > reads_before, timeout=5, what="reads of the bucket")
 
     # Archive moves the object to the archive target (server-side copy, same account).
     archived = await stack.ok("archiveFile", {"record_id": job_id, "file_id": str(first["_id"])})

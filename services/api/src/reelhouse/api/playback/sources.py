@@ -1,14 +1,12 @@
 """Where a piece of playback reads its media: the local file when it is there, else the object
 the storage half uploaded it to (a presigned URL). One function, :func:`source_for`, decides.
 
-HOOK for object storage (issue 24, the storage half): :func:`presigned_object_url` answers None
-until it is wired. Wiring it: for a record whose ``upload.state`` is ``uploaded``, load the
-storage target ``upload.storage_id`` of the record's tenant, open it
-(``reelhouse.common.objectstore.Target.of(doc, sealer)``) and return
-``await asyncio.to_thread(objectstore.presign_get, target, upload["key"], expires_s=...)``.
+For a record whose ``upload.state`` is ``uploaded`` and whose local copy is gone,
+:func:`presigned_object_url` asks the storage-targets service for a presigned GET of the object
+(:func:`reelhouse.api.storage_targets.service.presigned_url`, the one ``getDownloadUrl`` uses).
 FFmpeg then reads the object over HTTP(S) with Range requests (the concat list names the URL and
 the protocol whitelist admits ``http,https,tcp,tls,crypto``), and HLS playlists list the URL
-as it is.
+as it is. The URL is one the engine built from its own storage target, never a user's.
 """
 
 from __future__ import annotations
@@ -19,7 +17,8 @@ from typing import Any
 
 from reelhouse.api.settings import ApiSettings
 from reelhouse.api.state import AppState
-from reelhouse.common.errors import Conflict
+from reelhouse.api.storage_targets import service as storage_targets
+from reelhouse.common.errors import Conflict, NotFound
 from reelhouse.common.files import is_under
 
 
@@ -52,10 +51,15 @@ def local_path(settings: ApiSettings, file_path: str | Path | None) -> Path | No
 async def presigned_object_url(
     state: AppState, record: dict[str, Any], *, expires_s: int
 ) -> str | None:
-    """HOOK (object storage): a presigned GET of the record's uploaded object, or None when it
-    has none. Not wired yet: see the module docstring."""
-    del state, record, expires_s
-    return None
+    """A presigned GET of the record's uploaded object, or None when it has none (not uploaded,
+    or its storage target is gone)."""
+    if not storage_targets.uploaded(record):
+        return None
+    try:
+        url, _ = await storage_targets.presigned_url(state, record, expires_s=expires_s)
+    except NotFound:
+        return None
+    return url
 
 
 async def source_for(
