@@ -237,21 +237,13 @@ class RestreamRun(SupervisedRun):
         for dest in self.destinations:
             if dest.state != "down" or dest.failure != "auth_rejected":
                 self._set(dest.index, "starting", None, None)
-        source = self.config.input
-        url = await self._source_url(source)
-        self._input_url = url
-        overlay = self.config.overlay
-        if overlay.type == "IMAGE" and overlay.image_url:
-            await self._target(overlay.image_url, role="input", field="overlay.image_url")
+        job = await self._checked_input()
         for dest in self.config.output:
             # Checked, not pinned: destinations are told apart by their URLs in FFmpeg's
             # messages; TLS ones (rtmps) go through the filtering proxy all the same.
             if dest.output_stream_url and not dest.listen_port:
                 field = "output_stream_url"
                 await self._target(dest.output_stream_url, role="output", field=field)
-        job = self.config.model_copy(
-            update={"input": source.model_copy(update={"input_stream_url": url})}
-        )
         return build_restream_args(
             job=job,
             hls_dir=self.hls_dir,
@@ -262,23 +254,28 @@ class RestreamRun(SupervisedRun):
             tap=self.supervisor.open_tap() if self._multi else None,
         )
 
-    async def _relay_argv(self) -> list[str]:
-        """The relay stage: input and processing once, pushed into the ingest relay server."""
+    async def _checked_input(self) -> RestreamIn:
+        """The job with its input URL checked against the URL policy (and pinned where the
+        policy pins it) and its overlay image checked: what every argv of this run reads."""
         source = self.config.input
         url = await self._source_url(source)
         self._input_url = url
         overlay = self.config.overlay
         if overlay.type == "IMAGE" and overlay.image_url:
             await self._target(overlay.image_url, role="input", field="overlay.image_url")
+        return self.config.model_copy(
+            update={"input": source.model_copy(update={"input_stream_url": url})}
+        )
+
+    async def _relay_argv(self) -> list[str]:
+        """The relay stage: input and processing once, pushed into the ingest relay server."""
+        job = await self._checked_input()
         announcement = await read_relay_announcement(self._leases.live)
         if announcement is None:
             raise RuntimeError(
                 "ingest relay: no ingest service announces one now (is it running?); the "
                 "destinations wait"
             )
-        job = self.config.model_copy(
-            update={"input": source.model_copy(update={"input_stream_url": url})}
-        )
         target = relay_publish_url(announcement, self.job_id, self._relay_secret)
         return build_relay_args(job=job, publish_url=target, probe_ms=self.probe_ms)
 

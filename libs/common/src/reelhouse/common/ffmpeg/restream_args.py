@@ -158,8 +158,7 @@ def build_restream_args(
     """
     outputs = list(job.output if outputs is None else outputs)
     containers = {o.container for o in outputs}
-    # flv is the strictest container; the audio bitstream filter mp4 needs is never needed here.
-    fmt = "flv" if "flv" in containers else "mpegts"
+    fmt = _processing_format(outputs)
     tags: list[str] = []
     if len(outputs) > 1 and "flv" in containers:
         # Stream copy through tee keeps the source's codec tags (MPEG-TS: 27 for H.264), which
@@ -169,6 +168,21 @@ def build_restream_args(
             tags += ["-tag:v", "7"]
         if audio_encoder(job.transcoding, fmt) is None and job.modify_audio.type != "MUTE":
             tags += ["-tag:a", "10"]
+    return [
+        *_input_and_processing(job, fmt, probe_ms),
+        *tags,
+        *restream_output_args(outputs, hls_dir=hls_dir, recovery_s=recovery_s, tap=tap),
+    ]
+
+
+def _processing_format(outputs: Sequence[OutputIn]) -> str:
+    # flv is the strictest container; the audio bitstream filter mp4 needs is never needed here.
+    return "flv" if "flv" in {o.container for o in outputs} else "mpegts"
+
+
+def _input_and_processing(job: RestreamIn, fmt: str, probe_ms: int | None) -> list[str]:
+    """The job's input (and overlay image) and its processing (copy or the one encode), fitted
+    to ``fmt``: what the one-process restream and the relay stage both begin with."""
     return [
         "-hide_banner",
         *input_args(job.input, probe_ms=probe_ms),
@@ -180,14 +194,7 @@ def build_restream_args(
             overlay=job.overlay,
             output_format=fmt,
         ),
-        *tags,
-        *restream_output_args(outputs, hls_dir=hls_dir, recovery_s=recovery_s, tap=tap),
     ]
-
-
-def _processing_format(outputs: Sequence[OutputIn]) -> str:
-    # flv is the strictest container; the audio bitstream filter mp4 needs is never needed here.
-    return "flv" if "flv" in {o.container for o in outputs} else "mpegts"
 
 
 def build_relay_args(
@@ -197,16 +204,7 @@ def build_relay_args(
     input, the job's processing (copy, or the one encode every destination shares, fitted to the
     strictest destination container) and ``-f mpegts`` into the ingest relay server."""
     return [
-        "-hide_banner",
-        *input_args(job.input, probe_ms=probe_ms),
-        *image_input_args(job.overlay),
-        *processing_args(
-            transcoding=job.transcoding,
-            modify_audio=job.modify_audio,
-            modify_video=job.modify_video,
-            overlay=job.overlay,
-            output_format=_processing_format(job.output),
-        ),
+        *_input_and_processing(job, _processing_format(job.output), probe_ms),
         "-f", "mpegts", publish_url,
     ]  # fmt: skip
 
