@@ -301,3 +301,45 @@ async def test_kill_9_mid_multipart_resumes_without_resending_finished_parts(sta
     assert s3.operations("ListParts")
     # Verified, then the local copy went (the job keeps none).
     await eventually(lambda: not path.exists(), timeout=10, what="local copy removed")
+
+
+@pytest.mark.parametrize("removal", ["removeFile", "remove"])
+async def test_a_file_removed_while_its_upload_runs_leaves_no_object(stack, db, s3_server, removal):
+    """The gap the first part left (DECISIONS, "Object storage"): a removal does not wait for
+    the upload's claim. Here the file is removed while its single PUT waits on the bandwidth
+    cap, so the removal finds no object yet; the PUT lands after it. The uploader sees the
+    record marked removed and deletes the object it put."""
+    s3 = s3_server
+    storage_id = await add_target(stack, s3, "inflight")
+    body = recording_payload(1, active=False, output_format="mpegts", storage_id=storage_id)
+    job_id = (await stack.ok("create", body))["id"]
+    path = stack.storage_root / job_id / "late-2026-03-24_12-00-00.ts"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(os.urandom(1024 * 1024))
+    file_id = ObjectId()
+    now = datetime.now(UTC)
+    await db[Collections.FILES].insert_one(
+        {"_id": file_id, "tenant": "default", "entity_id": job_id, "file_name": path.name,
+         "file_path": str(path), "status": "ready", "size_bytes": 1024 * 1024,
+         "created": now, "modified": now}
+    )  # fmt: skip
+    # 512 KiB/s: the 1 MiB PUT waits ~2 s for its tokens after the upload has started.
+    await stack.start_janitor(**UPLOADER, REELHOUSE_UPLOAD_MAX_BPS=str(512 * 1024))
+
+    async def uploading() -> dict | None:
+        doc = await db[Collections.FILES].find_one({"_id": file_id})
+        upload = (doc or {}).get("upload") or {}
+        return upload if upload.get("state") == "uploading" else None
+
+    key = (await eventually(uploading, timeout=20, what="upload started"))["key"]
+    assert not s3.operations("PutObject", key)  # still waiting on the cap
+    if removal == "removeFile":
+        await stack.ok("removeFile", {"record_id": job_id, "file_id": str(file_id)})
+    else:
+        await stack.ok("remove", {"id": job_id}, verb="DELETE")
+    assert await db[Collections.FILES].find_one({"_id": file_id}) is None
+    await eventually(lambda: bool(s3.operations("PutObject", key)), timeout=15,
+                     what="the PUT that was in flight")  # fmt: skip
+    await eventually(lambda: key not in s3.keys("inflight"), timeout=10,
+                     what="the late object deleted by its uploader")  # fmt: skip
+    assert s3.keys("inflight") == {}

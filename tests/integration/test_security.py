@@ -50,6 +50,10 @@ OPERATOR_WRITES = [
     ("POST", "/api/streams/start"),
     ("POST", "/api/streams/stop"),
     ("POST", "/api/storage/cleanup"),
+    ("POST", "/api/storage-targets/create"),
+    ("POST", "/api/storage-targets/update"),
+    ("POST", "/api/storage-targets/remove"),
+    ("POST", "/api/storage-targets/test"),
 ]
 """Every write of jobs, streams and files: operator and admin."""
 
@@ -72,6 +76,7 @@ READS = [
     "/api/restream/getStat",
     "/api/streams/getAll",
     "/api/storage/getInfo",
+    "/api/storage-targets/getAll",
     "/api/nodes/getAll",
 ]
 
@@ -144,6 +149,35 @@ async def test_viewer_cannot_create_and_operator_can(client):
     assert r.status_code == 200
 
 
+TARGET = {
+    "storage_name": "archive",
+    "provider": "other",
+    "endpoint_url": "http://127.0.0.1:9",
+    "region": "us-east-1",
+    "bucket": "media",
+    "path_style": True,
+    "access_key_id": "AKIDEXAMPLE0001",
+    "secret_access_key": "secret-of-the-default-tenant",
+}
+"""A storage target (issue 24); nothing listens on its endpoint: no test here reaches it."""
+
+
+async def test_viewer_reads_storage_targets_but_cannot_write_or_test_them(client):
+    viewer, operator = await make_user(client, "viewer"), await make_key(client, "operator")
+    target = await ok(client, "/api/storage-targets/create", TARGET, operator.headers)
+    ref = {"id": target["id"]}
+    assert [t["id"] for t in await ok(client, "/api/storage-targets/getAll", {}, viewer.headers)
+            ] == [target["id"]]  # fmt: skip
+    seen = await ok(client, "/api/storage-targets/getById", ref, viewer.headers)
+    assert seen == target
+    assert TARGET["secret_access_key"] not in str(seen)
+    for verb, body in (("create", TARGET), ("update", {**TARGET, **ref, "bucket": "other"}),
+                       ("remove", ref), ("test", ref)):  # fmt: skip
+        r = await client.post(f"/api/storage-targets/{verb}", json=body, headers=viewer.headers)
+        assert (r.status_code, error_code(r)) == (403, "FORBIDDEN"), (verb, r.text)
+    assert await ok(client, "/api/storage-targets/getAll", {}, operator.headers) == [target]
+
+
 async def test_an_operator_key_cannot_manage_keys_or_mint_an_admin_key(client):
     admin = await make_user(client, "admin")
     r = await client.post(
@@ -163,6 +197,7 @@ async def test_other_tenants_objects_are_404_or_filtered(client, db, tmp_path):
     restream = await ok(client, "/api/restream/create", restream_payload(0, active=False))
     stream_body = seed_payloads("streams-api.txt", "/api/streams/create")[0]
     stream = await ok(client, "/api/streams/create", stream_body)
+    target = await ok(client, "/api/storage-targets/create", TARGET)
     storage = tmp_path / "recordings" / recording["id"]
     storage.mkdir(parents=True)
     (storage / "a.mp4").write_bytes(b"0123456789")
@@ -210,6 +245,11 @@ async def test_other_tenants_objects_are_404_or_filtered(client, db, tmp_path):
         assert file_id not in r.text
         r = await expect("POST", "/api/storage/getInfo", {}, 200)
         assert rid not in r.text
+        r = await expect("POST", "/api/storage-targets/getAll", {}, 200)
+        assert r.json() == [], r.text
+        for verb in ("getById", "remove", "test"):
+            await expect("POST", f"/api/storage-targets/{verb}", {"id": target["id"]}, 404)
+        await expect("POST", "/api/storage-targets/update", {**TARGET, "id": target["id"]}, 404)
         # media a player fetches, with the other tenant's token in the query
         token = h.get("x-access-token") or ""
         for path in (
@@ -233,6 +273,7 @@ async def test_other_tenants_objects_are_404_or_filtered(client, db, tmp_path):
     assert r.content == b"0123456789"
     await ok(client, "/api/recording/getById", {"id": recording["id"]})
     await ok(client, "/api/streams/getById", {"id": stream["id"]})
+    assert await ok(client, "/api/storage-targets/getById", {"id": target["id"]}) == target
 
 
 async def test_getstat_shows_only_the_callers_tenant(client, service_env):

@@ -34,7 +34,7 @@ var indexed = map[string][]string{
 	"restreams":          {"tenant", "active"},
 	"inputs":             {"entity_id"},
 	"outputs":            {"entity_id"},
-	"files":              {"tenant", "entity_id", "status"},
+	"files":              {"tenant", "entity_id", "status", "upload_backlog"},
 	"streams":            {"tenant", "entity_id"},
 	"srt_servers":        {"tenant", "active"},
 	"rtmp_servers":       {"tenant", "active"},

@@ -120,7 +120,7 @@ def delete_job_dir(root: Path, job_id: str) -> None:
 
 _FILE_HIDDEN = frozenset(
     {"_id", "tenant", "node", "part", "modified", "hls_from", "status_before", "reprocess_node",
-     "reprocess_until"}
+     "reprocess_until", "upload_backlog"}
 )  # fmt: skip
 
 

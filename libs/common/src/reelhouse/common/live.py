@@ -130,6 +130,9 @@ class LivePlane:
         self.progress: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         # Ingest servers' last statistics by server id (``ingeststats.<id>``), when watched.
         self.ingest_stats: dict[str, tuple[int, dict[str, Any]]] = {}
+        # Uploaders' recent throughput by (storage id, node key token) (``uploadrate.<s>.<n>``,
+        # issue 24), when watched: (time.time() it was seen, value).
+        self.upload_rates: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self.on_node_gone: list[NodeGone] = []
         self.on_owner: list[Callable[[tuple[str, str], OwnerEntry | None], None]] = []
         self.on_resync: list[Callable[[], Awaitable[None]]] = []
@@ -334,6 +337,11 @@ class LivePlane:
                 self.ingest_stats.pop(parts[1], None)
             else:
                 self.ingest_stats[parts[1]] = (entry.revision, value)
+        elif family == "uploadrate" and len(parts) == 3:
+            if value is None:
+                self.upload_rates.pop((parts[1], parts[2]), None)
+            else:
+                self.upload_rates[(parts[1], parts[2])] = (time.time(), value)
         elif family == "progress" and len(parts) == 3:
             key = (parts[1], parts[2])
             if value is None:

@@ -74,6 +74,9 @@ async def ensure_indexes(db: AsyncDatabase) -> None:
     )
     # one job's files (getAll's recordedFiles, the janitor's retention), without the tenant
     await db[Collections.FILES].create_index([("entity_id", ASCENDING), ("created", ASCENDING)])
+    # the upload backlog of a storage target (issue 24; /metrics): set only while an upload is
+    # pending, running or failed, so its equality query reads the backlog, not the archive
+    await db[Collections.FILES].create_index([("upload_backlog", ASCENDING)])
     await db[Collections.STREAMS].create_index([("tenant", ASCENDING), ("created", ASCENDING)])
     await db[Collections.CHANNELS].create_index([("tenant", ASCENDING), ("created", ASCENDING)])
     await db[Collections.STORAGE_TARGETS].create_index(

@@ -208,6 +208,10 @@ class Subjects:
         (bytes a second, written every few seconds with a TTL; the API's metrics read them)."""
         return f"uploadrate.{_job(storage_id)}.{_key_token(node_id)}"
 
+    def live_upload_rates(self) -> str:
+        """Every uploader's throughput key (the API's ``/metrics`` sums them per target)."""
+        return "uploadrate.*.*"
+
     def live_progress(self, kind: str, job_id: str) -> str:
         """A running job's last progress ``progress.<kind>.<job_id>``."""
         return f"progress.{_check('module', kind, MODULES)}.{_job(job_id)}"

@@ -119,7 +119,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
                          heartbeat_s=settings.node_heartbeat_s, ttl_s=settings.node_ttl_s,
                          watch=(subjects.live_nodes(), subjects.live_owners(),
                                 subjects.live_all_progress(),
-                                subjects.live_all_ingest_stats()))  # fmt: skip
+                                subjects.live_all_ingest_stats(),
+                                subjects.live_upload_rates()))  # fmt: skip
         live.beat_fields = node.beat_fields
         live_stats = LiveStats(live)
         credentials = CredentialCache(bus=bus, ttl_s=settings.auth_cache_ttl_s, node=node_id)

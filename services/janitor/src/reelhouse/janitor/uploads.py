@@ -75,6 +75,12 @@ class UploadError(Exception):
         self.reason = reason
 
 
+class FileRemoved(Exception):
+    """The file's record went (or was marked ``deleted``) while its upload ran: whatever this
+    upload put in the bucket is deleted by the uploader itself (docs/DECISIONS.md, "Object
+    storage": a removal never waits for the claim)."""
+
+
 class Throttle:
     """A token bucket shared by every upload of the process (``upload_max_bps``; 0: none).
     Called from boto3's worker threads, so it locks and sleeps in the caller's thread."""
@@ -93,6 +99,17 @@ class Throttle:
             self._next = start + n / self.bps
             wait = start + n / self.bps - now
         time.sleep(max(0.0, wait))
+
+
+BACKLOG = "upload_backlog"
+"""Top-level field of a file record whose upload is pending, running or failed: its storage
+target's id (unset once uploaded). The API's ``/metrics`` counts the backlog per target by
+top-level equality on it, an index on both servers, never a scan of the archive."""
+
+
+def _alive(record: dict[str, Any]) -> dict[str, Any]:
+    """The filter of the record while it is not removed (removals mark it ``deleted`` first)."""
+    return {"_id": record["_id"], "status": {"$ne": "deleted"}}
 
 
 def _etag(value: Any) -> str:
@@ -202,6 +219,11 @@ class Uploader:
                 continue
             if state is None:
                 record = await self._mark_pending(record, job) or record
+            elif record.get(BACKLOG) is None and upload.get("storage_id"):
+                # A record from before the backlog field: counted from now on.
+                await self.db[Collections.FILES].update_one(
+                    _alive(record), {"$set": {BACKLOG: str(upload["storage_id"])}}
+                )
             elif state == "failed" and upload.get("retry_at") and upload["retry_at"] > now:
                 continue
             file_id = str(record["_id"])
@@ -215,7 +237,8 @@ class Uploader:
         return await self.db[Collections.FILES].find_one_and_update(
             {"_id": record["_id"], "upload": {"$exists": False}},
             {"$set": {"upload": {"state": "pending", "storage_id": job["storage_id"],
-                                 "queued_at": utcnow(), "attempts": 0}}},
+                                 "queued_at": utcnow(), "attempts": 0},
+                      BACKLOG: str(job["storage_id"])}},
             return_document=ReturnDocument.AFTER,
         )  # fmt: skip
 
@@ -321,34 +344,48 @@ class Uploader:
                   "upload.part_size": part_size, "upload.node": self.node_id,
                   "upload.started_at": upload.get("started_at") or now,
                   "modified": now}  # fmt: skip
+        # Every write of the upload is guarded by the record's presence: removeFile, remove and
+        # retention mark it `deleted` (atomically) before they read its key and delete the object,
+        # so either they see this upload's key, or this upload sees the mark and deletes what it
+        # put itself (FileRemoved below). Nothing is left behind either way.
         started = await files.find_one_and_update(
-            {"_id": record["_id"]}, {"$set": fields}, return_document=ReturnDocument.AFTER
+            _alive(record), {"$set": fields}, return_document=ReturnDocument.AFTER
         )
-        await self._event(started or record, "upload_started")
-        if size <= part_size:
-            expected = await self._put_single(s3, target, key, path, record, storage_id)
-        else:
-            expected = await self._put_multipart(
-                s3, target, key, path, size, part_size, record, upload, storage_id
-            )
-        head = await asyncio.to_thread(objectstore.head, target, key)
-        if head is None or int(head.get("ContentLength", -1)) != size:
-            raise UploadError("verify")
-        etag = _etag(head.get("ETag"))
-        checked = "size"
-        if _MD5.match(etag):
-            if etag != expected:
+        if started is None:
+            log.info("upload_dropped", file_id=str(record["_id"]), reason="file_removed")
+            return
+        await self._event(started, "upload_started")
+        try:
+            if size <= part_size:
+                expected = await self._put_single(s3, target, key, path, record, storage_id)
+            else:
+                expected = await self._put_multipart(
+                    s3, target, key, path, size, part_size, record, upload, storage_id
+                )
+            head = await asyncio.to_thread(objectstore.head, target, key)
+            if head is None or int(head.get("ContentLength", -1)) != size:
                 raise UploadError("verify")
-            checked = "size+etag"
-        now = utcnow()
-        done = await files.find_one_and_update(
-            {"_id": record["_id"]},
-            {"$set": {"upload.state": "uploaded", "upload.etag": etag, "upload.size": size,
-                      "upload.verified": checked, "upload.verified_at": now,
-                      "upload.uploaded_at": now, "modified": now},
-             "$unset": {"upload.reason": "", "upload.retry_at": "", "upload.upload_id": ""}},
-            return_document=ReturnDocument.AFTER,
-        )  # fmt: skip
+            etag = _etag(head.get("ETag"))
+            checked = "size"
+            if _MD5.match(etag):
+                if etag != expected:
+                    raise UploadError("verify")
+                checked = "size+etag"
+            now = utcnow()
+            done = await files.find_one_and_update(
+                _alive(record),
+                {"$set": {"upload.state": "uploaded", "upload.etag": etag, "upload.size": size,
+                          "upload.verified": checked, "upload.verified_at": now,
+                          "upload.uploaded_at": now, "modified": now},
+                 "$unset": {"upload.reason": "", "upload.retry_at": "", "upload.upload_id": "",
+                            BACKLOG: ""}},
+                return_document=ReturnDocument.AFTER,
+            )  # fmt: skip
+            if done is None:
+                raise FileRemoved
+        except FileRemoved:
+            await self._drop_object(target, key, record)
+            return
         log.info("upload_complete", file_id=str(record["_id"]), key=key, size_bytes=size,
                  verified=checked)  # fmt: skip
         if done is not None:
@@ -396,11 +433,14 @@ class Uploader:
             )
             upload_id = str(created["UploadId"])
             in_bucket = {}
-            await files.update_one(
-                {"_id": record["_id"]},
+            stored = await files.update_one(
+                _alive(record),
                 {"$set": {"upload.upload_id": upload_id, "upload.parts": [],
                           "upload.bytes_done": 0, "modified": utcnow()}},
             )  # fmt: skip
+            if stored.matched_count == 0:
+                await self._abort(s3, target, key, upload_id)
+                raise FileRemoved
         md5s: list[str] = []
         bytes_done = 0
         last_event = 0.0
@@ -429,12 +469,15 @@ class Uploader:
             bytes_done += length
             log.info("upload_part_sent", file_id=str(record["_id"]), part=number,
                      instance=self.instance)  # fmt: skip
-            await files.update_one(
-                {"_id": record["_id"], "upload.upload_id": upload_id},
+            pushed = await files.update_one(
+                {**_alive(record), "upload.upload_id": upload_id},
                 {"$push": {"upload.parts": {"n": number, "etag": etag, "size": length,
                                             "by": self.instance}},
                  "$set": {"upload.bytes_done": bytes_done, "modified": utcnow()}},
             )  # fmt: skip
+            if pushed.matched_count == 0 and await files.count_documents(_alive(record)) == 0:
+                await self._abort(s3, target, key, upload_id)
+                raise FileRemoved
             if time.monotonic() - last_event >= 1.0:
                 last_event = time.monotonic()
                 now_upload = {**(record.get("upload") or {}), "state": "uploading",
@@ -448,6 +491,32 @@ class Uploader:
             MultipartUpload={"Parts": parts},
         )  # fmt: skip
         return multipart_etag(md5s)
+
+    @staticmethod
+    async def _abort(s3: Any, target: objectstore.Target, key: str, upload_id: str) -> None:
+        with contextlib.suppress(Exception):  # NoSuchUpload: the removal aborted it already
+            await asyncio.to_thread(
+                s3.abort_multipart_upload, Bucket=target.bucket, Key=key, UploadId=upload_id
+            )
+
+    async def _drop_object(
+        self, target: objectstore.Target, key: str, record: dict[str, Any]
+    ) -> None:
+        """Delete the object this upload put for a file removed meanwhile (three tries; a
+        bucket away for all of them leaves it, logged with its key as ``object_left``)."""
+        for attempt in range(3):
+            try:
+                await asyncio.to_thread(objectstore.delete, target, key)
+            except Exception as exc:
+                if attempt == 2:
+                    log.warning("object_left", file_id=str(record["_id"]), key=key,
+                                failure=objectstore.classify(exc))  # fmt: skip
+                    return
+                await asyncio.sleep(1.0 + attempt * 2)
+            else:
+                log.info("upload_dropped", file_id=str(record["_id"]), key=key,
+                         reason="file_removed")  # fmt: skip
+                return
 
     @staticmethod
     def _list_parts(
@@ -471,7 +540,7 @@ class Uploader:
         delay = min(self.settings.upload_retry_max_s, base) * random.uniform(0.5, 1.0)  # noqa: S311
         now = utcnow()
         done = await self.db[Collections.FILES].find_one_and_update(
-            {"_id": record["_id"], "upload.state": {"$ne": "uploaded"}},
+            {**_alive(record), "upload.state": {"$ne": "uploaded"}},
             {"$set": {"upload.state": "failed", "upload.reason": reason,
                       "upload.attempts": attempts, "upload.failed_at": now,
                       "upload.retry_at": now + timedelta(seconds=delay), "modified": now}},

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from bson import ObjectId
 from fastapi import APIRouter, Body, Response
+from pymongo import ReturnDocument
 
 from reelhouse.api import idempotency
 from reelhouse.api.accounts.principal import tenant_of
@@ -156,6 +157,13 @@ async def remove(state: State, principal: Operator, body: IdBody) -> dict[str, A
     loaded = await load_populated(db, tenant, body.id, state.live)
     await jobs.stop_and_wait(state, KIND, body.id)
     root = state.settings.storage_root
+    # Every record is marked `deleted` before any is read: an upload still running then either
+    # wrote its key before (read here, its object deleted below) or finds the mark after and
+    # deletes what it put itself (the janitor's uploader; docs/DECISIONS.md, "Object storage").
+    await db[Collections.FILES].update_many(
+        {"entity_id": body.id, "tenant": tenant, "status": {"$ne": "deleted"}},
+        {"$set": {"status": "deleted", "deleted_at": utcnow(), "modified": utcnow()}},
+    )
     kept = []  # records whose object could not be deleted: left `deleted` for the janitor
     async for record in db[Collections.FILES].find({"entity_id": body.id, "tenant": tenant}):
         if not await storage_targets.delete_object(state, record):
@@ -166,16 +174,8 @@ async def remove(state: State, principal: Operator, body: IdBody) -> dict[str, A
             log.warning("file_not_deleted", file_id=str(record["_id"]), error=str(exc))
     delete_job_dir(root, body.id)
     delete_job_dir(state.settings.archive_root, body.id)
-    for file_id in kept:
-        await db[Collections.FILES].update_one(
-            {"_id": file_id},
-            {"$set": {"status": "deleted", "deleted_at": utcnow(), "modified": utcnow()}},
-        )
-    await db[Collections.FILES].delete_many(
-        {"entity_id": body.id, "tenant": tenant, "status": {"$ne": "deleted"}}
-        if kept
-        else {"entity_id": body.id, "tenant": tenant}
-    )
+    gone = {"entity_id": body.id, "tenant": tenant}
+    await db[Collections.FILES].delete_many({**gone, "_id": {"$nin": kept}} if kept else gone)
     await jobs.delete_job(db, KIND, tenant, loaded)
     state.live_stats.forget(MODULE, body.id)
     log.info("recording_removed", job_id=body.id, files=len(loaded["recordedFiles"]))
@@ -203,17 +203,25 @@ async def remove_file(state: State, principal: Operator, body: RemoveFileBody) -
             "close) before removing it",
             field="file_id",
         )
-    object_gone = await storage_targets.delete_object(state, record)
+    # Marked `deleted` first, and the object deleted by the key the marked record has: an
+    # upload still running either wrote its key before the mark (deleted here) or sees the mark
+    # and deletes what it put itself (docs/DECISIONS.md, "Object storage").
+    marked = await db[Collections.FILES].find_one_and_update(
+        {"_id": record["_id"], "status": record.get("status")},
+        {"$set": {"status": "deleted", "deleted_at": utcnow(), "modified": utcnow()}},
+        return_document=ReturnDocument.AFTER,
+    )
+    if marked is None:  # changed meanwhile (removed, or a segment still closing): as if gone
+        raise NotFound(f"file {body.file_id} not found in recording {body.record_id}",
+                       field="file_id")  # fmt: skip
+    object_gone = await storage_targets.delete_object(state, marked)
     delete_file_record_from_disk(
-        state.settings.storage_root, record, archive_root=state.settings.archive_root
+        state.settings.storage_root, marked, archive_root=state.settings.archive_root
     )
     if object_gone:
         await db[Collections.FILES].delete_one({"_id": record["_id"]})
-    else:  # the bucket refused or is away: the janitor's purge deletes the object, then this
-        await db[Collections.FILES].update_one(
-            {"_id": record["_id"]},
-            {"$set": {"status": "deleted", "deleted_at": utcnow(), "modified": utcnow()}},
-        )
+    # else the bucket refused or is away: the record stays `deleted`, and the janitor's purge
+    # deletes the object, then the record
     log.info("recording_file_removed", job_id=body.record_id, file_id=body.file_id)
     await publish_event(state, tenant, body.record_id, "file_deleted", file=present_file(record))
     return {"success": True}

@@ -8,6 +8,7 @@ import { openLive } from "./live.js";
 import { channelsView } from "./channels.js";
 import { jobState, recordingsView } from "./recordings.js";
 import { restreamsView } from "./restreams.js";
+import { storageView } from "./storage.js";
 import { streamsView } from "./streams.js";
 import { feedList, systemView } from "./system.js";
 import { button, h, notice } from "./ui.js";
@@ -186,6 +187,7 @@ const VIEWS = {
   channels: ["Channels", channelsView],
   streams: ["Streams", streamsView],
   ingest: ["Ingest", ingestView],
+  storage: ["Storage", storageView],
   system: ["System", systemView],
 };
 const built = new Map();

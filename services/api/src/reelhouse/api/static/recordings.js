@@ -187,6 +187,7 @@ export function recordingsView(store) {
       h("td", {}, bytes(file.size_bytes)),
       h("td", {}, duration(file.duration_ms)),
       h("td", {}, integrity(file.integrity)),
+      h("td", {}, uploadState(file)),
       h("td", {}, when(file.created)),
       h("td", { class: "actions" },
         PLAYABLE.has(file.output_format) && ["ready", "archived"].includes(file.status)
@@ -198,7 +199,7 @@ export function recordingsView(store) {
       h("header", { class: "view-head" },
         h("h3", {}, `Files of ${job?.recording_name ?? jobId}`, h("span", { class: "muted" }, ` (${found.meta.total})`)),
         button("Close", closeFiles)),
-      table(["File", "Status", "Size", "Duration", "Integrity", "Created", ""], rows,
+      table(["File", "Status", "Size", "Duration", "Integrity", "Upload", "Created", ""], rows,
         { empty: "No files yet.", testid: "files-table" }),
     );
   }
@@ -209,6 +210,30 @@ export function recordingsView(store) {
     const gaps = report.gaps?.length ?? 0;
     const title = `parts ${report.parts ?? 1}; media ${duration(report.duration_ms)} of ${duration(report.expected_ms)} expected`;
     return h("span", { class: gaps ? "warn" : "ok", title }, gaps ? `${gaps} gap${gaps > 1 ? "s" : ""}` : "complete");
+  }
+
+  // Object storage (issue 24): where the file's upload is. No upload block: the file is local
+  // only (its job names no storage target, or it is an HLS recording).
+  function uploadState(file) {
+    const upload = file.upload;
+    if (!upload?.state) return h("span", { class: "muted", dataset: { testid: "upload-state", state: "local" } }, "local");
+    const tag = (reason, title) => {
+      const el = badge(upload.state, reason);
+      el.dataset.testid = "upload-state";
+      if (title) el.title = title;
+      return el;
+    };
+    if (upload.state === "uploading") {
+      const total = upload.size && upload.part_size ? Math.max(1, Math.ceil(upload.size / upload.part_size)) : 0;
+      const done = upload.parts?.length ?? 0;
+      return tag(total > 1 ? `${done}/${total} parts` : bytes(upload.size), upload.key);
+    }
+    if (upload.state === "uploaded") return tag(upload.local_removed_at || file.local_removed_at ? "local copy removed" : "", upload.key);
+    if (upload.state === "failed") {
+      const retry = upload.retry_at ? `; retry ${when(upload.retry_at)}` : "";
+      return tag(`${upload.reason ?? "error"}${upload.attempts ? `, attempt ${upload.attempts}` : ""}`, `retries${retry}`);
+    }
+    return tag(""); // pending
   }
 
   async function signedUrl(jobId, file) {

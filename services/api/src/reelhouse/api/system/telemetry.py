@@ -2,10 +2,14 @@
 
 Own registry per app (tests build many apps in one process). Job gauges (by state, restarts,
 bitrate) are read at scrape time: states and restarts from MongoDB, bitrate from the live stats
-cache. Request latency comes from :class:`LatencyMiddleware`, labelled by route template (never
-by raw path, which would let callers create label values). NATS reconnects come from the
-:class:`~reelhouse.common.bus.Bus` counters, MongoDB reconnects from a pymongo heartbeat
-listener (process-wide: a recovered heartbeat after a failed one counts as a reconnect).
+cache. Object storage (issue 24): each storage target's upload backlog from the file records
+that carry its id in their top-level ``upload_backlog`` field (set by the janitor's uploader only
+while an upload is pending, running or failed: one indexed equality query per target reads the
+backlog, never the archive), and its throughput summed over the uploaders' ``uploadrate.*``
+live-plane keys. Request latency comes from :class:`LatencyMiddleware`, labelled by route
+template (never by raw path, which would let callers create label values). NATS reconnects come
+from the :class:`~reelhouse.common.bus.Bus` counters, MongoDB reconnects from a pymongo
+heartbeat listener (process-wide: a recovered heartbeat after a failed one counts as a reconnect).
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from prometheus_client.registry import Collector
 from pymongo import monitoring
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reelhouse.common.mongo import Collections
+from reelhouse.common.mongo import Collections, find_each
+
+BACKLOG_STATES = ("pending", "uploading", "failed")
+UPLOAD_RATE_STALE_S = 35.0
+"""An uploader writes its rate every scan (5 s) with a 30 s TTL; older entries are ignored."""
 
 
 class _MongoMonitor(monitoring.ServerHeartbeatListener):
@@ -155,6 +163,26 @@ class ApiMetrics:
             ["outcome"],
             registry=r,
         )
+        upload_labels = ["storage_id", "tenant", "state"]
+        self.upload_backlog_files = Gauge(
+            "reelhouse_upload_backlog_files",
+            "Files waiting for their upload to a storage target, by upload state "
+            "(pending, uploading, failed).",
+            upload_labels,
+            registry=r,
+        )
+        self.upload_backlog_bytes = Gauge(
+            "reelhouse_upload_backlog_bytes",
+            "Bytes of the files waiting for their upload to a storage target, by upload state.",
+            upload_labels,
+            registry=r,
+        )
+        self.upload_throughput = Gauge(
+            "reelhouse_upload_throughput_bytes_per_second",
+            "Bytes a second sent to a storage target over the last 10 s, all uploaders summed.",
+            ["storage_id", "tenant"],
+            registry=r,
+        )
         self.connections = _ConnectionCollector()
         r.register(self.connections)
 
@@ -187,6 +215,7 @@ class ApiMetrics:
                     tenant_stats.processData.bitrate_kbits
                 )
         self._refresh_ingest(state)
+        await self._refresh_uploads(state)
         self.nodes.clear()
         alive: dict[str, int] = {}
         for entry in list(state.live.nodes.values()):
@@ -194,6 +223,38 @@ class ApiMetrics:
                 alive[entry.service] = alive.get(entry.service, 0) + 1
         for service, n in alive.items():
             self.nodes.labels(service).set(n)
+
+    async def _refresh_uploads(self, state: Any) -> None:
+        for gauge in (self.upload_backlog_files, self.upload_backlog_bytes, self.upload_throughput):
+            gauge.clear()
+        tenant_of: dict[str, str] = {}
+        cursor = state.db[Collections.STORAGE_TARGETS].find({}, {"tenant": 1})
+        async for doc in cursor.limit(10_000):
+            tenant_of[str(doc["_id"])] = str(doc.get("tenant", ""))
+        if not tenant_of:
+            return
+        counts = {(sid, st): [0, 0] for sid in tenant_of for st in BACKLOG_STATES}
+        projection = {"upload_backlog": 1, "status": 1, "size_bytes": 1, "upload.state": 1,
+                      "upload.size": 1}  # fmt: skip
+        for doc in await find_each(
+            state.db[Collections.FILES], "upload_backlog", tenant_of, projection
+        ):
+            upload = doc.get("upload") or {}
+            key = (str(doc["upload_backlog"]), str(upload.get("state")))
+            if doc.get("status") == "deleted" or key not in counts:
+                continue
+            counts[key][0] += 1
+            counts[key][1] += int(upload.get("size") or doc.get("size_bytes") or 0)
+        for (sid, st), (n, size) in counts.items():
+            self.upload_backlog_files.labels(sid, tenant_of[sid], st).set(n)
+            self.upload_backlog_bytes.labels(sid, tenant_of[sid], st).set(size)
+        rates = {sid: 0.0 for sid in tenant_of}
+        fresh = time.time() - UPLOAD_RATE_STALE_S
+        for (sid, _node), (seen, value) in list(state.live.upload_rates.items()):
+            if sid in rates and seen >= fresh:
+                rates[sid] += float(value.get("bps") or 0.0)
+        for sid, bps in rates.items():
+            self.upload_throughput.labels(sid, tenant_of[sid]).set(bps)
 
     def _refresh_ingest(self, state: Any) -> None:
         from reelhouse.common.contracts.ingest import IngestStats
