@@ -155,6 +155,14 @@ async def test_split_by_time_registers_contiguous_segments_while_running(stack, 
         return None
 
     segments = await eventually(three_segments_while_running, timeout=40, what="3 segments")
+    # getStat's bitrate is what the segments hold (the segment muxer reports no size of its
+    # own: the recorder counts what this process wrote).
+    stat = await stat_of(stack, job_id)
+    assert stat is not None
+    written = sum(s["size_bytes"] for s in segments[:3]) * 8 / 1000
+    media_s = sum(s["duration_ms"] for s in segments[:3]) / 1000
+    assert int(stat["total_size"]) > 0, stat
+    assert 0.6 * written / media_s <= stat["bitrate_kbits"] <= 1.4 * written / media_s, stat
     await stop_and_wait(stack, job_id)
     for seg in segments[:3]:
         info = await probe(seg["file_path"])
@@ -380,6 +388,15 @@ async def test_every_output_format_from_a_live_hls_input(stack, db, hls_source):
         jobs[fmt] = (await stack.ok("create", body))["id"]
     for job_id in jobs.values():
         await wait_recorded(stack, job_id, 4.0, timeout=60)
+    # Every format shows media moving in getStat, the HLS muxer too (it reports no size of its
+    # own: the recorder counts the segments this process completed, so once the first is).
+    for fmt, job_id in jobs.items():
+
+        async def moving(job_id: str = job_id) -> dict[str, Any] | None:
+            stat = await stat_of(stack, job_id)
+            return stat if stat is not None and stat["bitrate_kbits"] > 0 else None
+
+        await eventually(moving, timeout=20, what=f"a bitrate for {fmt}")
     for fmt, job_id in jobs.items():
         final = await stop_and_wait(stack, job_id)
         assert len(final["recordedFiles"]) == 1, (fmt, final["recordedFiles"])

@@ -41,7 +41,7 @@ from reelhouse.common.credentials import cached_sealer, load_auth
 from reelhouse.common.ffmpeg.failures import classify_lines
 from reelhouse.common.ffmpeg.probe import FileFacts, probe_file
 from reelhouse.common.ffmpeg.progress import ProgressSnapshot
-from reelhouse.common.ffmpeg.recording_args import build_recording_args
+from reelhouse.common.ffmpeg.recording_args import build_recording_args, hls_segment_pattern
 from reelhouse.common.ffmpeg.supervisor import SupervisorState
 from reelhouse.common.files import (
     FILE_TIME_FORMAT,
@@ -193,6 +193,10 @@ class RecordingRun(SupervisedRun):
         self._segment_list: Path | None = None  # split mode: the current part's CSV list
         self._list_offset = 0
         self._opened: set[str] = set()  # split mode: segment names announced as opened
+        self._seg_prefix: str | None = None  # split mode: the current process's segment names
+        self._part_bytes = 0  # split mode: bytes of the current process's completed segments
+        # m3u8: (segment name pattern, next segment number, bytes of the process's done ones)
+        self._hls_written: tuple[str, int, int] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._degraded: str | None = None  # why the job cannot record right now (disk full)
         # The live JPEG output; dropped for good if the source turns out to have no video.
@@ -205,6 +209,7 @@ class RecordingRun(SupervisedRun):
         self._drop_timer: asyncio.Task[None] | None = None  # ends the session after a long drop
         self._drop_joining = False
         super().__init__(lease=lease, leases=leases, bus=bus, settings=settings, node_id=node_id)
+        self.supervisor.size_source = self._written_bytes
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -340,6 +345,7 @@ class RecordingRun(SupervisedRun):
             # complete, so two cuts within one wall-clock second can never share a name.
             stamp = now.strftime("%Y%m%dT%H%M%S")
             target = self._dir / f".seg-{stamp}-%05d.{self._ext}"
+            self._seg_prefix, self._part_bytes = f".seg-{stamp}-", 0
             self._segment_list = self._dir / f".part-{stamp}.csv"
             self._list_offset = 0
             self._list_base = None
@@ -350,6 +356,10 @@ class RecordingRun(SupervisedRun):
             self._hls_from = len(await asyncio.to_thread(hls_entries, playlist)) if playlist else 0
             self._part_path = target
             self._segment_list = None
+            self._seg_prefix = None
+            self._hls_written = None
+            if self.config.output_format == "m3u8":
+                self._hls_written = (str(hls_segment_pattern(target)), self._hls_from, 0)
         self._part_record = None
         if source.application == "IO_APPLICATION_STREAMLINK":
             # Resolved afresh at each start (an expired platform URL comes back renewed); a
@@ -843,12 +853,36 @@ class RecordingRun(SupervisedRun):
         if not path.name.startswith(".seg-"):
             return
         final = await asyncio.to_thread(self._free_name, when)
+        # Counted as done before the rename, so the written total never dips in between.
+        size = await asyncio.to_thread(_size_of, path)
+        ours = self._seg_prefix is not None and path.name.startswith(self._seg_prefix)
+        self._part_bytes += size if ours else 0
+        self._opened.discard(path.name)
         try:
             await asyncio.to_thread(path.rename, final)
         except FileNotFoundError:
+            self._part_bytes -= size if ours else 0
             return
-        self._opened.discard(path.name)
         await self._close_part(final, None, started=when)
+
+    def _written_bytes(self) -> int | None:
+        """The supervisor's ``size_source``: what the current process has written, where its
+        muxer reports no size (segment and HLS muxers): its completed segments and the open one.
+        None for a single file (FFmpeg's own ``total_size``)."""
+        if self._hls_written is not None:
+            # HLS: segments appear numbered in order, each whole once complete (with temp_file
+            # the muxer shows nothing of the open one), so the count lags by up to a segment;
+            # N/A until the first one is there.
+            pattern, n, done = self._hls_written
+            while (size := _existing_size(Path(pattern % n))) is not None:
+                done, n = done + size, n + 1
+            self._hls_written = (pattern, n, done)
+            return done if n > self._hls_from else None
+        if self._seg_prefix is None:
+            return None
+        prefix = self._seg_prefix
+        open_now = [name for name in self._opened if name.startswith(prefix)]
+        return self._part_bytes + sum(_size_of(self._dir / name) for name in open_now)
 
     def _free_name(self, when: datetime) -> Path:
         candidate = self._dir / file_name(self._slug, when, self._ext)
@@ -870,3 +904,14 @@ class RecordingRun(SupervisedRun):
                 await self._event(
                     "file_opened", file={"file_name": path.name, "file_path": str(path)}
                 )
+
+
+def _size_of(path: Path) -> int:
+    return _existing_size(path) or 0
+
+
+def _existing_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None

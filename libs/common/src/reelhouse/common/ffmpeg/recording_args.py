@@ -46,6 +46,7 @@ __all__ = [
     "THUMBNAIL_EVERY_S",
     "THUMBNAIL_FILE_NAME",
     "build_recording_args",
+    "hls_segment_pattern",
     "recording_output_args",
     "thumbnail_output_args",
 ]
@@ -66,7 +67,9 @@ def _muxer_options(output_format: str) -> list[tuple[str, str]]:
     return [*options, ("flush_packets", "1")]
 
 
-def _hls_segment_pattern(playlist: Path) -> Path:
+def hls_segment_pattern(playlist: Path) -> Path:
+    """The HLS muxer's segment names beside ``playlist``: ``<stem>-%05d.ts`` (a printf pattern,
+    the number being the segment's media sequence)."""
     stem = playlist.stem.replace("%", "%%")  # the muxer expands %d in this name
     return playlist.with_name(f"{stem}-%05d.ts")
 
@@ -125,7 +128,7 @@ def recording_output_args(
             "-hls_flags", "+independent_segments+program_date_time+temp_file"
             + ("+append_list" if hls_append else ""),
             "-hls_segment_type", "mpegts",
-            "-hls_segment_filename", str(_hls_segment_pattern(target)),
+            "-hls_segment_filename", str(hls_segment_pattern(target)),
             "-flush_packets", "1",
         ]  # fmt: skip
     elif segment_seconds is not None:

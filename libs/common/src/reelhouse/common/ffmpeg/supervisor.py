@@ -461,6 +461,10 @@ class FFmpegSupervisor:
         self._feeding: Feed | None = None  # the source the current process reads
         self.feed_error: str | None = None
         """Why the latest feed ended early (the source failed), None if it did not."""
+        self.size_source: Callable[[], int | None] | None = None
+        """Bytes the current process has written so far, asked when a progress block has no
+        ``total_size`` and no tap counts one (the segment muxer of a split recording keeps no
+        size of its own): the block then gets it as ``total_size`` and a bitrate, as with a tap."""
 
     # -- what callers read ------------------------------------------------------------------
 
@@ -928,8 +932,10 @@ class FFmpegSupervisor:
             snapshot = parser.feed(line)
             if snapshot is None:
                 continue
-            if self._tap is not None and snapshot.total_size == NOT_AVAILABLE:
-                snapshot = snapshot.with_total_size(self._tap.count)
+            if snapshot.total_size == NOT_AVAILABLE:
+                size = self._tap.count if self._tap is not None else self._written_bytes()
+                if size is not None:
+                    snapshot = snapshot.with_total_size(size)
             # A block that moves nothing (FFmpeg spinning on a stalled input) is not progress.
             position = (snapshot.frame, snapshot.total_size, snapshot.out_time_ms)
             if position != last_position:
@@ -938,6 +944,15 @@ class FFmpegSupervisor:
                 progressed.set()
             self._last_progress = snapshot
             await self._call(self._on_progress, snapshot)
+
+    def _written_bytes(self) -> int | None:
+        if self.size_source is None:
+            return None
+        try:
+            return self.size_source()
+        except Exception:
+            self._log.exception("ffmpeg_supervisor_hook_failed", hook="size_source")
+            return None
 
     async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
         while (line := await _readline(stream)) is not None:
