@@ -11,10 +11,12 @@ already ``uploaded``, ``--backlog`` of them ``pending`` and a few ``failed`` wit
   shape is timed directly, so it stays measurable after the change;
 - ``Uploader.scan()``: one pass of this worktree's uploader, as its loop runs it (no live plane
   given, so it claims and uploads nothing: discovery only);
-- ``Uploader.scan(repair=True)``, where the uploader has one: the slow repair pass.
+- ``Uploader.scan(repair=True)``, where the uploader has one: the slow repair pass;
+- with ``--before REV``: ``Uploader.scan()`` of the uploader at git revision REV (e.g. ``main``
+  before this change), on the same seeded server, so both are measured under the same load.
 
     uv run python bench/upload_discovery.py [--files 20000] [--jobs 20] [--reps 10]
-        [--json out.json]
+        [--before REV] [--json out.json]
 
 Writes nothing outside a temporary directory under /tmp (removed at the end).
 """
@@ -24,7 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib.util
 import inspect
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,7 +80,7 @@ def seed(db: Any, jobs: int, files: int, backlog: int, failed: int) -> list[str]
             doc["upload_backlog"] = sid
         else:
             doc["upload"] = {"state": "uploaded", "storage_id": sid, "key": f"k/{k}",
-                             "size": 4_500_000, "etag": "0" * 32, "verified_at": created}  # fmt: skip
+                             "size": 4_500_000, "verified_at": created}  # fmt: skip
         batch.append(doc)
         if len(batch) == 1000:
             db.files.insert_many(batch)
@@ -88,12 +92,30 @@ def seed(db: Any, jobs: int, files: int, backlog: int, failed: int) -> list[str]
     return [str(j) for j in job_ids]
 
 
-async def measure(url: str, reps: int) -> dict[str, Any]:
+UPLOADS = "services/janitor/src/reelhouse/janitor/uploads.py"
+
+
+def uploader_at(rev: str, tmp: Path) -> Any:
+    """The ``Uploader`` class of ``uploads.py`` at git revision ``rev``."""
+    source = subprocess.run(["git", "show", f"{rev}:{UPLOADS}"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout  # fmt: skip
+    path = tmp / "uploads_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("uploads_before", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Uploader
+
+
+async def measure(url: str, reps: int, before: Any = None) -> dict[str, Any]:
     client: AsyncMongoClient = AsyncMongoClient(url, tz_aware=True)
     db = client["reelhouse"]
     settings = JanitorSettings(upload_concurrency=64)
-    up = Uploader(db=db, bus=None, live=None, settings=settings, node_id="bench",
-                  storage_root=Path("/nowhere"))  # fmt: skip
+    kwargs = {"db": db, "bus": None, "live": None, "settings": settings, "node_id": "bench",
+              "storage_root": Path("/nowhere")}  # fmt: skip
+    up = Uploader(**kwargs)
     out: dict[str, Any] = {}
 
     async def per_job_scan() -> int:
@@ -113,6 +135,14 @@ async def measure(url: str, reps: int) -> dict[str, Any]:
         say(f"  {name}: p50 {out[name]['ms_p50']:.1f} ms, max {out[name]['ms_max']:.1f} ms")
 
     await timed("per-job scan (before)", per_job_scan)
+    if before is not None:
+        old = before(**kwargs)
+        await timed("Uploader.scan() at --before", old.scan)
+        await asyncio.gather(*old.running.values(), return_exceptions=True)
+    t = time.perf_counter()
+    await up.scan()  # this process's first pass reads each job's records once (catch-up)
+    out["Uploader.scan() first pass"] = {"ms": (time.perf_counter() - t) * 1000}
+    say(f"  Uploader.scan() first pass: {out['Uploader.scan() first pass']['ms']:.1f} ms")
     await timed("Uploader.scan()", up.scan)
     if "repair" in inspect.signature(up.scan).parameters:
         await timed("Uploader.scan(repair=True)", lambda: up.scan(repair=True))
@@ -127,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backlog", type=int, default=20)
     p.add_argument("--failed", type=int, default=5)
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--before", metavar="REV", help="also time the uploader of this git revision")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     machine = header("upload discovery", dt.datetime.now(dt.UTC))
@@ -138,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
             sync: MongoClient = MongoClient(url, tz_aware=True)
             seed(sync["reelhouse"], args.jobs, args.files, args.backlog, args.failed)
             sync.close()
-            results = asyncio.run(measure(url, args.reps))
+            before = uploader_at(args.before, Path(tmp)) if args.before else None
+            results = asyncio.run(measure(url, args.reps, before))
         finally:
             srv.stop()
     if args.json:
-        save_json(args.json, {"machine": machine, "args": vars(args) | {"json": str(args.json)},
-                              "results": results})
+        save_json(
+            args.json,
+            {"machine": machine, "args": vars(args) | {"json": str(args.json)}, "results": results},
+        )
     return 0
 
 

@@ -31,7 +31,7 @@ from support.wait import eventually
 from reelhouse.common.mongo import Collections
 
 UPLOADER = {
-    "REELHOUSE_UPLOAD_SCAN_S": "0.3",
+    "REELHOUSE_UPLOAD_REPAIR_S": "3600",  # events, finished uploads and timers drive it
     "REELHOUSE_UPLOAD_PART_SIZE_MB": "5",
     "REELHOUSE_UPLOAD_RETRY_INITIAL_S": "0.5",
     "REELHOUSE_UPLOAD_RETRY_MAX_S": "2",
