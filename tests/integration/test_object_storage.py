@@ -162,7 +162,9 @@ async def test_split_recording_uploads_then_range_archive_remove_and_retention(
     body["input"]["input_stream_url"] = source.url
     job_id = (await stack.ok("create", body))["id"]
 
-    done = await wait_uploaded(db, job_id, 3, timeout=45)
+    # Four: after one is archived and one removed, retention (max_files 1) still has one to
+    # delete (with three, whether a fourth segment closed before the stop decided it).
+    done = await wait_uploaded(db, job_id, 4, timeout=45)
     await stack.ok("stop", {"id": job_id})
     objects = s3.keys("recordings")
     for record in done:
