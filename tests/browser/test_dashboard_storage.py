@@ -100,7 +100,7 @@ async def test_storage_page_creates_and_tests_a_target_and_files_show_their_uplo
          "file_path": str(path), "status": "ready", "size_bytes": path.stat().st_size,
          "output_format": "mpegts", "created": now, "modified": now}
     )  # fmt: skip
-    await stack.start_janitor(REELHOUSE_UPLOAD_SCAN_S="0.3", REELHOUSE_INTERVAL_S="3600")
+    await stack.start_janitor(REELHOUSE_UPLOAD_REPAIR_S="3600", REELHOUSE_INTERVAL_S="3600")
     await page.get_by_test_id("nav-recordings").click()
     job_row = page.locator(f"[data-testid=recording-row][data-id='{job['id']}']")
     await job_row.get_by_test_id("files").click()

@@ -157,7 +157,7 @@ async def test_metrics_upload_backlog_and_throughput_per_storage_target(
         assert value(m, "reelhouse_upload_throughput_bytes_per_second", **labels) == 0
 
         # 1 MiB/s: the 3 MiB file (one PUT) is in the backlog for ~3 s.
-        await stack.start_janitor(REELHOUSE_UPLOAD_SCAN_S="0.3", REELHOUSE_INTERVAL_S="3600",
+        await stack.start_janitor(REELHOUSE_UPLOAD_REPAIR_S="3600", REELHOUSE_INTERVAL_S="3600",
                                   REELHOUSE_UPLOAD_MAX_BPS=str(1024 * 1024))  # fmt: skip
 
         async def queued() -> dict[Any, float] | None:

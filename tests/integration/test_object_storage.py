@@ -11,6 +11,7 @@ janitor's uploader as a subprocess, the API in-process, real NATS and FerretDB.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -25,13 +26,19 @@ from bson import ObjectId
 from support.media import av_streams, ffprobe
 from support.s3 import S3Server
 from support.seeds import recording_payload
+from support.services import settings_from_env
 from support.stack import Stack, running_stack
 from support.wait import eventually
 
+from reelhouse.common.bus import Bus
+from reelhouse.common.events import build_event
+from reelhouse.common.files import present_file, upload_queued
 from reelhouse.common.mongo import Collections
+from reelhouse.janitor.settings import JanitorSettings
+from reelhouse.janitor.uploads import Uploader
 
 UPLOADER = {
-    "REELHOUSE_UPLOAD_SCAN_S": "0.3",
+    "REELHOUSE_UPLOAD_REPAIR_S": "3600",  # events, finished uploads and timers drive it
     "REELHOUSE_UPLOAD_PART_SIZE_MB": "5",
     "REELHOUSE_UPLOAD_RETRY_INITIAL_S": "0.5",
     "REELHOUSE_UPLOAD_RETRY_MAX_S": "2",
@@ -155,7 +162,9 @@ async def test_split_recording_uploads_then_range_archive_remove_and_retention(
     body["input"]["input_stream_url"] = source.url
     job_id = (await stack.ok("create", body))["id"]
 
-    done = await wait_uploaded(db, job_id, 3, timeout=45)
+    # Four: after one is archived and one removed, retention (max_files 1) still has one to
+    # delete (with three, whether a fourth segment closed before the stop decided it).
+    done = await wait_uploaded(db, job_id, 4, timeout=45)
     await stack.ok("stop", {"id": job_id})
     objects = s3.keys("recordings")
     for record in done:
@@ -163,6 +172,8 @@ async def test_split_recording_uploads_then_range_archive_remove_and_retention(
         assert upload["key"] == f"live/{job_id}/{record['file_name']}"
         assert objects[upload["key"]] == upload["size"] == record["size_bytes"] > 0
         assert upload["verified"] == "size+etag"
+        # Queued by the recorder in the very write that made the file ready (upload_queued).
+        assert upload["queued_at"] == record["ready_at"]
 
     # Local copies go after verification, never before.
     async def removed_locally() -> list[dict] | None:
@@ -343,3 +354,85 @@ async def test_a_file_removed_while_its_upload_runs_leaves_no_object(stack, db, 
     await eventually(lambda: key not in s3.keys("inflight"), timeout=10,
                      what="the late object deleted by its uploader")  # fmt: skip
     assert s3.keys("inflight") == {}
+
+
+async def _ready_record(db, job_id: str, path: Path, storage_id: str | None) -> dict[str, Any]:
+    """A closed file's ready record, queued for ``storage_id`` as its writer queues it (or, with
+    None, as an older writer left it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(64 * 1024))
+    now = datetime.now(UTC)
+    doc = {"_id": ObjectId(), "tenant": "default", "entity_id": job_id, "file_name": path.name,
+           "file_path": str(path), "status": "ready", "size_bytes": 64 * 1024,
+           "created": now, "modified": now, "ready_at": now,
+           **upload_queued(storage_id, now)}  # fmt: skip
+    await db[Collections.FILES].insert_one(doc)
+    return doc
+
+
+async def test_the_uploader_is_woken_by_file_ready_not_by_reading_the_archive(
+    stack, db, s3_server, settings_env
+):
+    """With no repair pass for an hour, a file is uploaded because its ``file_ready`` event woke
+    the uploader (queued by its writer, or by the uploader on the event when the writer left it
+    unqueued); a ready record nobody queued or announced is not found by reading the archive."""
+    s3 = s3_server
+    storage_id = await add_target(stack, s3, "woken")
+    body = recording_payload(1, active=False, output_format="mpegts", storage_id=storage_id)
+    job_id = (await stack.ok("create", body))["id"]
+    folder = stack.storage_root / job_id
+    await _ready_record(db, job_id, folder / "a.ts", storage_id)
+    await stack.start_janitor(**UPLOADER)
+    await wait_uploaded(db, job_id, 1, timeout=30)  # its first pass is over
+
+    settings = settings_from_env(JanitorSettings, settings_env)
+    bus = Bus(settings, name="file-ready-test")
+    await bus.start()
+    try:
+        assert await bus.wait_connected(timeout=10)
+
+        async def announce(doc: dict[str, Any]) -> None:
+            file = present_file(doc)
+            message = build_event("file_ready", module="recording", job_id=job_id,
+                                  tenant="default", node="test", file=file)  # fmt: skip
+            await bus.publish(bus.subjects.event("recording", job_id, "file_ready"), message)
+
+        silent = await _ready_record(db, job_id, folder / "b.ts", None)  # no event, not queued
+        await announce(await _ready_record(db, job_id, folder / "c.ts", storage_id))
+        await announce(await _ready_record(db, job_id, folder / "d.ts", None))
+        done = await wait_uploaded(db, job_id, 3, timeout=30)
+    finally:
+        await bus.close()
+    assert {d["file_name"] for d in done} == {"a.ts", "c.ts", "d.ts"}
+    assert "upload" not in (await db[Collections.FILES].find_one({"_id": silent["_id"]}))
+
+
+async def test_the_repair_pass_queues_a_ready_file_no_writer_or_event_queued(
+    db, settings_env, tmp_path
+):
+    """The uploader in-process on the real database (no live plane: it claims nothing): a job's
+    records are read once when the job is first seen, then only the indexed backlog, and one
+    job's records in turn by the repair pass."""
+    settings = settings_from_env(JanitorSettings, settings_env)
+    storage_id = str(ObjectId())
+    job_id = ObjectId()
+    await db[Collections.RECORDINGS].insert_one(
+        {"_id": job_id, "tenant": "default", "storage_id": storage_id, "keep_local": True}
+    )
+    up = Uploader(db=db, bus=None, live=None, settings=settings, node_id="janitor-r",
+                  storage_root=tmp_path)  # fmt: skip
+    files = db[Collections.FILES]
+    older = await _ready_record(db, str(job_id), tmp_path / "older.ts", None)
+    await up.scan()  # the job first seen: its records read once, the older one queued
+    queued = await files.find_one({"_id": older["_id"]})
+    assert queued["upload"]["state"] == "pending"
+    assert queued["upload_backlog"] == storage_id
+
+    missed = await _ready_record(db, str(job_id), tmp_path / "missed.ts", None)
+    await up.scan()  # the backlog only
+    assert "upload" not in (await files.find_one({"_id": missed["_id"]}))
+    await up.scan(repair=True)
+    repaired = await files.find_one({"_id": missed["_id"]})
+    assert repaired["upload"]["state"] == "pending"
+    assert repaired["upload_backlog"] == storage_id
+    await asyncio.gather(*up.running.values(), return_exceptions=True)

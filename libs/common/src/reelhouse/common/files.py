@@ -118,6 +118,30 @@ def delete_job_dir(root: Path, job_id: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+UPLOAD_BACKLOG = "upload_backlog"
+"""Top-level field of a file record whose upload is pending, running or failed: its storage
+target's id (unset once uploaded). Indexed (ferretdb-lite's ``indexed`` list, ``ensure_indexes``):
+the uploader finds its work and ``/metrics`` counts the backlog by top-level equality on it."""
+
+
+def upload_queued(storage_id: Any, now: datetime) -> dict[str, Any]:
+    """The fields that queue a file for upload to ``storage_id`` (issue 24): ``upload.state:
+    pending`` and the indexed ``upload_backlog``; nothing when the job names no target.
+
+    Every writer that makes a file record ``ready`` puts these into the same ``$set`` (or the
+    inserted record) when the record has no ``upload`` block yet: the recorder's close of a
+    segment, its join of a seamless session (and the parts made ready when a join fails), a
+    reprocess, and the janitor's uploader for a record that came without them (an older writer,
+    a job given a target later). So the uploader finds its work by the index, never by reading
+    every file of every job.
+    """
+    if not storage_id:
+        return {}
+    sid = str(storage_id)
+    return {"upload": {"state": "pending", "storage_id": sid, "queued_at": now, "attempts": 0},
+            UPLOAD_BACKLOG: sid}  # fmt: skip
+
+
 _FILE_HIDDEN = frozenset(
     {"_id", "tenant", "node", "part", "modified", "hls_from", "status_before", "reprocess_node",
      "reprocess_until", "upload_backlog"}

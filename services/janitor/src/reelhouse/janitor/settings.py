@@ -30,8 +30,14 @@ class JanitorSettings(CommonSettings):
     upload_enabled: bool = Field(
         True, description="Upload the files of jobs with a storage_id (this janitor node)."
     )
-    upload_scan_s: float = Field(
-        5.0, gt=0, description="Seconds between scans for files to upload (also woken by events)."
+    upload_repair_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds between the uploader's repair passes (the backlog query, and one "
+        "job's file records read whole, in turn). New files wake it by their file_ready events.",
+    )
+    upload_rate_s: float = Field(
+        5.0, gt=0, description="Seconds between refreshes of the upload rate gauge while sending."
     )
     upload_concurrency: int = Field(
         4, ge=1, le=64, description="Files this janitor uploads at once."

@@ -54,7 +54,7 @@ from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.credentials import cached_sealer
 from reelhouse.common.events import build_event
-from reelhouse.common.files import is_under, present_file
+from reelhouse.common.files import UPLOAD_BACKLOG, is_under, present_file, upload_queued
 from reelhouse.common.live import LivePlane, decode
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections, find_each
@@ -101,10 +101,11 @@ class Throttle:
         time.sleep(max(0.0, wait))
 
 
-BACKLOG = "upload_backlog"
+BACKLOG = UPLOAD_BACKLOG
 """Top-level field of a file record whose upload is pending, running or failed: its storage
-target's id (unset once uploaded). The API's ``/metrics`` counts the backlog per target by
-top-level equality on it, an index on both servers, never a scan of the archive."""
+target's id (unset once uploaded). The uploader finds its work and the API's ``/metrics`` counts
+the backlog per target by top-level equality on it, an index on both servers, never a scan of
+the archive."""
 
 
 def _alive(record: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +132,18 @@ def multipart_etag(md5s: list[str]) -> str:
 
 
 class Uploader:
-    """One janitor's uploads: a scan loop, woken by ``file_ready`` events, and a task per file."""
+    """One janitor's uploads: a loop woken by ``file_ready`` events, finished uploads and timers
+    (retries, local copies due, the slow repair pass), and a task per file.
+
+    **Finding work without reading the archive.** A file to upload carries the indexed
+    top-level ``upload_backlog: <storage id>`` from the write that made it ``ready``
+    (:func:`reelhouse.common.files.upload_queued`). A pass lists the jobs with a target (a small
+    collection) and runs one top-level equality query per target on that field: it reads the
+    backlog, not the archive. The files of a job are read whole (``entity_id``) only when this
+    process first sees the job with its target (at start: records from before the field, or a
+    job given a target later), and one job at a time by the repair pass, every
+    ``upload_repair_s``, for a record a writer left unqueued and whose event was lost.
+    """
 
     def __init__(
         self,
@@ -156,6 +168,16 @@ class Uploader:
         self.running: dict[str, asyncio.Task[None]] = {}
         self.rates: dict[str, list[tuple[float, int]]] = {}
         """Bytes sent per storage target, (monotonic time, bytes), for the throughput gauge."""
+        self.hinted: set[str] = set()
+        """File ids named by ``file_ready`` events since the last pass."""
+        self.seen: dict[str, str] = {}
+        """Job id → the storage id this process has read the job's files for (catch-up)."""
+        self.repair_order: list[str] = []
+        self.retry_at: float | None = None
+        """Monotonic time of the earliest ``retry_at`` of a failed upload in the backlog."""
+        self.local_due: dict[str, float] = {}
+        """File id → monotonic time its local copy may go (uploaded, in its grace)."""
+        self.repair_at = time.monotonic() + float(settings.upload_repair_s)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -165,21 +187,30 @@ class Uploader:
             with contextlib.suppress(Exception):
                 subject = self.bus.subjects.events_of(MODULE, "file_ready")
                 sub = await self.bus.nc.subscribe(subject, cb=self._on_ready)
-        log.info("uploader_ready", instance=self.instance, scan_s=self.settings.upload_scan_s)
+        log.info("uploader_ready", instance=self.instance, repair_s=self.settings.upload_repair_s)
+        self.wake.set()  # the first pass at once
         try:
             while not stop.is_set():
+                now = time.monotonic()
+                woken = self.wake.is_set()
+                self.wake.clear()
+                repair = now >= self.repair_at
+                if repair:
+                    self.repair_at = now + float(self.settings.upload_repair_s)
+                retry = self.retry_at is not None and now >= self.retry_at
                 try:
-                    await self.scan()
+                    if woken or repair or retry:
+                        await self.scan(repair=repair)
+                    await self._remove_due_locals()
                     await self._publish_rates()
                 except Exception as exc:
                     log.warning("upload_scan_failed", error=str(exc).splitlines()[0][:200])
-                self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     waiter = asyncio.ensure_future(self.wake.wait())
                     stopper = asyncio.ensure_future(stop.wait())
                     _, pending = await asyncio.wait(
                         {waiter, stopper},
-                        timeout=self.settings.upload_scan_s,
+                        timeout=self._next_wait(),
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                     for task in pending:
@@ -192,55 +223,142 @@ class Uploader:
                 task.cancel()
             await asyncio.gather(*self.running.values(), return_exceptions=True)
 
-    async def _on_ready(self, _msg: Any) -> None:
+    def _next_wait(self) -> float:
+        """Seconds until the next timer: the repair pass, the earliest retry, the earliest local
+        copy due, and while bytes are being sent the rate gauge's refresh (no query)."""
+        times = [self.repair_at, *self.local_due.values()]
+        if self.retry_at is not None:
+            times.append(self.retry_at)
+        if self.rates or self.running:
+            times.append(time.monotonic() + float(self.settings.upload_rate_s))
+        return max(0.01, min(times) - time.monotonic())
+
+    async def _on_ready(self, msg: Any) -> None:
+        with contextlib.suppress(Exception):
+            file_id = str((json.loads(msg.data).get("file") or {}).get("id") or "")
+            if file_id:
+                self.hinted.add(file_id)
         self.wake.set()
 
-    async def scan(self) -> None:
-        """Start an upload for each file that needs one (up to the concurrency), and remove the
-        local copies whose grace has passed."""
+    async def _storage_jobs(self) -> dict[str, dict[str, Any]]:
         jobs: dict[str, dict[str, Any]] = {}
         projection = {"storage_id": 1, "keep_local": 1, "local_grace_hours": 1, "tenant": 1}
         async for job in self.db[Collections.RECORDINGS].find(
             {"storage_id": {"$type": "string"}}, projection
         ):
             jobs[str(job["_id"])] = job
+        return jobs
+
+    async def scan(self, *, repair: bool = False) -> None:
+        """One pass: queue the files named by events and those of jobs not read yet (or the
+        repair pass's job), then start an upload for each file of the backlog that needs one (up
+        to the concurrency)."""
+        jobs = await self._storage_jobs()
+        for job_id in [j for j in self.seen if j not in jobs]:
+            self.seen.pop(job_id, None)
         if not jobs:
+            self.hinted.clear()
+            self.retry_at = None
             return
+        hinted, self.hinted = self.hinted, set()
+        for file_id in hinted:
+            with contextlib.suppress(Exception):  # not an ObjectId: nothing of ours
+                record = await self.db[Collections.FILES].find_one({"_id": ObjectId(file_id)})
+                if record is not None and record.get("entity_id") in jobs:
+                    await self._catch_up(record, jobs[record["entity_id"]])
+        unseen = [j for j, job in jobs.items() if self.seen.get(j) != str(job["storage_id"])]
+        if repair and not unseen:
+            self.repair_order = [j for j in self.repair_order if j in jobs] or sorted(jobs)
+            unseen = [self.repair_order.pop(0)]
+        for job_id in unseen:
+            await self._read_job(jobs[job_id])
+        await self._start_backlog(jobs)
+
+    async def _read_job(self, job: dict[str, Any]) -> None:
+        """Every file record of one job (top-level equality on ``entity_id``): queue the ready
+        ones that were not (:meth:`_catch_up`)."""
+        job_id = str(job["_id"])
+        async for record in self.db[Collections.FILES].find({"entity_id": job_id}):
+            await self._catch_up(record, job)
+        self.seen[job_id] = str(job["storage_id"])
+
+    async def _catch_up(self, record: dict[str, Any], job: dict[str, Any]) -> None:
+        if record.get("status") != "ready":
+            return
+        upload = record.get("upload") or {}
+        state = upload.get("state")
+        if state is None:
+            await self._mark_pending(record, job)
+        elif state == "uploaded":
+            self._remember_local(record, job)
+        elif record.get(BACKLOG) is None and upload.get("storage_id"):
+            # A record from before the backlog field: found by the index from now on.
+            await self.db[Collections.FILES].update_one(
+                _alive(record), {"$set": {BACKLOG: str(upload["storage_id"])}}
+            )
+
+    async def _start_backlog(self, jobs: dict[str, dict[str, Any]]) -> None:
+        """One top-level equality query per target on ``upload_backlog`` (indexed)."""
+        targets = {str(job["storage_id"]) for job in jobs.values()}
+        found = await find_each(self.db[Collections.FILES], BACKLOG, targets)
         now = utcnow()
-        found = await find_each(self.db[Collections.FILES], "entity_id", jobs)
+        earliest: datetime | None = None
         for record in sorted(found, key=lambda r: (r["created"], r["_id"])):
-            if record.get("status") != "ready":
+            if record.get("status") != "ready" or record.get("entity_id") not in jobs:
                 continue
-            job = jobs[record["entity_id"]]
             upload = record.get("upload") or {}
             state = upload.get("state")
             if state == "uploaded":
-                await self._maybe_remove_local(record, job, now)
                 continue
-            if state is None:
-                record = await self._mark_pending(record, job) or record
-            elif record.get(BACKLOG) is None and upload.get("storage_id"):
-                # A record from before the backlog field: counted from now on.
-                await self.db[Collections.FILES].update_one(
-                    _alive(record), {"$set": {BACKLOG: str(upload["storage_id"])}}
-                )
-            elif state == "failed" and upload.get("retry_at") and upload["retry_at"] > now:
+            if state == "failed" and upload.get("retry_at") and upload["retry_at"] > now:
+                earliest = min(earliest or upload["retry_at"], upload["retry_at"])
                 continue
             file_id = str(record["_id"])
             if file_id in self.running or len(self.running) >= self.settings.upload_concurrency:
                 continue
             task = asyncio.create_task(self._upload_claimed(record), name=f"upload-{file_id}")
             self.running[file_id] = task
-            task.add_done_callback(lambda _t, f=file_id: self.running.pop(f, None))
+            task.add_done_callback(lambda _t, f=file_id: self._finished(f))
+        self.retry_at = (
+            None if earliest is None
+            else time.monotonic() + max(0.0, (earliest - utcnow()).total_seconds())
+        )  # fmt: skip
+
+    def _finished(self, file_id: str) -> None:
+        """An upload task ended: another pass (the next file of the backlog, or its retry)."""
+        self.running.pop(file_id, None)
+        self.wake.set()
+
+    def _remember_local(self, record: dict[str, Any], job: dict[str, Any]) -> None:
+        """An uploaded file whose local copy is to go: when its grace ends (a timer)."""
+        upload = record.get("upload") or {}
+        verified = upload.get("verified_at")
+        if job.get("keep_local") or record.get("local_removed_at") or verified is None:
+            return
+        due = verified + timedelta(hours=float(job.get("local_grace_hours") or 0))
+        wait = max(0.0, (due - utcnow()).total_seconds())
+        self.local_due[str(record["_id"])] = time.monotonic() + wait
+
+    async def _remove_due_locals(self) -> None:
+        now = time.monotonic()
+        for file_id in [f for f, due in self.local_due.items() if due <= now]:
+            self.local_due.pop(file_id, None)
+            record = await self.db[Collections.FILES].find_one({"_id": ObjectId(file_id)})
+            if record is None or record.get("status") == "deleted":
+                continue
+            job = await self.db[Collections.RECORDINGS].find_one(
+                {"_id": ObjectId(str(record["entity_id"]))},
+                {"keep_local": 1, "local_grace_hours": 1},
+            )
+            if job is not None:
+                await self._maybe_remove_local(record, job, utcnow())
 
     async def _mark_pending(self, record: dict[str, Any], job: dict[str, Any]) -> Any:
         return await self.db[Collections.FILES].find_one_and_update(
-            {"_id": record["_id"], "upload": {"$exists": False}},
-            {"$set": {"upload": {"state": "pending", "storage_id": job["storage_id"],
-                                 "queued_at": utcnow(), "attempts": 0},
-                      BACKLOG: str(job["storage_id"])}},
+            {"_id": record["_id"], "status": "ready", "upload": {"$exists": False}},
+            {"$set": upload_queued(job["storage_id"], utcnow())},
             return_document=ReturnDocument.AFTER,
-        )  # fmt: skip
+        )
 
     # -- claims -------------------------------------------------------------------------------
 
@@ -561,7 +679,10 @@ class Uploader:
         upload = record.get("upload") or {}
         grace = timedelta(hours=float(job.get("local_grace_hours") or 0))
         verified = upload.get("verified_at")
-        if upload.get("state") != "uploaded" or verified is None or verified + grace > now:
+        if upload.get("state") != "uploaded" or verified is None:
+            return
+        if verified + grace > now:
+            self._remember_local(record, job)  # a timer to the end of its grace
             return
         path = Path(str(record.get("file_path", "")))
         if not is_under(self.root, path):
@@ -571,9 +692,11 @@ class Uploader:
             head = await asyncio.to_thread(objectstore.head, target, str(upload["key"]))
         except Exception as exc:
             log.warning("local_copy_kept", file_id=str(record["_id"]), error=type(exc).__name__)
+            self._look_again(record)
             return
         if head is None or int(head.get("ContentLength", -1)) != int(upload.get("size", -2)):
             log.warning("local_copy_kept", file_id=str(record["_id"]), error="object_mismatch")
+            self._look_again(record)
             return
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(path.unlink)
@@ -581,6 +704,10 @@ class Uploader:
             {"_id": record["_id"]}, {"$set": {"local_removed_at": utcnow(), "modified": utcnow()}}
         )
         log.info("local_copy_removed", file_id=str(record["_id"]), path=str(path))
+
+    def _look_again(self, record: dict[str, Any]) -> None:
+        """The object could not be confirmed: the local copy is looked at again later."""
+        self.local_due[str(record["_id"])] = time.monotonic() + float(self.settings.upload_repair_s)
 
     # -- events and rates -----------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from reelhouse.common.files import (
     job_dir,
     present_file,
     slugify,
+    upload_queued,
 )
 from reelhouse.common.jobs.lease import Lease, LeaseStore
 from reelhouse.common.jobs.run import SupervisedRun
@@ -580,6 +581,7 @@ class RecordingRun(SupervisedRun):
             if started is not None:  # the wall clock's span, against the media's duration
                 report["expected_ms"] = max(0, int((ended - started).total_seconds() * 1000))
             closed.update(ready_at=now, integrity=report)
+            closed.update(upload_queued(self.config.storage_id, now))  # issue 24
         if record_id is None:
             if not await self._job_exists():
                 return
@@ -728,7 +730,8 @@ class RecordingRun(SupervisedRun):
             await files.update_many(
                 {"_id": {"$in": ids}},
                 {"$set": {"status": "ready", "ready_at": now, "modified": now,
-                          "integrity": {"parts": len(parts), "join_failed": error}}},
+                          "integrity": {"parts": len(parts), "join_failed": error},
+                          **upload_queued(self.config.storage_id, now)}},
             )  # fmt: skip
             await self._event("processing_failed", reason=error,
                               file=present_file({**first, "status": "ready"}))  # fmt: skip
@@ -753,7 +756,8 @@ class RecordingRun(SupervisedRun):
             {"_id": parts[0]["_id"]},
             {"$set": {"status": "ready", "size_bytes": size, "duration_ms": facts.duration_ms,
                       "ready_at": now, "modified": now,
-                      "integrity": integrity_report(parts, facts)}},
+                      "integrity": integrity_report(parts, facts),
+                      **upload_queued(self.config.storage_id, now)}},
             return_document=True,
         )  # fmt: skip
         await files.delete_many({"_id": {"$in": [p["_id"] for p in parts[1:]]}})

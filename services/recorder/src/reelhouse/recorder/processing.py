@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -29,7 +30,7 @@ from reelhouse.common.bus import Bus
 from reelhouse.common.contracts.base import utcnow
 from reelhouse.common.events import build_event
 from reelhouse.common.ffmpeg.probe import probe_file
-from reelhouse.common.files import checked_path, hls_segments, present_file
+from reelhouse.common.files import checked_path, hls_segments, present_file, upload_queued
 from reelhouse.common.jobs.lease import as_aware
 from reelhouse.common.logging import get_logger
 from reelhouse.common.mongo import Collections
@@ -199,6 +200,8 @@ class Reprocessor:
     async def _finish(self, record: dict[str, Any], status: str, *, event: Event,
                       reason: str | None = None, **fields: Any) -> None:  # fmt: skip
         now = utcnow()
+        if status == "ready" and "upload" not in record:  # queued for its job's target, if any
+            fields.update(upload_queued(await self._storage_of(record), now))
         done = await self._files.find_one_and_update(
             {"_id": record["_id"], "reprocess_node": self._node_id},
             {"$set": {"status": status, "modified": now, **fields},
@@ -212,6 +215,15 @@ class Reprocessor:
         await self._event(done, event, reason=reason)
         if event == "processing_complete" and status == "ready":
             await self._event(done, "file_ready")
+
+    async def _storage_of(self, record: dict[str, Any]) -> str | None:
+        """The storage target of the record's job (issue 24), or None."""
+        with contextlib.suppress(Exception):  # not an ObjectId: no job, no target
+            job = await self._files.database[Collections.RECORDINGS].find_one(
+                {"_id": ObjectId(str(record.get("entity_id")))}, {"storage_id": 1}
+            )
+            return (job or {}).get("storage_id") or None
+        return None
 
     async def _event(
         self,
