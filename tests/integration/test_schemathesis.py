@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 
 import pytest
@@ -185,10 +186,22 @@ CHECKS = [
 ]
 
 
+def _describe(exc: BaseException, depth: int = 0) -> str:
+    """``exc`` with the sub-exceptions of a group (hypothesis' "unreliable results" and
+    schemathesis' several failures of one case are groups): each one's own text, the failing
+    check's message and the request to reproduce it included."""
+    text = f"{type(exc).__name__}: {exc}"
+    for sub in getattr(exc, "exceptions", ()) if depth < 3 else ():
+        text += "\n" + "  " * (depth + 1) + _describe(sub, depth + 1)
+    return text
+
+
 def test_api_answers_as_its_spec_says(api_schema):
     """One hypothesis run per operation and mode (schemathesis' pytest plugin does not load
-    under pytest 9, so the operations are driven here); every failure is reported at the end."""
+    under pytest 9, so the operations are driven here); every failure is reported at the end,
+    and the slowest runs are printed (``-s`` or ``-rP`` shows them)."""
     failures = []
+    timings: list[tuple[float, str]] = []
     runs = [
         (result.ok(), mode)
         for result in api_schema.get_all_operations()
@@ -208,10 +221,16 @@ def test_api_answers_as_its_spec_says(api_schema):
         def run(case):
             case.call_and_validate(headers=HEADERS, checks=CHECKS)
 
+        started = time.monotonic()
         try:
             run()
         except Unsatisfiable:  # nothing to break (no parameters, or a free-form body)
             assert mode is GenerationMode.NEGATIVE, operation.label
         except (Exception, BaseExceptionGroup) as exc:
-            failures.append(f"{operation.label} ({mode.value}): {str(exc)[:3000]}")
+            failures.append(f"{operation.label} ({mode.value}): {_describe(exc)[:6000]}")
+        timings.append((time.monotonic() - started, f"{operation.label} ({mode.value})"))
+    timings.sort(reverse=True)
+    print(f"{len(timings)} runs in {sum(t for t, _ in timings):.0f} s; the slowest:")
+    for elapsed, label in timings[:12]:
+        print(f"  {elapsed:6.1f} s  {label}")
     assert not failures, f"{len(failures)} failing runs:\n\n" + "\n\n".join(failures)

@@ -28,6 +28,7 @@ from pydantic_core import CoreSchema
 from reelhouse.common.contracts.types import (
     INGEST_INPUT_TYPES,
     INPUT_SCHEMES,
+    NUL_FREE_PATTERN,
     TEXT_PATTERN,
     InputType,
     JsonObject,
@@ -231,9 +232,9 @@ class ModifyAudio(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["DISABLED", "SELECT_TRACK", "SELECT_CHANNELS", "MUTE"] = "DISABLED"
-    channel: str = Field("1,2", max_length=64)
+    channel: str = Field("1,2", max_length=64, pattern=NUL_FREE_PATTERN)
     """Comma-separated 1-based input channels to keep, in output order (SELECT_CHANNELS)."""
-    track: str = Field("0", max_length=4)
+    track: str = Field("0", max_length=4, pattern=NUL_FREE_PATTERN)
     """0-based audio track (stream) of the input to use (SELECT_TRACK)."""
 
     @field_validator("channel")
@@ -282,7 +283,7 @@ class Overlay(CrossFieldSchema):
 
     type: Literal["DISABLED", "TEXT", "IMAGE"] = "DISABLED"
     position: Position = Field(default_factory=Position)
-    text: str = Field("", max_length=256)
+    text: str = Field("", max_length=256, pattern=NUL_FREE_PATTERN)
     font_size: Annotated[int, Field(ge=6, le=400)] = 32
     font_color: str = Field("white", pattern=r"^(#[0-9A-Fa-f]{6}|[a-z]{3,20})$")
     image_url: StreamUrl | Unset = ""
