@@ -148,9 +148,10 @@ CROSS_FIELD_RULES: dict[str, re.Pattern[str]] = {
     "PUT /api/channels/{channel_id}": re.compile(r"^schedule\.stop_at$"),
     # `to` after `from`.
     "POST /api/recording/getFiles": re.compile(r"^to$"),
-    # An HLS playlist lists whole segments (`precise` only with mp4/ts), and the longest range
-    # is a setting (REELHOUSE_PLAYBACK_MAX_RANGE_S).
-    "POST /api/recording/getPlaybackUrl": re.compile(r"^(precise|duration)$"),
+    "POST /api/recording/getPlayback": re.compile(r"^to$"),
+    # The longest range is a setting (REELHOUSE_PLAYBACK_MAX_RANGE_S); `precise` only with
+    # mp4/ts is in the schema (PlaybackUrlBody.cross_field_schema), not here.
+    "POST /api/recording/getPlaybackUrl": re.compile(r"^duration$"),
     # The id in the query or in the body: OpenAPI has no "one of these two places".
     "DELETE /api/streams/remove": re.compile(r"^id$"),
     # The warning watermark below the critical one, which may be the stored one.

@@ -226,15 +226,22 @@ class Transcoding(BaseModel):
         return _int_or_blank(value)
 
 
+_CHANNEL = "(?:[1-9]|[1-5][0-9]|6[0-4])"
+"""A channel number, 1 to 64 (the pattern of :attr:`ModifyAudio.channel`)."""
+
+
 class ModifyAudio(BaseModel):
     """Audio channel/track selection."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["DISABLED", "SELECT_TRACK", "SELECT_CHANNELS", "MUTE"] = "DISABLED"
-    channel: str = Field("1,2", max_length=64, pattern=NUL_FREE_PATTERN)
-    """Comma-separated 1-based input channels to keep, in output order (SELECT_CHANNELS)."""
-    track: str = Field("0", max_length=4, pattern=NUL_FREE_PATTERN)
+    channel: str = Field(
+        "1,2", max_length=64, json_schema_extra={"pattern": rf"^{_CHANNEL}(?:,{_CHANNEL})*$"}
+    )
+    """Comma-separated 1-based input channels to keep, in output order (SELECT_CHANNELS). The
+    schema's pattern is the normal form; the validator also takes spaces around the numbers."""
+    track: str = Field("0", max_length=4, json_schema_extra={"pattern": r"^[0-9]+$"})
     """0-based audio track (stream) of the input to use (SELECT_TRACK)."""
 
     @field_validator("channel")
