@@ -206,10 +206,11 @@ def _describe(exc: BaseException, depth: int = 0) -> str:
 def _timed_out(exc: BaseException) -> bool:
     """Whether pytest-timeout's exception is in ``exc`` (it is raised inside whichever request
     runs when the time is up; hypothesis would report it as that operation's "unreliable
-    results", since the replay passes)."""
+    results", since the replay passes; it wraps it, as it is no ``Exception``)."""
     if isinstance(exc, pytest.fail.Exception) and str(exc).startswith("Timeout"):
         return True
-    return any(_timed_out(sub) for sub in getattr(exc, "exceptions", ()))
+    inner = [*getattr(exc, "exceptions", ()), exc.__cause__]
+    return any(_timed_out(sub) for sub in inner if sub is not None and sub is not exc)
 
 
 TIMEOUT_S = 600
