@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
+import threading
+import time
 
 import pytest
 
@@ -11,6 +14,7 @@ from reelhouse.common.netpolicy import (
     BIND_ONLY,
     AddressRefused,
     NetPolicy,
+    Unresolvable,
     parse_networks,
     pin_url,
     url_target,
@@ -72,6 +76,35 @@ async def test_names_are_resolved_and_metadata_names_refused() -> None:
         await NetPolicy().resolve("metadata.google.internal", 80)
     allowed = NetPolicy.from_setting("127.0.0.0/8")
     assert ipaddress.ip_address("127.0.0.1") in await allowed.resolve("localhost", 80)
+
+
+async def test_a_resolver_that_does_not_answer_costs_a_name_one_timeout(monkeypatch) -> None:
+    """A hung lookup is refused as unreachable after ``resolve_timeout_s`` (the setting), and
+    the name is refused again at once for a while; the policy is the same (still refused)."""
+    calls: list[str] = []
+    release = threading.Event()
+
+    def hung(host, *args, **kwargs):
+        calls.append(host)
+        release.wait(5)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hung)
+    policy = CommonSettings(resolve_timeout_s=0.2).net_policy()
+    assert policy.resolve_timeout_s == 0.2
+    name = f"hung-{time.monotonic_ns()}.example"
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unresolvable):
+            await policy.resolve(name, 80)
+        assert time.monotonic() - started < 2
+        started = time.monotonic()
+        with pytest.raises(Unresolvable, match="recently"):
+            await policy.resolve(name.upper(), 80)
+        assert time.monotonic() - started < 0.1
+        assert calls == [name]
+    finally:
+        release.set()
 
 
 @pytest.mark.parametrize(

@@ -29,9 +29,12 @@ the other protocols get the checked address in place of the name.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -84,6 +87,39 @@ BIND_ONLY: Final = "bind-only"
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
 
 RESOLVE_TIMEOUT_S: Final = 5.0
+
+UNRESOLVABLE_TTL_S: Final = 30.0
+"""How long a name that did not resolve is answered :class:`Unresolvable` without a new lookup
+(a negative cache, as DNS has: a resolver that does not answer costs each name one
+``resolve_timeout_s``, not one per request or per retry)."""
+
+_UNRESOLVABLE: dict[str, float] = {}
+"""Name → monotonic time until which it is known not to resolve (at most 1024 names)."""
+
+_RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="netpolicy-resolve")
+"""The lookups' own threads: ``getaddrinfo`` cannot be cancelled, so one waiting on a resolver
+that does not answer holds its thread past ``resolve_timeout_s``; here it holds one of these,
+never one of the event loop's default executor (``asyncio.to_thread``: object storage, files)."""
+
+
+def _known_unresolvable(name: str) -> bool:
+    until = _UNRESOLVABLE.get(name)
+    if until is None:
+        return False
+    if until > time.monotonic():
+        return True
+    _UNRESOLVABLE.pop(name, None)
+    return False
+
+
+def _remember_unresolvable(name: str) -> None:
+    if len(_UNRESOLVABLE) >= 1024:
+        now = time.monotonic()
+        for stale in [n for n, until in _UNRESOLVABLE.items() if until <= now] or [
+            next(iter(_UNRESOLVABLE))
+        ]:
+            _UNRESOLVABLE.pop(stale, None)
+    _UNRESOLVABLE[name] = time.monotonic() + UNRESOLVABLE_TTL_S
 
 
 class AddressRefused(ValueError):
@@ -193,7 +229,8 @@ class NetPolicy:
         """Every address of ``host``, each checked; the allowed ones in the resolver's order.
 
         Raises :class:`AddressRefused` if any address is refused, :class:`Unresolvable` if there
-        is none (unknown name, no DNS within ``resolve_timeout_s``).
+        is none (unknown name, no DNS within ``resolve_timeout_s``; a name that failed so is
+        answered so again for :data:`UNRESOLVABLE_TTL_S` without a lookup).
         """
         name = host.strip("[]").rstrip(".").lower()
         if not name:
@@ -206,12 +243,16 @@ class NetPolicy:
             literal = None
         if literal is not None:
             return [self.check_address(host, literal)]
+        if _known_unresolvable(name):
+            raise Unresolvable(f"{host} could not be resolved (recently)")
         loop = asyncio.get_running_loop()
+        lookup = functools.partial(socket.getaddrinfo, name, port, type=socket.SOCK_STREAM)
         try:
             infos = await asyncio.wait_for(
-                loop.getaddrinfo(name, port, type=socket.SOCK_STREAM), self.resolve_timeout_s
+                loop.run_in_executor(_RESOLVER, lookup), self.resolve_timeout_s
             )
         except (OSError, UnicodeError, TimeoutError) as exc:
+            _remember_unresolvable(name)
             raise Unresolvable(f"{host} could not be resolved") from exc
         found: list[IPAddress] = []
         for family, *_, sockaddr in infos:
@@ -221,6 +262,7 @@ class NetPolicy:
             if ip not in found:
                 found.append(ip)
         if not found:
+            _remember_unresolvable(name)
             raise Unresolvable(f"{host} has no address")
         for ip in found:
             self.check_address(host, ip)

@@ -105,6 +105,15 @@ class CommonSettings(BaseSettings):
         "addresses only. Cloud metadata addresses are never reached.",
     )
 
+    resolve_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="How long the URL policy waits for a host name's addresses, seconds; a name "
+        "that does not resolve in time is refused as unreachable, and answered so for 30 s "
+        "without a new lookup.",
+    )
+
     @field_validator("probe_allow_networks")
     @classmethod
     def _networks(cls, v: str) -> str:
@@ -112,7 +121,10 @@ class CommonSettings(BaseSettings):
 
     def net_policy(self) -> NetPolicy:
         """The policy of every URL fetched on a user's behalf (``reelhouse.common.netpolicy``)."""
-        return NetPolicy.from_setting(self.probe_allow_networks)
+        return NetPolicy(
+            allow=parse_networks(self.probe_allow_networks),
+            resolve_timeout_s=self.resolve_timeout_s,
+        )
 
     def disk_state(self) -> DiskState:
         """The storage root's disk against this deployment's watermarks."""

@@ -25,6 +25,7 @@ from pydantic import (
 from reelhouse.common.contracts.base import BusMessage, Timestamp, utcnow
 from reelhouse.common.contracts.media import CrossFieldSchema, Schedule
 from reelhouse.common.contracts.types import (
+    NUL_FREE_PATTERN,
     SAFE_INT,
     Name,
     _stream_url,
@@ -50,7 +51,9 @@ PLATFORM_HOSTS: dict[str, tuple[str, ...]] = {
 """Hosts of each platform's channel URLs (a bare login becomes ``https://<first host>/<login>``,
 YouTube's ``https://www.youtube.com/@<login>/live``)."""
 
-FilterPattern = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+FilterPattern = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=NUL_FREE_PATTERN)
+]
 """One title or category pattern: 1 to 200 characters."""
 Pattern = Field(default_factory=list, max_length=50)
 

@@ -21,7 +21,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from reelhouse.common.contracts.base import ObjectIdStr
-from reelhouse.common.contracts.types import SAFE_INT, whole_int
+from reelhouse.common.contracts.types import NUL_FREE_PATTERN, SAFE_INT, whole_int
 
 
 class IdBody(BaseModel):
@@ -41,6 +41,8 @@ def _scalar(value: Any) -> Any:
         )
     if isinstance(value, int) and not -(2**63) <= value < 2**63:
         raise ValueError("whole numbers must fit in 64 bits")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain the NUL character")
     return value
 
 
@@ -50,7 +52,7 @@ FilterValue = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string"},
+                {"type": "string", "pattern": NUL_FREE_PATTERN},
                 {"type": "boolean"},
                 {"type": "integer", "minimum": -SAFE_INT, "maximum": SAFE_INT},
             ]

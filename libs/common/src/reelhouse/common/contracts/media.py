@@ -28,6 +28,7 @@ from pydantic_core import CoreSchema
 from reelhouse.common.contracts.types import (
     INGEST_INPUT_TYPES,
     INPUT_SCHEMES,
+    NUL_FREE_PATTERN,
     TEXT_PATTERN,
     InputType,
     JsonObject,
@@ -225,15 +226,22 @@ class Transcoding(BaseModel):
         return _int_or_blank(value)
 
 
+_CHANNEL = "(?:[1-9]|[1-5][0-9]|6[0-4])"
+"""A channel number, 1 to 64 (the pattern of :attr:`ModifyAudio.channel`)."""
+
+
 class ModifyAudio(BaseModel):
     """Audio channel/track selection."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["DISABLED", "SELECT_TRACK", "SELECT_CHANNELS", "MUTE"] = "DISABLED"
-    channel: str = Field("1,2", max_length=64)
-    """Comma-separated 1-based input channels to keep, in output order (SELECT_CHANNELS)."""
-    track: str = Field("0", max_length=4)
+    channel: str = Field(
+        "1,2", max_length=64, json_schema_extra={"pattern": rf"^{_CHANNEL}(?:,{_CHANNEL})*$"}
+    )
+    """Comma-separated 1-based input channels to keep, in output order (SELECT_CHANNELS). The
+    schema's pattern is the normal form; the validator also takes spaces around the numbers."""
+    track: str = Field("0", max_length=4, json_schema_extra={"pattern": r"^[0-9]+$"})
     """0-based audio track (stream) of the input to use (SELECT_TRACK)."""
 
     @field_validator("channel")
@@ -282,7 +290,7 @@ class Overlay(CrossFieldSchema):
 
     type: Literal["DISABLED", "TEXT", "IMAGE"] = "DISABLED"
     position: Position = Field(default_factory=Position)
-    text: str = Field("", max_length=256)
+    text: str = Field("", max_length=256, pattern=NUL_FREE_PATTERN)
     font_size: Annotated[int, Field(ge=6, le=400)] = 32
     font_color: str = Field("white", pattern=r"^(#[0-9A-Fa-f]{6}|[a-z]{3,20})$")
     image_url: StreamUrl | Unset = ""

@@ -29,6 +29,7 @@ from reelhouse.common.contracts.media import (
     Transcoding,
 )
 from reelhouse.common.contracts.types import (
+    NUL_FREE_PATTERN,
     JsonObject,
     Name,
     OptionalStreamUrl,
@@ -86,10 +87,10 @@ class OutputIn(CrossFieldSchema):
     output_stream_listen_port: JsonObject | Port | Literal[""] = Field(default_factory=dict)
     """SRT only: listen on this port (FFmpeg as SRT listener) instead of calling the URL."""
     output_settings: JsonObject = Field(default_factory=dict)
-    output_stream_key: str = Field("", max_length=512, pattern=r"^[^\s/?#]*$")
+    output_stream_key: str = Field("", max_length=512, pattern=r"^[^\s/?#\x00]*$")
     """RTMP: appended to the URL as its last path segment when set."""
-    entity_name: str = Field("", max_length=128)
-    module_name: str = Field("", max_length=64)
+    entity_name: str = Field("", max_length=128, pattern=NUL_FREE_PATTERN)
+    module_name: str = Field("", max_length=64, pattern=NUL_FREE_PATTERN)
 
     @field_validator("output_stream_listen_port", mode="before")
     @classmethod

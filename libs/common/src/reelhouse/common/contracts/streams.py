@@ -43,6 +43,7 @@ from reelhouse.common.contracts.listing import name_fields
 from reelhouse.common.contracts.messages import JobEvent
 from reelhouse.common.contracts.types import (
     INPUT_SCHEMES,
+    NUL_FREE,
     REQUIRED_TEXT_PATTERN,
     TEXT_PATTERN,
     InputType,
@@ -327,8 +328,8 @@ class StreamListBody(BaseModel):
     limit: whole_int(ge=0, le=1000) = 0
     skip: whole_int(ge=0, le=2**31 - 1) = 0  # past int64 MongoDB fails (500)
     sort: dict[str, Literal[1, -1]] = Field(default_factory=lambda: {"created": 1})
-    filter: dict[str, Annotated[str, StringConstraints(max_length=512)] | StrictBool] = Field(
-        default_factory=dict
+    filter: dict[str, Annotated[str, NUL_FREE, StringConstraints(max_length=512)] | StrictBool] = (
+        Field(default_factory=dict)
     )
 
     @classmethod
@@ -385,7 +386,7 @@ class SetStreamInfoBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    short_stream_id: Annotated[str, StringConstraints(max_length=256)] = ""
+    short_stream_id: Annotated[str, NUL_FREE, StringConstraints(max_length=256)] = ""
     stream_id: StreamId
     role: RoleName
     port: Port | None = None

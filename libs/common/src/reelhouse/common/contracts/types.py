@@ -28,6 +28,17 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 """No control characters."""
 
+NUL_FREE_PATTERN = r"^[^\x00]*$"
+"""No NUL character: the least every stored or queried string must meet (PostgreSQL, under
+FerretDB, refuses ``\u0000`` in any text, stored or compared: an internal error, not a 400)."""
+
+NUL_FREE = StringConstraints(pattern=NUL_FREE_PATTERN)
+"""The constraint of :data:`NUL_FREE_PATTERN` (schema and validation) for a field's type:
+``Annotated[str, NUL_FREE]`` or ``Annotated[str, NUL_FREE, Field(max_length=...)]``."""
+
+NulFreeText = Annotated[str, NUL_FREE]
+"""Free text that is stored or used in a query: anything but NUL (:data:`NUL_FREE_PATTERN`)."""
+
 REQUIRED_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f]*$"
 """No control characters and something besides white space (a value is stripped first)."""
 
@@ -171,21 +182,29 @@ Kbps = Annotated[int, Field(gt=0, le=200_000)]
 JSON_OBJECT_MAX_BYTES = 16 * 1024
 
 
-def _storable(value: Any, depth: int = 0) -> None:
+def _storable(value: Any, depth: int = 0, at: str = "") -> None:
+    """Refuse what the database cannot store as sent; ``at`` is the path inside the field
+    (``a.b[0]``), named in the message."""
+    where = f" (at {at})" if at else ""
     if depth > 16:
-        raise ValueError("nests too deep (at most 16 levels)")
+        raise ValueError(f"nests too deep (at most 16 levels){where}")
     if isinstance(value, dict):
         for key, item in value.items():
             if key.startswith("$") or "." in key or "\x00" in key:
-                raise ValueError(f"key {key!r} is not allowed (no '$' prefix, no '.', no NUL)")
-            _storable(item, depth + 1)
+                raise ValueError(
+                    f"key {key!r} is not allowed (no '$' prefix, no '.', no NUL){where}"
+                )
+            _storable(item, depth + 1, f"{at}.{key}" if at else key)
     elif isinstance(value, list):
-        for item in value:
+        for index, item in enumerate(value):
             if isinstance(item, list):  # FerretDB stores no array directly inside an array
-                raise ValueError("an array inside an array is not supported")
-            _storable(item, depth + 1)
+                raise ValueError(f"an array inside an array is not supported{where}")
+            _storable(item, depth + 1, f"{at}[{index}]")
+    elif isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"strings must not contain the NUL character{where}")
     elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
-        raise ValueError("whole numbers must fit in 64 bits")
+        raise ValueError(f"whole numbers must fit in 64 bits{where}")
 
 
 def _json_object(value: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +221,7 @@ JSON_KEY_PATTERN = r"^[^$.\x00][^.\x00]*$"
 """An object key the database stores as sent: no ``$`` first, no ``.``, no NUL."""
 
 _JSON_SCALAR: list[dict[str, Any]] = [
-    {"type": "string"},
+    {"type": "string", "pattern": NUL_FREE_PATTERN},
     {"type": "boolean"},
     {"type": "null"},
     {"type": "integer", "minimum": -SAFE_INT, "maximum": SAFE_INT},
@@ -211,10 +230,10 @@ _JSON_SCALAR: list[dict[str, Any]] = [
 
 
 def json_object_schema(*, levels: int = 3, description: str = "") -> dict[str, Any]:
-    """The JSON schema of a stored free-form object: keys without ``$``/``.``/NUL, no array
-    directly in an array, 64-bit whole numbers. It spells out ``levels`` of nesting (deeper
-    objects are accepted, up to the type's own limit); the size limit, in bytes of JSON, is in
-    the description, as a schema cannot count bytes."""
+    """The JSON schema of a stored free-form object: keys without ``$``/``.``/NUL, strings
+    without NUL, no array directly in an array, 64-bit whole numbers. It spells out ``levels``
+    of nesting (deeper objects are accepted, up to the type's own limit); the size limit, in
+    bytes of JSON, is in the description, as a schema cannot count bytes."""
     inner: dict[str, Any] | None = None
     for _ in range(levels):
         element = [*_JSON_SCALAR, *([inner] if inner else [])]
@@ -235,9 +254,11 @@ JsonObject = Annotated[
     WithJsonSchema(
         json_object_schema(
             description="A JSON object, at most 16 KiB and 16 levels deep; keys without a "
-            "leading '$', '.' or NUL; no array directly inside an array; 64-bit whole numbers."
+            "leading '$', '.' or NUL; strings without NUL; no array directly inside an array; "
+            "64-bit whole numbers."
         )
     ),
 ]
 """A free-form JSON object the database can store as sent (``input_settings`` and the like):
-keys without ``$``/``.``, no array directly in an array, 64-bit numbers, at most 16 KiB."""
+keys without ``$``/``.``/NUL, strings without NUL (anywhere nested), no array directly in an
+array, 64-bit numbers, at most 16 KiB."""

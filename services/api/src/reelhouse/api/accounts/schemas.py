@@ -8,12 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reelhouse.api.accounts.principal import Role
 from reelhouse.common.contracts.base import ObjectIdStr
+from reelhouse.common.contracts.types import NUL_FREE_PATTERN
 
 
 class LoginBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=1, max_length=64)
+    username: str = Field(min_length=1, max_length=64, pattern=NUL_FREE_PATTERN)
     password: str = Field(min_length=1, max_length=256)
 
 
@@ -101,7 +102,9 @@ class UserOut(BaseModel):
 class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, description="What the key is for.")
+    name: str = Field(
+        min_length=1, max_length=100, pattern=NUL_FREE_PATTERN, description="What the key is for."
+    )
     role: Role = "viewer"
 
 

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from reelhouse.common.contracts.base import ObjectIdStr
-from reelhouse.common.contracts.types import url_pattern
+from reelhouse.common.contracts.types import NUL_FREE_PATTERN, url_pattern
 from reelhouse.common.subjects import Event, Module
 
 HookModule = Module | Literal["storage", "system", "auth"]
@@ -35,10 +35,11 @@ class WebhookCreate(BaseModel):
         None,
         min_length=16,
         max_length=256,
+        pattern=NUL_FREE_PATTERN,
         description="HMAC-SHA256 key of the signature header. Unset: one is generated and "
         "returned once, in this response.",
     )
-    description: str = Field("", max_length=500)
+    description: str = Field("", max_length=500, pattern=NUL_FREE_PATTERN)
     active: bool = True
 
     @field_validator("url")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from reelhouse.common.contracts.base import ObjectIdStr
+from reelhouse.common.contracts.media import CrossFieldSchema, when
 
 PlaybackFormat = Literal["mp4", "ts", "hls"]
 """``mp4`` (fragmented, streamed while it is made), ``ts`` (MPEG-TS, streamed), ``hls`` (a VOD
@@ -40,8 +41,10 @@ class PlaybackQuery(BaseModel):
         return self
 
 
-class PlaybackUrlBody(BaseModel):
-    """Body of ``/api/recording/getPlaybackUrl``."""
+class PlaybackUrlBody(CrossFieldSchema):
+    """Body of ``/api/recording/getPlaybackUrl``. ``precise`` only with mp4/ts (the schema says
+    so); ``duration`` at most the deployment's ``REELHOUSE_PLAYBACK_MAX_RANGE_S`` (a setting:
+    the schema shows the type's own limit)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -58,3 +61,8 @@ class PlaybackUrlBody(BaseModel):
     )
 
     _utc_start = field_validator("start")(classmethod(lambda cls, v: _utc(v)))
+
+    @classmethod
+    def cross_field_schema(cls) -> dict[str, Any]:
+        # An HLS playlist lists whole segments: no exact cut (the route refuses precise+hls).
+        return {"allOf": [when("format", "hls", {"properties": {"precise": {"const": False}}})]}

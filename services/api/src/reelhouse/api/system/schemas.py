@@ -8,6 +8,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
 from reelhouse.common.contracts.recording import RecordingIn
 from reelhouse.common.contracts.restream import RestreamIn
+from reelhouse.common.contracts.types import NUL_FREE_PATTERN
 from reelhouse.common.runtime import DiskPct, MaxJobsMap, Rate
 from reelhouse.common.subjects import Service
 
@@ -86,8 +87,12 @@ class LogsQuery(BaseModel):
     from_: AwareDatetime | None = Field(None, alias="from", description="Records at or after.")
     to: AwareDatetime | None = Field(None, description="Records before.")
     limit: int = Field(100, ge=1, le=1000)
-    service: str | None = Field(None, max_length=64, description="Only this service's records.")
-    node: str | None = Field(None, max_length=200, description="Only this node's records.")
+    service: str | None = Field(
+        None, max_length=64, pattern=NUL_FREE_PATTERN, description="Only this service's records."
+    )
+    node: str | None = Field(
+        None, max_length=200, pattern=NUL_FREE_PATTERN, description="Only this node's records."
+    )
 
 
 class DependenciesQuery(BaseModel):
