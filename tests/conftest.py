@@ -99,20 +99,7 @@ def test_id() -> str:
 @pytest.fixture
 def settings_env(infra: Infra, test_id: str, tmp_path: Path) -> dict[str, str]:
     """``REELHOUSE_*`` variables that point a service at this test's infrastructure."""
-    return {
-        "REELHOUSE_NATS_URL": infra.nats_url,
-        "REELHOUSE_MONGODB_URL": infra.mongodb_url,
-        "REELHOUSE_MONGODB_DATABASE": f"t_{test_id}",
-        "REELHOUSE_SUBJECT_PREFIX": f"t{test_id}",
-        "REELHOUSE_STORAGE_ROOT": str(tmp_path / "recordings"),
-        "REELHOUSE_BOOTSTRAP_TOKEN_FILE": str(tmp_path / "bootstrap-token"),
-        "REELHOUSE_LOG_FORMAT": "json",
-        "REELHOUSE_NODE_HEARTBEAT_S": "0.5",
-        "REELHOUSE_NATS_RECONNECT_WAIT_S": "0.2",
-        # Test sources listen on 127.0.0.1, as under `make up`; the address policy's own tests
-        # set it explicitly (tests/integration/test_ssrf.py).
-        "REELHOUSE_PROBE_ALLOW_NETWORKS": LOOPBACK,
-    }
+    return local.settings_env(infra.nats_url, infra.mongodb_url, tmp_path, test_id)
 
 
 @pytest.fixture

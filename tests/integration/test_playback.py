@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
+from support.infra import settings_env
 from support.media import MediaSpec, av_streams, ffprobe, make_source
 from support.seeds import recording_payload
 from support.stack import Stack, running_stack
@@ -46,23 +48,12 @@ async def ready_segments(db: Any, job_id: str) -> list[dict[str, Any]]:
 async def recorded(infra, tmp_path_factory):
     """(stack, job id, records): a split recording with one source drop, stopped."""
     tmp = tmp_path_factory.mktemp("playback")
-    test_id = uuid.uuid4().hex[:12]
     env = {
-        "REELHOUSE_NATS_URL": infra.nats_url,
-        "REELHOUSE_MONGODB_URL": infra.mongodb_url,
-        "REELHOUSE_MONGODB_DATABASE": f"t_{test_id}",
-        "REELHOUSE_SUBJECT_PREFIX": f"t{test_id}",
-        "REELHOUSE_STORAGE_ROOT": str(tmp / "recordings"),
+        **{k: v for k, v in os.environ.items() if not k.startswith("REELHOUSE_")},
+        **settings_env(infra.nats_url, infra.mongodb_url, tmp, uuid.uuid4().hex[:12]),
         "REELHOUSE_ARCHIVE_ROOT": str(tmp / "archive"),
-        "REELHOUSE_BOOTSTRAP_TOKEN_FILE": str(tmp / "bootstrap-token"),
-        "REELHOUSE_LOG_FORMAT": "json",
-        "REELHOUSE_NODE_HEARTBEAT_S": "0.5",
-        "REELHOUSE_PROBE_ALLOW_NETWORKS": "127.0.0.0/8",
         "REELHOUSE_PROBE_MS": "500",
     }
-    import os
-
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REELHOUSE_")}, **env}
     client = AsyncMongoClient(infra.mongodb_url, tz_aware=True)
     db = client[env["REELHOUSE_MONGODB_DATABASE"]]
     source = make_source("srt", MediaSpec())

@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from support.infra import LOOPBACK
+from support.infra import settings_env
 from support.services import settings_from_env
 from support.stack import HEADERS, TOKEN
 
@@ -54,18 +54,10 @@ MAX_EXAMPLES = {
 @pytest.fixture(scope="module")
 def api_schema(infra, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("schemathesis")
-    test_id = uuid.uuid4().hex[:12]
     env = {
-        "REELHOUSE_NATS_URL": infra.nats_url,
-        "REELHOUSE_MONGODB_URL": infra.mongodb_url,
-        "REELHOUSE_MONGODB_DATABASE": f"t_{test_id}",
-        "REELHOUSE_SUBJECT_PREFIX": f"t{test_id}",
-        "REELHOUSE_STORAGE_ROOT": str(tmp / "recordings"),
+        **settings_env(infra.nats_url, infra.mongodb_url, tmp, uuid.uuid4().hex[:12]),
         "REELHOUSE_ARCHIVE_ROOT": str(tmp / "archive"),
-        "REELHOUSE_BOOTSTRAP_TOKEN_FILE": str(tmp / "bootstrap-token"),
-        "REELHOUSE_LOG_FORMAT": "json",
         "REELHOUSE_LOG_LEVEL": "warning",
-        "REELHOUSE_PROBE_ALLOW_NETWORKS": LOOPBACK,
     }
     app = create_app(
         settings_from_env(

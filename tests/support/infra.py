@@ -145,3 +145,22 @@ def ferretdb(tmp: Path, port: int | None = None) -> ServerProcess:
     if stats := os.environ.get("REELHOUSE_FERRETDB_STATS"):  # e.g. 30s: cost per command kind
         argv += ["-stats", stats]
     return ServerProcess("ferretdb", argv, port, tmp / "ferretdb.log")
+
+
+def settings_env(nats_url: str, mongodb_url: str, tmp: Path, test_id: str) -> dict[str, str]:
+    """``REELHOUSE_*`` variables that point a service at a test's infrastructure: its own
+    database ``t_<id>`` and subject prefix ``t<id>``, its files under ``tmp``."""
+    return {
+        "REELHOUSE_NATS_URL": nats_url,
+        "REELHOUSE_MONGODB_URL": mongodb_url,
+        "REELHOUSE_MONGODB_DATABASE": f"t_{test_id}",
+        "REELHOUSE_SUBJECT_PREFIX": f"t{test_id}",
+        "REELHOUSE_STORAGE_ROOT": str(tmp / "recordings"),
+        "REELHOUSE_BOOTSTRAP_TOKEN_FILE": str(tmp / "bootstrap-token"),
+        "REELHOUSE_LOG_FORMAT": "json",
+        "REELHOUSE_NODE_HEARTBEAT_S": "0.5",
+        "REELHOUSE_NATS_RECONNECT_WAIT_S": "0.2",
+        # Test sources listen on 127.0.0.1, as under `make up`; the address policy's own tests
+        # set it explicitly (tests/integration/test_ssrf.py).
+        "REELHOUSE_PROBE_ALLOW_NETWORKS": LOOPBACK,
+    }
