@@ -379,6 +379,10 @@ class RestreamRun(SupervisedRun):
             self._auth_failures += 1
             self.supervisor.delay_next_retry(self._restream_settings.auth_retry_s)
             if self._auth_failures == 1:
+                # The state first, then the event: a reader that acts on the event finds the
+                # destination's failure in the job (the 1 s batch would write it after).
+                self._dirty = False
+                await self.write_runtime()
                 await self._event(
                     "job_failed",
                     state="retrying",
@@ -464,19 +468,22 @@ class DestinationRun:
             else:
                 kind, message = classify_lines(tail), tail[-1][-300:]
             self.run._set(self.index, "retrying", kind, message)
+            if kind == "auth_rejected" and self._auth_failures == 1:
+                # Said once a streak, after the state it reports is in the job (the 1 s batch
+                # would write it after the event): a reader that acts on the event finds it.
+                self.run._dirty = False
+                await self.run.write_runtime()
+                await self.run._event(
+                    "job_failed",
+                    state="retrying",
+                    reason=f"destination {self.index} rejected the stream: {message}; "
+                    f"retrying it every {self._settings.auth_retry_s:g} s (the others keep "
+                    "sending)",
+                )
 
     async def _on_exit(self, returncode: int, stderr_tail: list[str]) -> None:
         if self._stopping or self.run.stopping:
             return
         if classify_lines(stderr_tail) == "auth_rejected":
-            retry_s = self._settings.auth_retry_s
-            self.supervisor.delay_next_retry(retry_s)
+            self.supervisor.delay_next_retry(self._settings.auth_retry_s)
             self._auth_failures += 1
-            if self._auth_failures == 1:
-                message = stderr_tail[-1][-300:] if stderr_tail else "rejected"
-                await self.run._event(
-                    "job_failed",
-                    state="retrying",
-                    reason=f"destination {self.index} rejected the stream: {message}; "
-                    f"retrying it every {retry_s:g} s (the others keep sending)",
-                )
