@@ -27,7 +27,8 @@ window. Between steps the job is stopped (``/api/restream/stop``) and the script
 the restreamer has no FFmpeg child.
 
     uv run python bench/destinations.py [--destinations 1,2,4] [--modes split,tee]
-        [--window 30] [--warmup 10] [--transcode] [--quick] [--json out.json]
+        [--window 30] [--warmup 10] [--transcode | --processing copy,transcode] [--quick]
+        [--json out.json]
 
 Every process this script starts gets PDEATHSIG=KILL (``setpriv``) and is stopped in ``finally``.
 """
@@ -473,7 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--transcode",
         action="store_true",
-        help="also measure the job transcoded (libx264 veryfast, 640x360, 1 Mbit/s)",
+        help="also measure the job transcoded (libx264 veryfast, 640x360, 1 Mbit/s): "
+        "--processing copy,transcode",
+    )
+    p.add_argument(
+        "--processing", default="copy", help="copy, transcode or copy,transcode (default copy)"
     )
     p.add_argument("--quick", action="store_true",
                    help="K in 1,2; 4 s warm-up, 8 s window (make bench)")  # fmt: skip
@@ -484,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = [x for x in args.modes.split(",") if x]
     if "split" in modes and not DATAPLANE.exists():
         raise SystemExit(f"{DATAPLANE} is missing: run `make install`")
-    processings = ["copy", "transcode"] if args.transcode else ["copy"]
+    processings = [x for x in args.processing.split(",") if x in ("copy", "transcode")]
+    if args.transcode and "transcode" not in processings:
+        processings.append("transcode")
 
     clip = ensure_clip(args.cache_dir)
     load0 = wait_for_quiet()
