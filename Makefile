@@ -52,6 +52,7 @@ bench: install
 	$(UV) run --locked python bench/api_load.py --quick
 	$(UV) run --locked python bench/soak.py --quick
 	$(UV) run --locked python bench/ingest_fanout.py --quick
+	$(UV) run --locked python bench/destinations.py --quick
 	$(UV) run --locked python bench/upload.py --files 4 --recordings 2 --window 12
 	$(UV) run --locked python bench/playback.py --runs 1
 
