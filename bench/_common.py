@@ -44,6 +44,22 @@ PDEATH = _pdeathsig_prefix()
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reelhouse/bench"
 CLIP_SECONDS = 30
 TARGET_ENGINE_CPU_PCT = 10.0
+DATAPLANE = ROOT / ".cache/bin/reelhouse-ingest"
+"""The ingest service's Go data plane, built by ``make install``."""
+
+
+def ingest_env(
+    *, srt_port: int, rtmp_port: int, fanout_port: int, relay_port: int
+) -> dict[str, str]:
+    """The REELHOUSE_INGEST_* settings of an ingest service on these loopback ports."""
+    return {
+        "REELHOUSE_INGEST_SRT_PORTS": f"{srt_port}-{srt_port}",
+        "REELHOUSE_INGEST_RTMP_PORTS": f"{rtmp_port}-{rtmp_port}",
+        "REELHOUSE_INGEST_FANOUT_PORT": str(fanout_port),
+        "REELHOUSE_INGEST_RELAY_PORT": str(relay_port),
+        "REELHOUSE_INGEST_PUBLIC_HOST": "127.0.0.1",
+        "REELHOUSE_INGEST_DATAPLANE_PATH": str(DATAPLANE),
+    }
 
 
 def say(msg: str) -> None:
@@ -698,6 +714,17 @@ class Engine:
     def check_worker(self) -> None:
         if self.services[self.worker].poll() is not None:
             raise RuntimeError(f"{self.worker} exited; log tail:\n{tail(self.logs[self.worker])}")
+
+    def dataplane_pid(self) -> int | None:
+        """The ingest service's data plane process, once it runs (None without an ingest
+        service); raises if the ingest service exited."""
+        ingest = self.services.get("ingest")
+        if ingest is None:
+            return None
+        if ingest.poll() is not None:
+            raise RuntimeError(f"ingest exited; log tail:\n{tail(self.logs['ingest'])}")
+        found = children(ingest.pid, DATAPLANE.name[:15])  # comm: the name cut to 15 characters
+        return found[0] if found else None
 
     def ffmpeg(self) -> list[int]:
         """The worker's FFmpeg children."""

@@ -52,7 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
-    ROOT,
+    DATAPLANE,
     Engine,
     Sources,
     Tracked,
@@ -61,20 +61,19 @@ from _common import (
     cmdline,
     ensure_clip,
     header,
+    ingest_env,
     loadavg,
     parse_us,
     pause,
     run_window,
     save_json,
     say,
-    tail,
     wait_for,
     wait_for_quiet,
 )
 from restream_density import Receivers, ReceiverWatch, job_payload, sending, window_bytes
 from support.media import free_port
 
-DATAPLANE = ROOT / ".cache/bin/reelhouse-ingest"
 TRANSCODE = {
     "video_transcoding": "libx264",
     "preset": "veryfast",
@@ -90,15 +89,19 @@ TRANSCODE = {
 
 
 def relay_announced(nats_url: str, prefix: str = "reelhouse") -> bool:
-    """Whether the live key ``ingestrelay`` (the ingest node's relay announcement) exists."""
+    """Whether the ingest node's relay announcement is in the live plane."""
     import nats
+
+    from reelhouse.common.subjects import Subjects
+
+    subjects = Subjects(prefix)
 
     async def get() -> bool:
         nc = await nats.connect(nats_url)
         try:
-            kv = await nc.jetstream().key_value(f"{prefix.replace('-', '_')}_live")
+            kv = await nc.jetstream().key_value(subjects.live_bucket())
             try:
-                entry = await kv.get("ingestrelay")
+                entry = await kv.get(subjects.live_ingest_relay())
             except Exception:
                 return False
             return bool(entry.value)
@@ -116,14 +119,10 @@ class Rig:
         env: dict[str, str] = {}
         if mode == "split":
             self.relay_port = free_port("udp")
-            env = {
-                "REELHOUSE_INGEST_SRT_PORTS": str(free_port("udp")),
-                "REELHOUSE_INGEST_RTMP_PORTS": str(free_port("tcp")),
-                "REELHOUSE_INGEST_FANOUT_PORT": str(free_port("udp")),
-                "REELHOUSE_INGEST_RELAY_PORT": str(self.relay_port),
-                "REELHOUSE_INGEST_PUBLIC_HOST": "127.0.0.1",
-                "REELHOUSE_INGEST_DATAPLANE_PATH": str(DATAPLANE),
-            }
+            env = ingest_env(
+                srt_port=free_port("udp"), rtmp_port=free_port("tcp"),
+                fanout_port=free_port("udp"), relay_port=self.relay_port,
+            )  # fmt: skip
         self.engine = Engine(work, "restreamer", "restream", 1, env_extra=env)
         self.source: Sources | None = None
 
@@ -143,13 +142,7 @@ class Rig:
         self.source = Sources(1, self.clip, self.work / "sources").start()
 
     def dataplane_pid(self) -> int | None:
-        ingest = self.engine.services.get("ingest")
-        if ingest is None:
-            return None
-        if ingest.poll() is not None:
-            raise RuntimeError(f"ingest exited; log tail:\n{tail(self.engine.logs['ingest'])}")
-        found = children(ingest.pid, DATAPLANE.name[:15])  # comm: 15 characters
-        return found[0] if found else None
+        return self.engine.dataplane_pid()
 
     def stop(self) -> None:
         if self.source is not None:

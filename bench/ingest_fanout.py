@@ -52,9 +52,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    DATAPLANE,
     FFMPEG,
     MIB,
-    ROOT,
     Engine,
     add_output_args,
     children,
@@ -65,6 +65,7 @@ from _common import (
     first_file_bytes,
     header,
     host_cpu,
+    ingest_env,
     loadavg,
     reap,
     recording_job,
@@ -79,7 +80,6 @@ from _common import (
 from support.media import free_port
 
 TARGET_FIRST_BYTE_P95_S = 0.7
-DATAPLANE = ROOT / ".cache/bin/reelhouse-ingest"
 MILESTONES = ("response", "claimed", "ffmpeg", "first_byte", "running")
 
 
@@ -176,13 +176,10 @@ class Rig:
         self.work, self.clip = work, clip
         self.srt_port, self.rtmp_port = free_port("udp"), free_port("tcp")
         self.fanout_port = free_port("udp")
-        self.env = {
-            "REELHOUSE_INGEST_SRT_PORTS": f"{self.srt_port}-{self.srt_port}",
-            "REELHOUSE_INGEST_RTMP_PORTS": f"{self.rtmp_port}-{self.rtmp_port}",
-            "REELHOUSE_INGEST_FANOUT_PORT": str(self.fanout_port),
-            "REELHOUSE_INGEST_PUBLIC_HOST": "127.0.0.1",
-            "REELHOUSE_INGEST_DATAPLANE_PATH": str(DATAPLANE),
-        }
+        self.env = ingest_env(
+            srt_port=self.srt_port, rtmp_port=self.rtmp_port, fanout_port=self.fanout_port,
+            relay_port=free_port("udp"),
+        )  # fmt: skip
         # The worker is the ingest service; a recorder is added for the latency part.
         self.engine = Engine(work, "ingest", "recording", 40, env_extra=self.env)
         self.encoders = Fleet("encoder", work / "encoders")
@@ -230,12 +227,7 @@ class Rig:
         return sid
 
     def dataplane_pid(self) -> int | None:
-        ingest = self.engine.services["ingest"]
-        if ingest.poll() is not None:
-            raise RuntimeError(f"ingest exited; log tail:\n{tail(self.engine.logs['ingest'])}")
-        # comm is the name cut to 15 characters ("reelhouse-inges")
-        found = children(ingest.pid, DATAPLANE.name[:15])
-        return found[0] if found else None
+        return self.engine.dataplane_pid()
 
     def row(self, i: int) -> dict[str, Any]:
         """SRT publisher row ``i`` (made on first use)."""
