@@ -50,21 +50,25 @@ def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interva
         time.sleep(interval)
 
 
+def built_binary(env: str, name: str, hint: str) -> str:
+    """A binary `make install` builds into .cache/bin (``$<env>`` names another); ``hint``
+    completes the error when it is missing."""
+    configured = os.environ.get(env)
+    path = Path(configured) if configured else ROOT / ".cache/bin" / name
+    if not path.exists():
+        raise RuntimeError(f"{path} not found: {hint}")
+    return str(path)
+
+
 def nats_server_binary() -> str:
     """The pinned nats-server that `make test` builds (tools/nats-server), never one on PATH."""
-    configured = os.environ.get("REELHOUSE_NATS_SERVER_BIN")
-    path = Path(configured) if configured else ROOT / ".cache/bin/nats-server"
-    if not path.exists():
-        raise RuntimeError(f"{path} not found: run `make test` (it builds the pinned nats-server)")
-    return str(path)
+    return built_binary("REELHOUSE_NATS_SERVER_BIN", "nats-server",
+                        "run `make test` (it builds the pinned nats-server)")  # fmt: skip
 
 
 def ferretdb_binary() -> str:
-    configured = os.environ.get("REELHOUSE_FERRETDB_BIN")
-    path = Path(configured) if configured else ROOT / ".cache/bin/ferretdb-lite"
-    if not path.exists():
-        raise RuntimeError(f"{path} not found: run `make test` (it builds the FerretDB helper)")
-    return str(path)
+    return built_binary("REELHOUSE_FERRETDB_BIN", "ferretdb-lite",
+                        "run `make test` (it builds the FerretDB helper)")  # fmt: skip
 
 
 class ServerProcess:

@@ -7,7 +7,6 @@ exactly which S3 operations reached it (e.g. how many ``UploadPart`` of one obje
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +16,15 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from support.infra import ROOT, ServerProcess, free_port
+from support.infra import ServerProcess, built_binary, free_port
 
 ACCESS = "REELHOUSETESTKEY"
 SECRET = "reelhouse-test-secret-0123456789"
 
 
 def versitygw_binary() -> str:
-    configured = os.environ.get("REELHOUSE_VERSITYGW_BIN")
-    path = Path(configured) if configured else ROOT / ".cache/bin/versitygw"
-    if not path.exists():
-        raise RuntimeError(f"{path} not found: run `make install` (it builds versitygw)")
-    return str(path)
+    return built_binary("REELHOUSE_VERSITYGW_BIN", "versitygw",
+                        "run `make install` (it builds versitygw)")  # fmt: skip
 
 
 @dataclass
