@@ -64,6 +64,7 @@ from reelhouse.common.ingest import (
 )
 from reelhouse.common.jobs.lease import Lease, LeaseStore
 from reelhouse.common.jobs.run import SupervisedRun
+from reelhouse.common.subjects import Event
 from reelhouse.restreamer.settings import RestreamerSettings
 
 _STORED_ONLY = {"_id", "tenant", "entity_id", "created", "modified"}
@@ -342,6 +343,15 @@ class RestreamRun(SupervisedRun):
             if kind is not None:
                 self._set(index, "down", kind, message[-300:])
 
+    async def _event(self, event: Event, **fields: Any) -> None:
+        """Destination changes not yet written go into the job first (the 1 s batch would write
+        them after): a reader that acts on an event finds the state it reports in the job. Not
+        while stopping: the job is released, and its last runtime block already written."""
+        if self._dirty and not self._stopping:
+            self._dirty = False
+            await self.write_runtime()
+        await super()._event(event, **fields)
+
     async def _write_changes(self) -> None:
         """Write the runtime block when a destination changed (at most once a second)."""
         while True:
@@ -379,10 +389,6 @@ class RestreamRun(SupervisedRun):
             self._auth_failures += 1
             self.supervisor.delay_next_retry(self._restream_settings.auth_retry_s)
             if self._auth_failures == 1:
-                # The state first, then the event: a reader that acts on the event finds the
-                # destination's failure in the job (the 1 s batch would write it after).
-                self._dirty = False
-                await self.write_runtime()
                 await self._event(
                     "job_failed",
                     state="retrying",
@@ -468,11 +474,7 @@ class DestinationRun:
             else:
                 kind, message = classify_lines(tail), tail[-1][-300:]
             self.run._set(self.index, "retrying", kind, message)
-            if kind == "auth_rejected" and self._auth_failures == 1:
-                # Said once a streak, after the state it reports is in the job (the 1 s batch
-                # would write it after the event): a reader that acts on the event finds it.
-                self.run._dirty = False
-                await self.run.write_runtime()
+            if kind == "auth_rejected" and self._auth_failures == 1:  # said once a streak
                 await self.run._event(
                     "job_failed",
                     state="retrying",
